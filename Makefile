@@ -1,0 +1,28 @@
+# The two commands a new user needs (see README.md):
+#   make demo   set up and run the local demo campaign
+#   make test   set up and run the test suite
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench install clean
+
+$(STAMP): pyproject.toml scripts/install.sh
+	bash scripts/install.sh
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/nnmd demo
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m "not slow and not gpu" tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(VENV)/bin/python benchmarks/kernels.py
+
+clean:
+	rm -rf $(VENV) nnmd-demo .pytest_cache

@@ -1,0 +1,1 @@
+"""nnmd orchestrator: campaigns, coordinator, Python client and the `nnmd` CLI."""

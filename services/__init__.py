@@ -1,0 +1,1 @@
+"""nnmd services: reference (QE and ASE calculators), trainer, MD, store, runtime."""
