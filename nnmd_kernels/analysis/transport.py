@@ -1,0 +1,191 @@
+"""Mean-squared displacement, diffusion coefficient and Nernst-Einstein conductivity.
+
+Positions in Angstrom, cells as rows of lattice vectors (3, 3) in Angstrom, times in ps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# 1 A^2/ps = 1e-16 cm^2 / 1e-12 s
+A2_PER_PS_TO_CM2_PER_S = 1.0e-4
+ELEMENTARY_CHARGE_C = 1.602176634e-19
+BOLTZMANN_J_PER_K = 1.380649e-23
+A3_TO_CM3 = 1.0e-24
+
+
+def unwrap(positions, cells, pbc=(True, True, True)):
+    """Continuous (unwrapped) coordinates from wrapped frames.
+
+    Each frame-to-frame displacement is replaced by its minimum image in the cell of the
+    later frame (triclinic cells are fine), then the displacements are summed. This is
+    exact as long as no atom moves more than half a cell width between two frames.
+
+    positions: (T, N, 3) A; cells: (T, 3, 3) or (3, 3) A, rows = lattice vectors;
+    pbc: (3,) bool. Returns (T, N, 3) A, equal to positions[0] at t = 0.
+    """
+    x = np.asarray(positions, dtype=float)
+    if x.ndim != 3 or x.shape[2] != 3:
+        raise ValueError(f"positions must have shape (frames, atoms, 3), got {x.shape}")
+    h = np.asarray(cells, dtype=float)
+    if h.shape == (3, 3):
+        h = np.broadcast_to(h, (x.shape[0], 3, 3))
+    if h.shape != (x.shape[0], 3, 3):
+        raise ValueError(f"cells must have shape (3, 3) or ({x.shape[0]}, 3, 3), got {h.shape}")
+    periodic = np.asarray(pbc, dtype=bool)
+    d = np.diff(x, axis=0)  # (T-1, N, 3)
+    if periodic.any():
+        h_inv = np.linalg.inv(h[1:])  # (T-1, 3, 3)
+        s = np.einsum("tia,tab->tib", d, h_inv)  # fractional displacements
+        s[..., periodic] -= np.round(s[..., periodic])
+        d = np.einsum("tib,tba->tia", s, h[1:])
+    out = np.empty_like(x)
+    out[0] = x[0]
+    np.cumsum(d, axis=0, out=out[1:])
+    out[1:] += x[0]
+    return out
+
+
+def remove_drift(unwrapped, masses):
+    """Subtract the displacement of the centre of mass of the whole system.
+
+    unwrapped: (T, N, 3) A; masses: (N,) amu. Returns (T, N, 3) A with a fixed centre of
+    mass, so that a drifting box does not appear as diffusion.
+    """
+    x = np.asarray(unwrapped, dtype=float)
+    m = np.asarray(masses, dtype=float)
+    if m.shape != (x.shape[1],):
+        raise ValueError(f"masses must have shape ({x.shape[1]},), got {m.shape}")
+    com = np.einsum("tia,i->ta", x, m) / m.sum()  # (T, 3)
+    return x - (com - com[0])[:, None, :]
+
+
+def msd(unwrapped, max_lag=None):
+    """Mean-squared displacement averaged over atoms and over every time origin.
+
+    MSD(m) = < |x(t + m) - x(t)|^2 >_{t, i}, computed for all origins at once with the
+    FFT algorithm (Calandrini et al., Collection SFN 12, 201 (2011)): O(T log T) per atom.
+
+    unwrapped: (T, N, 3) A, already unwrapped (and drift-corrected if wanted).
+    Returns (max_lag + 1,) A^2, lag in frames; max_lag defaults to T - 1.
+    """
+    x = np.asarray(unwrapped, dtype=float)
+    if x.ndim != 3 or x.shape[2] != 3:
+        raise ValueError(f"positions must have shape (frames, atoms, 3), got {x.shape}")
+    n_frames = x.shape[0]
+    if n_frames < 2:
+        raise ValueError("the trajectory needs at least 2 frames for an MSD")
+    if x.shape[1] == 0:
+        raise ValueError("no atoms selected for the MSD")
+    if max_lag is None:
+        max_lag = n_frames - 1
+    if not 0 < max_lag < n_frames:
+        raise ValueError(f"max_lag must be in 1..{n_frames - 1}, got {max_lag}")
+    counts = n_frames - np.arange(n_frames)  # (T,) number of origins per lag
+    # S2(m) = sum_k x_k . x_{k+m} / (T - m), by zero-padded FFT autocorrelation
+    f = np.fft.rfft(x, n=2 * n_frames, axis=0)
+    acf = np.fft.irfft(f * f.conj(), axis=0)[:n_frames].sum(axis=2)  # (T, N)
+    s2 = acf / counts[:, None]
+    # S1(m) = sum_k (x_k^2 + x_{k+m}^2) / (T - m), by the running recursion
+    d = np.einsum("tia,tia->ti", x, x)  # (T, N)
+    d_pad = np.concatenate([d, np.zeros((1, d.shape[1]))])
+    q = 2.0 * d.sum(axis=0)
+    s1 = np.empty_like(d)
+    for m in range(n_frames):
+        q = q - d_pad[m - 1] - d_pad[n_frames - m]
+        s1[m] = q / (n_frames - m)
+    result = (s1 - 2.0 * s2).mean(axis=1)
+    result[0] = 0.0
+    return result[: max_lag + 1]
+
+
+@dataclass(frozen=True)
+class DiffusionFit:
+    """A linear fit MSD(t) = slope * t + intercept over a window, with D = slope / (2 dim)."""
+
+    diffusion_a2_per_ps: float
+    diffusion_cm2_per_s: float
+    slope_a2_per_ps: float
+    intercept_a2: float
+    window_ps: tuple[float, float]
+    # standard error of the slope from the fit residuals; MSD points are correlated, so
+    # this underestimates the true statistical error (use independent runs for that)
+    stderr_cm2_per_s: float
+    dim: int
+
+    def as_dict(self):
+        return {
+            "D_A2_per_ps": self.diffusion_a2_per_ps,
+            "D_cm2_per_s": self.diffusion_cm2_per_s,
+            "slope_A2_per_ps": self.slope_a2_per_ps,
+            "intercept_A2": self.intercept_a2,
+            "window_ps": list(self.window_ps),
+            "D_fit_stderr_cm2_per_s": self.stderr_cm2_per_s,
+            "dim": self.dim,
+        }
+
+
+def diffusion_coefficient(times_ps, msd_a2, window=None, dim=3):
+    """Einstein relation: D = slope / (2 dim) of MSD(t) fitted linearly over a window.
+
+    times_ps: (L,) lag times in ps; msd_a2: (L,) A^2; window: (t0, t1) ps, default the
+    middle of the data, (0.1, 0.5) x the longest lag (skips the ballistic start and the
+    noisy tail with few origins). Returns a DiffusionFit (D in A^2/ps and cm^2/s).
+    """
+    t = np.asarray(times_ps, dtype=float)
+    y = np.asarray(msd_a2, dtype=float)
+    if t.shape != y.shape or t.ndim != 1:
+        raise ValueError(f"times and msd must be 1-D of equal length, got {t.shape} and {y.shape}")
+    if window is None:
+        window = (0.1 * t[-1], 0.5 * t[-1])
+    t0, t1 = float(window[0]), float(window[1])
+    if not t1 > t0:
+        raise ValueError(f"window must be (t0, t1) with t1 > t0 in ps, got {window}")
+    sel = (t >= t0) & (t <= t1)
+    if sel.sum() < 3:
+        raise ValueError(
+            f"window {window} ps holds {int(sel.sum())} MSD points; widen it (data span "
+            f"{t[0]:g}..{t[-1]:g} ps) or write frames more often"
+        )
+    a = np.stack([t[sel], np.ones(sel.sum())], axis=1)
+    coef, *_ = np.linalg.lstsq(a, y[sel], rcond=None)
+    slope, intercept = float(coef[0]), float(coef[1])
+    resid = y[sel] - a @ coef
+    n = int(sel.sum())
+    sxx = float(((t[sel] - t[sel].mean()) ** 2).sum())
+    stderr_slope = float(np.sqrt((resid @ resid) / max(n - 2, 1) / sxx)) if sxx > 0 else 0.0
+    d = slope / (2.0 * dim)
+    return DiffusionFit(
+        diffusion_a2_per_ps=d,
+        diffusion_cm2_per_s=d * A2_PER_PS_TO_CM2_PER_S,
+        slope_a2_per_ps=slope,
+        intercept_a2=intercept,
+        window_ps=(t0, t1),
+        stderr_cm2_per_s=stderr_slope / (2.0 * dim) * A2_PER_PS_TO_CM2_PER_S,
+        dim=dim,
+    )
+
+
+def nernst_einstein_conductivity(
+    diffusion_cm2_per_s, n_ions, volume_a3, temperature_k, charge=1.0, haven_ratio=1.0
+):
+    """Nernst-Einstein ionic conductivity sigma = n q^2 e^2 D / (kB T H_R), in S/cm.
+
+    n = n_ions / volume is the number density of the mobile species, q its charge in units
+    of e. Assumptions: the tracer D stands for the charge diffusion, i.e. ion-ion cross
+    correlations are neglected (Haven ratio H_R = 1 unless given) and only this species
+    carries current.
+    """
+    if temperature_k <= 0:
+        raise ValueError(f"temperature must be > 0 K, got {temperature_k}")
+    if volume_a3 <= 0:
+        raise ValueError(f"volume must be > 0 A^3, got {volume_a3}")
+    if haven_ratio <= 0:
+        raise ValueError(f"haven_ratio must be > 0, got {haven_ratio}")
+    n_per_cm3 = n_ions / (volume_a3 * A3_TO_CM3)
+    q = charge * ELEMENTARY_CHARGE_C
+    return n_per_cm3 * q * q * diffusion_cm2_per_s / (
+        BOLTZMANN_J_PER_K * temperature_k * haven_ratio
+    )
