@@ -1,0 +1,312 @@
+"""The Behler–Parrinello potential: descriptor + per-element networks + Delta baseline.
+
+    E = sum_i E_i,   E_i = e0[e_i] + (1/M) sum_m NN_{e_i, m}((G_i - mu_{e_i}) / sigma_{e_i}) + 1/2 sum_j phi(r_ij)
+
+Forces and the virial come from one vector-Jacobian product through the
+descriptor in pair space (see descriptor.py): with g_ij = dE/dr_ij,
+F_i += g_ij, F_j -= g_ij and virial = -sum_ij r_ij (x) g_ij (LAMMPS convention,
+eV; stress = -virial / V in ASE's convention, eV/A^3).
+
+Three interchangeable backends compute the descriptor: "numba" (fast, parallel;
+chosen by "auto"), "numpy" (the readable reference) and, for whole-structure
+energies only, "naive" (an O(N^2) oracle with explicit loops; tests only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import descriptor_ref
+from .baseline import PairBaseline, pair_terms
+from .descriptor import ChebyshevDescriptor
+from .elements import SYMBOLS, atomic_number
+from .neighbors import NeighborList, check_min_distance, neighbor_pairs, validate_geometry
+from .network import ElementNetwork, forward, input_gradient
+
+BACKENDS = ("auto", "numba", "numpy", "naive")
+
+
+def _kernels(backend: str):
+    if backend in ("auto", "numba"):
+        try:
+            from . import descriptor_numba
+
+            return descriptor_numba
+        except ImportError:
+            if backend == "numba":
+                raise
+            return descriptor_ref
+    if backend == "numpy":
+        return descriptor_ref
+    raise ValueError(f"backend must be one of {BACKENDS} (got {backend!r})")
+
+
+@dataclass(frozen=True)
+class PairResult:
+    """Result of the pair-space core.
+
+    energies        (n_centers,)     atomic energies incl. baseline, eV
+    energies_models (M, n_centers)   per-ensemble-member network + e0 energies (no baseline), eV
+    pair_grad       (P, 3)           dE/dr_ij, eV/A (None when forces were not requested)
+    descriptors     (n_centers, F)   G, for novelty detection
+    """
+
+    energies: np.ndarray
+    energies_models: np.ndarray
+    pair_grad: np.ndarray | None
+    descriptors: np.ndarray
+
+
+@dataclass(frozen=True)
+class PotentialResult:
+    """energy eV; energies (N,) eV; forces (N, 3) eV/A; virial (3, 3) eV;
+    stress (3, 3) eV/A^3 or None (not periodic in 3D); energy_std eV (ensemble spread)."""
+
+    energy: float
+    energies: np.ndarray
+    forces: np.ndarray | None
+    virial: np.ndarray | None
+    stress: np.ndarray | None
+    energy_std: float
+    energies_models: np.ndarray = field(repr=False)
+    descriptors: np.ndarray = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Potential:
+    """A trained (or random) NNP. Immutable; evaluate with `compute` or `compute_pairs`.
+
+    networks[e]      ElementNetwork for species e (same M and activation for all)
+    feature_mean[e]  (F,) and feature_std[e] (F,): per-feature standardisation
+    energy_shift[e]  per-element reference energy e0, eV/atom
+    baseline         PairBaseline or None (Delta-NNP off)
+    """
+
+    descriptor: ChebyshevDescriptor
+    networks: tuple[ElementNetwork, ...]
+    feature_mean: np.ndarray
+    feature_std: np.ndarray
+    energy_shift: np.ndarray
+    baseline: PairBaseline | None = None
+    metadata: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        ne, nf = self.descriptor.n_species, self.descriptor.n_features
+        if len(self.networks) != ne:
+            raise ValueError(f"need one network per species ({ne}), got {len(self.networks)}")
+        acts = {n.activation for n in self.networks}
+        ms = {n.n_models for n in self.networks}
+        if len(ms) != 1:
+            raise ValueError(f"all element networks must have the same ensemble size, got {sorted(ms)}")
+        if len(acts) != 1:
+            raise ValueError(f"all element networks must share one activation, got {sorted(acts)}")
+        for e, n in enumerate(self.networks):
+            if n.n_inputs != nf:
+                raise ValueError(
+                    f"network of {self.descriptor.species[e]} takes {n.n_inputs} inputs, descriptor has {nf}")
+        for name, shape in (("feature_mean", (ne, nf)), ("feature_std", (ne, nf)), ("energy_shift", (ne,))):
+            arr = np.asarray(getattr(self, name), dtype=np.float64)
+            if arr.shape != shape:
+                raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
+            if not np.all(np.isfinite(arr)):
+                raise ValueError(f"{name} contains NaN or inf")
+            object.__setattr__(self, name, arr)
+        if np.any(self.feature_std <= 0):
+            raise ValueError("feature_std must be > 0 everywhere")
+        if self.baseline is not None and self.baseline.coefficients.shape[0] != ne:
+            raise ValueError("baseline coefficients do not match the number of species")
+        z = np.zeros(len(SYMBOLS), dtype=np.int64) - 1
+        for e, s in enumerate(self.descriptor.species):
+            z[atomic_number(s)] = e
+        object.__setattr__(self, "_type_of_z", z)
+
+    # -- basic facts ---------------------------------------------------------------
+    @property
+    def species(self) -> tuple[str, ...]:
+        return self.descriptor.species
+
+    @property
+    def cutoff(self) -> float:
+        """Neighbour cutoff (Angstrom): descriptor R_max, or the baseline's if larger."""
+        rc = self.descriptor.cutoff
+        return max(rc, self.baseline.cutoff) if self.baseline is not None else rc
+
+    @property
+    def n_models(self) -> int:
+        return self.networks[0].n_models
+
+    @property
+    def activation(self) -> str:
+        return self.networks[0].activation
+
+    def types_of(self, numbers) -> np.ndarray:
+        """Atomic numbers (N,) -> species indices (N,); ValueError for elements not in the model."""
+        numbers = np.asarray(numbers)
+        if numbers.ndim != 1:
+            raise ValueError(f"numbers must have shape (N,), got {numbers.shape}")
+        if numbers.size and (numbers.min() < 1 or numbers.max() >= len(SYMBOLS)):
+            raise ValueError(f"numbers: atomic numbers must be in 1..{len(SYMBOLS) - 1}")
+        types = self._type_of_z[numbers.astype(np.int64)]
+        if np.any(types < 0):
+            k = int(np.flatnonzero(types < 0)[0])
+            raise ValueError(
+                f"element {SYMBOLS[int(numbers[k])]} (atom {k}) is not in the model; "
+                f"the model knows {', '.join(self.species)}")
+        return types
+
+    # -- evaluation ----------------------------------------------------------------
+    def compute_pairs(self, types, pair_i, pair_j, rij, n_centers: int, *, forces: bool = True,
+                      backend: str = "auto") -> PairResult:
+        """The pair-space core (also used by the LAMMPS/MPI executor with ghost atoms).
+
+        types (N,) species indices of all atoms (centres first, then ghosts);
+        pair_i (P,) sorted, < n_centers; pair_j (P,) < N; rij (P, 3) = R_j - R_i, A.
+        Energies are those of the n_centers centres; pair_grad includes every pair.
+        """
+        kern = _kernels(backend if backend != "naive" else "numpy")
+        desc = self.descriptor
+        types = np.asarray(types, dtype=np.int64)
+        pair_i = np.asarray(pair_i, dtype=np.int64)
+        rij = np.asarray(rij, dtype=np.float64)
+        tj = types[np.asarray(pair_j, dtype=np.int64)]
+        G = kern.descriptors(desc, rij, pair_i, tj, n_centers)
+        M = self.n_models
+        e_models = np.zeros((M, n_centers))
+        dG = np.zeros_like(G) if forces else None
+        ctypes = types[:n_centers]
+        coef = np.full(M, 1.0 / M)
+        for e, net in enumerate(self.networks):
+            idx = np.flatnonzero(ctypes == e)
+            if idx.size == 0:
+                continue
+            x = (G[idx] - self.feature_mean[e]) / self.feature_std[e]
+            y, cache = forward(net, x)
+            e_models[:, idx] = y + self.energy_shift[e]
+            if forces:
+                dG[idx] = input_gradient(net, cache, coef) / self.feature_std[e]
+        energies = e_models.mean(axis=0)
+        grad = kern.descriptors_vjp(desc, rij, pair_i, tj, n_centers, dG) if forces else None
+        if self.baseline is not None and len(pair_i):
+            d = np.linalg.norm(rij, axis=1)
+            phi, dphi = pair_terms(self.baseline, d, types[pair_i], tj)
+            energies = energies + 0.5 * np.bincount(pair_i, weights=phi, minlength=n_centers)
+            if forces:
+                grad += (0.5 * dphi / d)[:, None] * rij
+        return PairResult(energies, e_models, grad, G)
+
+    def compute(self, positions, numbers, cell=None, pbc=False, *, neighbors: NeighborList | None = None,
+                forces: bool = True, backend: str = "auto") -> PotentialResult:
+        """Energy, forces, virial and stress of one structure.
+
+        positions (N, 3) A; numbers (N,) atomic numbers; cell (3, 3) A (rows are
+        lattice vectors) or None; pbc bool or (3,). Pass a NeighborList to reuse
+        neighbours across calls (MD).
+        """
+        pos, cell, pbc = validate_geometry(positions, cell, pbc)
+        types = self.types_of(numbers)
+        if len(types) != len(pos):
+            raise ValueError(f"numbers has {len(types)} entries but positions has {len(pos)} atoms")
+        if backend == "naive":
+            from .naive import naive_energies
+
+            e = naive_energies(self, pos, types, cell, pbc)
+            return PotentialResult(float(e.sum()), e, None, None, None, 0.0, e[None], np.zeros((len(e), 0)))
+        if neighbors is not None:
+            if neighbors.cutoff < self.cutoff:
+                raise ValueError(f"neighbor list cutoff {neighbors.cutoff} < potential cutoff {self.cutoff}")
+            pairs = neighbors.update(pos, cell, pbc)
+        else:
+            pairs = neighbor_pairs(pos, cell, pbc, self.cutoff)
+        check_min_distance(pairs)
+        n = len(pos)
+        res = self.compute_pairs(types, pairs.i, pairs.j, pairs.vectors, n, forces=forces, backend=backend)
+        F = vir = stress = None
+        if forces:
+            g = res.pair_grad
+            F = np.empty((n, 3))
+            for k in range(3):
+                F[:, k] = np.bincount(pairs.i, weights=g[:, k], minlength=n) - np.bincount(
+                    pairs.j, weights=g[:, k], minlength=n)
+            vir = -(pairs.vectors.T @ g)
+            if pbc.all():
+                stress = -vir / abs(np.linalg.det(cell))
+        total_models = res.energies_models.sum(axis=1)
+        return PotentialResult(
+            energy=float(res.energies.sum()),
+            energies=res.energies,
+            forces=F,
+            virial=vir,
+            stress=stress,
+            energy_std=float(total_models.std()) if self.n_models > 1 else 0.0,
+            energies_models=res.energies_models,
+            descriptors=res.descriptors,
+        )
+
+    # -- construction --------------------------------------------------------------
+    @classmethod
+    def random(cls, species, seed: int = 0, *, n_models: int = 1, hidden=(40, 40),
+               activation: str = "twisted_tanh", delta: bool = True, density: float = 0.05,
+               **descriptor_options) -> Potential:
+        """A potential with random (Glorot) weights, for tests and benchmarks.
+
+        Feature standardisation comes from a random jittered lattice at `density`
+        (atoms/A^3), so the networks see O(1) inputs as they would after training;
+        with `delta`, a weak repulsive baseline keeps atoms apart.
+        """
+        species = tuple(species)
+        desc = ChebyshevDescriptor(species, **descriptor_options)
+        rng = np.random.default_rng(seed)
+        ne = len(species)
+        nets = tuple(ElementNetwork.random(desc.n_features, hidden, n_models, activation, rng) for _ in species)
+        # Feature statistics from a jittered simple-cubic lattice of mixed species.
+        k = 4
+        a = density ** (-1.0 / 3.0)
+        grid = np.stack(np.meshgrid(*(np.arange(k),) * 3, indexing="ij"), -1).reshape(-1, 3) * a
+        pos = grid + rng.normal(0, 0.1 * a, size=grid.shape)
+        cell = np.eye(3) * k * a
+        types = np.arange(len(pos)) % ne
+        pairs = neighbor_pairs(pos, cell, True, desc.cutoff)
+        G = _kernels("auto").descriptors(desc, pairs.vectors, pairs.i, types[pairs.j], len(pos))
+        mean = np.tile(G.mean(axis=0), (ne, 1))
+        std = np.tile(np.maximum(G.std(axis=0), 1e-3 * (np.abs(G).mean() + 1e-12)), (ne, 1))
+        baseline = None
+        if delta:
+            # Repulsive wall ~0.1 eV at 1.6 A per pair, attraction-free: A/r^12 only.
+            coef = np.zeros((ne, ne, 4))
+            coef[:, :, 0] = 0.1 * 1.6**12
+            baseline = PairBaseline(coef, desc.cutoff)
+        return cls(desc, nets, mean, std, np.zeros(ne), baseline,
+                   metadata={"origin": f"Potential.random(seed={seed})"})
+
+    # -- persistence ---------------------------------------------------------------
+    def to_dict(self) -> dict:
+        from .model_file import potential_to_dict
+
+        return potential_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Potential:
+        from .model_file import potential_from_dict
+
+        return potential_from_dict(d)
+
+    def save(self, path) -> str:
+        """Write a versioned .nnmd model file; returns its content hash (sha256 hex)."""
+        from .model_file import save_model
+
+        return save_model(self, path)
+
+    @classmethod
+    def load(cls, path) -> Potential:
+        """Read a .nnmd model file (or an ffield.sannp file, by extension or content)."""
+        from .model_file import load_model
+
+        return load_model(path)
+
+    @property
+    def content_hash(self) -> str:
+        from .model_file import content_hash
+
+        return content_hash(self)
