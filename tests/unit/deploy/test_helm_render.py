@@ -1,0 +1,260 @@
+"""The chart rendered by real Helm (a `helm` binary, or Helm's Go engine through
+helm-python-sdk): default values and every example override render to valid
+YAML; the RayCluster passes the KubeRay v1 CRD's own OpenAPI schema; the pieces
+fit together (Service -> head pod -> coordinator port, probes, volumes, token,
+store); bad values fail at render time with the field named; `helm lint
+--strict` is clean. Skips, saying why, where no Helm is available."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from . import helm_renderer
+from .test_helm_values import CHART, EXAMPLES, helm_merge, load_values
+
+pytestmark = pytest.mark.skipif(helm_renderer.backend() is None, reason=helm_renderer.SKIP_REASON)
+
+# The openAPIV3Schema of KubeRay's ray.io/v1 RayCluster CRD (descriptions
+# stripped), from ray-project/kuberay ray-operator/config/crd/bases/
+# ray.io_rayclusters.yaml at commit feeaf72f (v1.7.0-rc.0+5), Apache-2.0.
+CRD_SCHEMA = Path(__file__).parent / "data" / "kuberay-raycluster-v1.openapi.json.gz"
+
+CASES = {"default": {}} | {p.stem: yaml.safe_load(p.read_text()) for p in EXAMPLES}
+CASES |= {
+    "no-auth-s3-keys": {
+        "auth": {"enabled": False},
+        "store": {"type": "s3", "s3": {"url": "s3://bucket/x", "accessKeyId": "AKIAEXAMPLE",
+                                       "secretAccessKey": "example-secret",
+                                       "endpointUrl": "http://minio:9000"}},
+    },
+    "nodeport-no-coordinator-gpu-only": {
+        "coordinator": {"enabled": False, "service": {"type": "NodePort", "nodePort": 31051}},
+        "ray": {"cpuWorkers": {"enabled": False}, "autoscaler": {"enabled": False}},
+    },
+}
+# Values the schema accepts but that cannot work: the templates must refuse them.
+BAD_CASES = {
+    "bad-min-above-max": ({"ray": {"cpuWorkers": {"minReplicas": 5, "maxReplicas": 2,
+                                                  "replicas": 2}}},
+                          "ray.cpuWorkers: minReplicas (5) is greater than maxReplicas (2)"),
+    "bad-replicas-outside": ({"ray": {"gpuWorkers": {"replicas": 9}}},
+                             "ray.gpuWorkers: replicas (9) must lie between"),
+    "bad-same-group-names": ({"ray": {"gpuWorkers": {"groupName": "qe"}}},
+                             "groupName must differ"),
+    "bad-no-workers": ({"ray": {"cpuWorkers": {"enabled": False},
+                                "gpuWorkers": {"enabled": False}}},
+                       "enable at least one worker group"),
+    "bad-s3-key-without-secret": ({"store": {"type": "s3", "s3": {"url": "s3://bkt/x",
+                                                                  "accessKeyId": "AKIA"}}},
+                                  "store.s3.secretAccessKey"),
+    # and one the schema itself refuses, through Helm's own schema validation
+    "bad-schema-negative": ({"ray": {"cpuWorkers": {"replicas": -2}}}, "replicas"),
+}
+
+
+@pytest.fixture(scope="module")
+def rendered():
+    return helm_renderer.render_all(CHART, {**CASES, **{k: v for k, (v, _) in BAD_CASES.items()}})
+
+
+def documents(result) -> list[dict]:
+    assert result["ok"], result.get("error")
+    docs = []
+    for name, text in result["manifests"].items():
+        if name.endswith(".yaml"):
+            docs += [d for d in yaml.safe_load_all(text) if d]
+    return docs
+
+
+def one(docs, kind, component=None):
+    found = [d for d in docs if d["kind"] == kind and (
+        component is None
+        or d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == component)]
+    assert len(found) == 1, f"expected one {kind} ({component}), found {len(found)}"
+    return found[0]
+
+
+def crd_validator():
+    schema = json.loads(gzip.decompress(CRD_SCHEMA.read_bytes()))
+
+    def openapi_to_jsonschema(node):
+        if isinstance(node, dict):
+            if node.get("x-kubernetes-int-or-string"):
+                node.pop("type", None)
+                node["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+            for sub in node.values():
+                openapi_to_jsonschema(sub)
+        elif isinstance(node, list):
+            for sub in node:
+                openapi_to_jsonschema(sub)
+
+    openapi_to_jsonschema(schema)
+    return jsonschema.Draft7Validator(schema)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_renders_to_yaml_and_raycluster_passes_kuberay_crd(rendered, case):
+    docs = documents(rendered["cases"][case])
+    for doc in docs:
+        assert {"apiVersion", "kind", "metadata"} <= set(doc), doc
+    rc = one(docs, "RayCluster")
+    assert rc["apiVersion"] == "ray.io/v1"
+    errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
+              for e in crd_validator().iter_errors(rc)]
+    assert not errors, errors
+
+
+def test_crd_check_catches_a_planted_error(rendered):
+    rc = one(documents(rendered["cases"]["default"]), "RayCluster")
+    rc["spec"]["workerGroupSpecs"][0]["maxReplicas"] = "four"
+    assert any(list(e.absolute_path)[-1] == "maxReplicas"
+               for e in crd_validator().iter_errors(rc))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_ray_groups_match_values(rendered, case):
+    values = helm_merge(load_values(), CASES[case])
+    rc = one(documents(rendered["cases"][case]), "RayCluster")
+    head = rc["spec"]["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0", "work would land on the head"
+    groups = {g["groupName"]: g for g in rc["spec"].get("workerGroupSpecs", [])}
+    expected = [values["ray"][k] for k in ("cpuWorkers", "gpuWorkers")
+                if values["ray"][k]["enabled"]]
+    assert set(groups) == {g["groupName"] for g in expected}
+    for want in expected:
+        got = groups[want["groupName"]]
+        assert (got["replicas"], got["minReplicas"], got["maxReplicas"]) == (
+            want["replicas"], want["minReplicas"], want["maxReplicas"])
+        container = got["template"]["spec"]["containers"][0]
+        limits = container["resources"]["limits"]
+        if "gpusPerPod" in want:
+            assert limits["nvidia.com/gpu"] == want["gpusPerPod"]
+        else:
+            assert "nvidia.com/gpu" not in limits
+        if want["customResources"]:
+            quoted = got["rayStartParams"]["resources"]
+            # KubeRay strips the outer quotes and parses the JSON.
+            assert json.loads(quoted.strip("'\"` ").replace('\\"', '"')) == want["customResources"]
+    assert rc["spec"].get("enableInTreeAutoscaling", False) == values["ray"]["autoscaler"]["enabled"]
+
+
+def _pod_specs(rc):
+    yield rc["spec"]["headGroupSpec"]["template"]["spec"]
+    for group in rc["spec"].get("workerGroupSpecs", []):
+        yield group["template"]["spec"]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_volumes_store_and_images_are_consistent(rendered, case):
+    values = helm_merge(load_values(), CASES[case])
+    docs = documents(rendered["cases"][case])
+    rc = one(docs, "RayCluster")
+    stores = set()
+    for spec in _pod_specs(rc):
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for container in spec["containers"]:
+            assert container["image"].startswith(values["image"]["repository"] + ":")
+            for mount in container.get("volumeMounts") or []:
+                assert mount["name"] in volumes, f"{container['name']} mounts unknown {mount}"
+            env = {e["name"]: e for e in container.get("env", [])}
+            stores.add(env["NNMD_STORE"]["value"])
+            if values["store"]["type"] == "s3" and (
+                    values["store"]["s3"]["existingSecret"] or values["store"]["s3"]["accessKeyId"]):
+                ref = env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"]
+                secret_names = {d["metadata"]["name"] for d in docs if d["kind"] == "Secret"}
+                assert ref == values["store"]["s3"]["existingSecret"] or ref in secret_names
+        if values["store"]["type"] == "pvc":
+            claim = volumes["store"]["persistentVolumeClaim"]["claimName"]
+            if values["store"]["pvc"]["create"]:
+                assert claim == one(docs, "PersistentVolumeClaim")["metadata"]["name"]
+    assert len(stores) == 1, f"pods disagree on the store: {stores}"
+    (store,) = stores
+    if values["store"]["type"] == "s3":
+        assert store == values["store"]["s3"]["url"]
+    else:
+        assert store.startswith("file://" + values["store"]["pvc"]["mountPath"] + "/")
+
+
+@pytest.mark.parametrize("case", sorted(c for c in CASES if c != "nodeport-no-coordinator-gpu-only"))
+def test_coordinator_service_probes_and_token(rendered, case):
+    values = helm_merge(load_values(), CASES[case])
+    docs = documents(rendered["cases"][case])
+    rc = one(docs, "RayCluster")
+    pod = rc["spec"]["headGroupSpec"]["template"]
+    containers = {c["name"]: c for c in pod["spec"]["containers"]}
+    assert list(containers)[0] == "ray-head", "KubeRay takes the first container as Ray's"
+    coord = containers["coordinator"]
+    port = values["coordinator"]["port"]
+    assert coord["command"] == ["nnmd"] and coord["args"][:2] == ["serve", "coordinator"]
+    args = coord["args"]
+    assert args[args.index("--port") + 1] == str(port)
+    env = {e["name"]: e.get("value") for e in coord["env"]}
+    assert args[args.index("--store") + 1] == env["NNMD_STORE"]
+    (grpc_port,) = [p for p in coord["ports"] if p["name"] == "grpc"]
+    assert grpc_port["containerPort"] == port
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert coord[probe]["grpc"]["port"] == port, probe  # Kubernetes-native gRPC probe
+
+    svc = one(docs, "Service", "coordinator")
+    (svc_port,) = svc["spec"]["ports"]
+    assert svc_port["appProtocol"] == "grpc" and svc_port["targetPort"] == "grpc"
+    assert svc_port["port"] == values["coordinator"]["service"]["port"]
+    assert svc["spec"]["type"] == values["coordinator"]["service"]["type"]
+    labels = pod["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= labels.items(), "the Service selects no head pod"
+
+    if values["auth"]["enabled"]:
+        token_file = args[args.index("--token-file") + 1]
+        (mount,) = [m for m in coord["volumeMounts"] if m["name"] == "auth-token"]
+        assert token_file == f"{mount['mountPath']}/{values['auth']['secretKey']}"
+        volume = {v["name"]: v for v in pod["spec"]["volumes"]}["auth-token"]
+        secret_name = volume["secret"]["secretName"]
+        if values["auth"]["existingSecret"]:
+            assert secret_name == values["auth"]["existingSecret"]
+            assert not [d for d in docs if d["kind"] == "Secret"
+                        and d["metadata"]["name"] == secret_name]
+        else:
+            secret = [d for d in docs if d["kind"] == "Secret"
+                      and d["metadata"]["name"] == secret_name]
+            assert len(secret) == 1
+            assert len(secret[0]["data"][values["auth"]["secretKey"]]) >= 40  # base64 of 40 chars
+    else:
+        assert "--token-file" not in args
+
+
+def test_coordinator_off_renders_no_service(rendered):
+    docs = documents(rendered["cases"]["nodeport-no-coordinator-gpu-only"])
+    assert not [d for d in docs if d["kind"] == "Service"]
+    rc = one(docs, "RayCluster")
+    assert [c["name"] for c in rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"]] == [
+        "ray-head"]
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_values_that_cannot_work_fail_at_render_naming_the_field(rendered, case):
+    result = rendered["cases"][case]
+    _, message = BAD_CASES[case]
+    assert not result["ok"], f"{case} rendered although it cannot work"
+    assert message in result["error"], result["error"]
+
+
+def test_notes_say_how_to_install_kuberay_and_reach_the_coordinator(rendered):
+    manifests = rendered["cases"]["default"]["manifests"]
+    notes = [text for name, text in manifests.items() if name.endswith("NOTES.txt")]
+    if not notes:
+        pytest.skip("`helm template` does not render NOTES.txt")
+    (text,) = notes
+    assert "helm repo add kuberay https://ray-project.github.io/kuberay-helm/" in text
+    assert "helm install kuberay-operator kuberay/kuberay-operator" in text
+    assert "port-forward" in text and "demo-nnmd-coordinator" in text and "NNMD_TOKEN" in text
+
+
+def test_helm_lint_strict_is_clean(rendered):
+    lint = rendered["lint"]
+    assert not lint["errors"] and not lint["messages"], lint
