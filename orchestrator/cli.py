@@ -16,6 +16,9 @@ import sys
 COMMAND_MODULES = [
     "orchestrator.commands.model",  # export, import, info
     "orchestrator.commands.analyze",  # MSD, D, Nernst-Einstein sigma, RDF
+    "orchestrator.commands.store",  # info, export, import (extxyz)
+    "orchestrator.commands.serve",  # run one service as a gRPC server
+    "orchestrator.commands.label",  # label, bootstrap (reference: QE, EMT, ...)
 ]
 
 

@@ -1,0 +1,46 @@
+"""The Store gRPC service: facts about a store (counts, campaigns, models, trajectories)."""
+
+from __future__ import annotations
+
+import argparse
+
+from services.proto.nnmd.v1 import store_pb2, store_pb2_grpc
+from services.runtime import registry
+from services.store.store import DEFAULT_STORE_URL, Store
+
+
+class StoreServicer(store_pb2_grpc.StoreServicer):
+    def __init__(self, store_url: str = DEFAULT_STORE_URL) -> None:
+        self.store_url = store_url
+
+    async def Info(self, request, context):
+        import asyncio
+
+        url = request.store.url or self.store_url
+        info = await asyncio.to_thread(lambda: Store(url, read_only=True).info())
+        return store_pb2.StoreInfo(
+            url=info["url"],
+            schema=info["schema"],
+            structures=info["structures"],
+            atoms=info["atoms"],
+            campaigns=info.get("campaigns", {}),
+            latest_model_version=info["models"][-1] if info["models"] else 0,
+            trajectories=info["trajectories"],
+        )
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", default=DEFAULT_STORE_URL, help="store folder or fsspec URL")
+
+
+registry.register(
+    registry.ServiceSpec(
+        name="store",
+        service_names=("nnmd.v1.Store",),
+        build=lambda options: [
+            (StoreServicer(**options), store_pb2_grpc.add_StoreServicer_to_server)
+        ],
+        add_arguments=_add_arguments,
+        options_from_args=lambda args: {"store_url": args.store},
+    )
+)
