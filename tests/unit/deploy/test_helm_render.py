@@ -225,7 +225,8 @@ def test_coordinator_service_probes_and_token(rendered, case):
             assert len(secret) == 1
             assert len(secret[0]["data"][values["auth"]["secretKey"]]) >= 40  # base64 of 40 chars
     else:
-        assert "--token-file" not in args
+        assert "--token-file" not in args and "--no-auth" in args
+    assert args[args.index("--host") + 1] == "0.0.0.0", "probes and the Service use the pod IP"
 
 
 def test_coordinator_off_renders_no_service(rendered):

@@ -115,7 +115,8 @@ BAD_OVERRIDES = {
         "ray.cpuWorkers.customResources.qe", "minimum"),
     "token too short to be a secret": (
         {"auth": {"token": "abc"}}, "auth.token", "anyOf"),
-    "bad log level": ({"coordinator": {"logLevel": "verbose"}}, "coordinator.logLevel", "enum"),
+    "bad enum: autoscaler mode": (
+        {"ray": {"autoscaler": {"upscalingMode": "Fast"}}}, "ray.autoscaler.upscalingMode", "enum"),
     "group name not a DNS label": (
         {"ray": {"cpuWorkers": {"groupName": "QE_workers"}}}, "ray.cpuWorkers.groupName", "pattern"),
     "required block deleted": ({"store": None}, "", "required"),
