@@ -1,0 +1,132 @@
+"""`nnmd label` and `nnmd bootstrap`: the reference on the command line.
+
+label      energy, forces and stress for every structure of any ASE-readable
+           file; failed calculations are listed on stderr and never written.
+bootstrap  first-principles MD with the reference from a starting structure
+           (by default the QE input's own), every frame written as a label with
+           provenance 'aimd'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+
+import ase.io
+
+from services.reference import SPEC_HELP, QEBackend, QEConfig, RetryPolicy, label_all, make_backend
+from services.reference.aimd import THERMOSTATS, AIMDConfig, run_aimd
+
+
+def _add_reference_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reference", default="emt", metavar="SPEC",
+                   help=f"which reference computes the labels: {SPEC_HELP} (default: emt)")
+    g = p.add_argument_group("Quantum ESPRESSO (qe:...)")
+    g.add_argument("--ranks", type=int, default=1, help="MPI ranks per pw.x run (default 1)")
+    g.add_argument("--threads", type=int, default=1, help="OpenMP/BLAS threads per rank")
+    g.add_argument("--timeout", type=float, default=3600.0,
+                   help="seconds before one pw.x run is killed (default 3600)")
+    g.add_argument("--attempts", type=int, default=2,
+                   help="tries per structure; a non-converged SCF is retried with half the "
+                        "mixing_beta and twice electron_maxstep (default 2)")
+    g.add_argument("--keep-scratch", choices=("never", "failed", "always"), default="failed",
+                   help="keep each run's scratch folder (default: only when it failed)")
+    g.add_argument("--scratch", default=None, help="folder for scratch folders (default: $TMPDIR)")
+
+
+def _backend(args):
+    qe = QEConfig(ranks=args.ranks, threads=args.threads, timeout_s=args.timeout,
+                  scratch_root=args.scratch, keep=args.keep_scratch,
+                  retry=RetryPolicy(attempts=args.attempts))
+    try:
+        return make_backend(args.reference, qe=qe)
+    except ImportError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def _report_failures(failed, total: int, what: str) -> None:
+    for i, f in failed:
+        print(f"  {what} {i}: {f}", file=sys.stderr)
+    counts = Counter(f.reason.value for _, f in failed)
+    summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+    print(f"{len(failed)} of {total} {what}s failed ({summary}); they are not written",
+          file=sys.stderr)
+
+
+def cmd_label(args) -> int:
+    src = Path(args.input)
+    if not src.is_file():
+        raise FileNotFoundError(f"--in {src}: no such file")
+    try:
+        structures = ase.io.read(src, index=args.index)
+    except Exception as exc:
+        raise ValueError(f"--in {src}: ASE cannot read it ({exc})") from exc
+    if not isinstance(structures, list):
+        structures = [structures]
+    backend = _backend(args)
+    done, failed = label_all(backend, structures)
+    if done:
+        ase.io.write(args.out, done, format="extxyz")
+    print(f"labelled {len(done)} of {len(structures)} structures with {backend.name} -> "
+          f"{args.out if done else '(nothing written)'}")
+    if failed:
+        _report_failures(failed, len(structures), "structure")
+        return 1
+    return 0
+
+
+def cmd_bootstrap(args) -> int:
+    backend = _backend(args)
+    if args.structure:
+        atoms = ase.io.read(args.structure)
+    elif isinstance(backend, QEBackend):
+        atoms = backend.template.atoms
+    else:
+        raise ValueError("--structure is required unless --reference is qe:INPUT (then the "
+                         "structure of the QE input is used)")
+    config = AIMDConfig(temperature_K=args.temperature, steps=args.steps,
+                        timestep_fs=args.timestep, thermostat=args.thermostat,
+                        friction_per_fs=args.friction, seed=args.seed, interval=args.interval)
+    out = Path(args.out)
+    if out.exists():
+        out.unlink()  # frames are appended as they come
+
+    def write(frame):
+        ase.io.write(out, frame, format="extxyz", append=True)
+
+    run = run_aimd(backend, atoms, config, on_frame=write)
+    print(f"bootstrap: {len(run.frames)} frames ({config.thermostat}, "
+          f"{config.temperature_K:g} K, {config.timestep_fs:g} fs) with {backend.name} -> {out}")
+    if run.failure is not None:
+        print(f"stopped early at step {len(run.frames) * config.interval}: {run.failure}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("label", help="label structures with the reference (E, F, stress)",
+                              description=cmd_label.__doc__ or __doc__)
+    p.add_argument("--in", dest="input", required=True, metavar="FILE",
+                   help="structures in any format ASE reads (extxyz, POSCAR, .pwi, ...)")
+    p.add_argument("--out", required=True, metavar="OUT.extxyz", help="labelled structures")
+    p.add_argument("--index", default=":", help="which structures of --in (ASE index, default ':')")
+    _add_reference_args(p)
+    p.set_defaults(func=cmd_label)
+
+    b = subparsers.add_parser("bootstrap", help="first-principles MD with the reference -> "
+                              "labelled frames (provenance aimd)")
+    b.add_argument("--structure", default=None, metavar="FILE",
+                   help="starting structure (default: the QE input's own structure)")
+    b.add_argument("--steps", type=int, default=200, help="MD steps (default 200)")
+    b.add_argument("--temperature", type=float, required=True, help="temperature in K")
+    b.add_argument("--timestep", type=float, default=1.0, help="time step in fs (default 1.0)")
+    b.add_argument("--thermostat", choices=THERMOSTATS, default="langevin")
+    b.add_argument("--friction", type=float, default=0.01, help="Langevin friction in 1/fs")
+    b.add_argument("--interval", type=int, default=1, help="write every n-th frame")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--out", required=True, metavar="OUT.extxyz")
+    _add_reference_args(b)
+    b.set_defaults(func=cmd_bootstrap)

@@ -1,0 +1,40 @@
+"""One string selects the reference: ``emt``, ``qe:path/to/input.pwi``,
+``tblite:GFN1-xTB``, ``chgnet``, ``ase:pkg.mod:make_calc``."""
+
+from __future__ import annotations
+
+from services.reference.ase_backend import (
+    chgnet_backend,
+    emt_backend,
+    factory_backend,
+    tblite_backend,
+)
+from services.reference.qe import QEBackend, QEConfig
+from services.reference.types import ReferenceBackend
+
+SPEC_HELP = ("emt | qe:path/to/input.pwi | tblite[:GFN1-xTB|GFN2-xTB] | chgnet | "
+             "ase:pkg.module:factory")
+
+
+def make_backend(spec: str, qe: QEConfig | None = None) -> ReferenceBackend:
+    """The backend a spec string names. qe: how pw.x runs (ranks, timeout, retries).
+
+    Raises ValueError for a malformed spec or a bad QE input (QEInputError, naming
+    the line), ImportError when an optional package is missing.
+    """
+    spec = spec.strip()
+    kind, _, rest = spec.partition(":")
+    kind = kind.lower()
+    if kind == "emt" and not rest:
+        return emt_backend()
+    if kind == "qe":
+        if not rest:
+            raise ValueError("reference 'qe:' needs the pw.x input file: qe:path/to/input.pwi")
+        return QEBackend(rest, qe)
+    if kind == "tblite":
+        return tblite_backend(rest or "GFN1-xTB")
+    if kind == "chgnet" and not rest:
+        return chgnet_backend()
+    if kind == "ase":
+        return factory_backend(rest)
+    raise ValueError(f"unknown reference '{spec}'; use one of: {SPEC_HELP}")
