@@ -40,7 +40,8 @@ def export_extxyz(
         atoms = to_atoms(rec.structure, rec.labels)
         for key in _PROV_KEYS:
             value = getattr(rec.provenance, key)
-            if not (isinstance(value, float) and math.isnan(value)):
+            # ASE's extxyz reader mis-parses "key=" with an empty value: leave those out
+            if value != "" and not (isinstance(value, float) and math.isnan(value)):
                 atoms.info[f"nnmd_{key}"] = value
         frames.append(atoms)
     ase.io.write(str(path), frames, format="extxyz")

@@ -34,7 +34,9 @@ def test_stubs_match_protos(tmp_path):
 
 def test_runtime_not_older_than_generator():
     text = (COMMITTED / "common_pb2.py").read_text()
-    gen = tuple(int(x) for x in re.search(r"Protobuf Python Version: (\d+)\.(\d+)\.(\d+)", text).groups())
+    gen = tuple(
+        int(x) for x in re.search(r"Protobuf Python Version: (\d+)\.(\d+)\.(\d+)", text).groups()
+    )
     runtime = tuple(int(x) for x in google.protobuf.__version__.split(".")[:3])
     assert runtime >= gen
     pyproject = (ROOT / "pyproject.toml").read_text()
