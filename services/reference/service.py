@@ -1,0 +1,179 @@
+"""The Reference gRPC service (nnmd.v1.Reference/Compute).
+
+Thin: unpack and validate the structures -> the plain ``compute`` of a
+backend (in-process) or of a :class:`WorkerPool` of Ray actors -> pack the
+labels. A structure whose calculation failed gets an empty ``Labels`` (no
+energy: "not computed"), never numbers; the reasons travel in the trailing
+metadata ``nnmd-failures`` as JSON ``[{"index", "reason", "message"}]``.
+Requests that carry an idempotency key run once; a retry gets the first answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from services.proto.nnmd.v1 import reference_pb2, reference_pb2_grpc
+from services.reference.qe import QEBackend, QEConfig, RetryPolicy
+from services.reference.spec import make_backend
+from services.reference.types import Failure, Outcome, ReferenceBackend, Result
+from services.runtime import registry
+from services.runtime.convert import (
+    LabelArrays,
+    Limits,
+    labels_to_proto,
+    structure_from_proto,
+    to_atoms,
+)
+from services.runtime.errors import FailedPrecondition, InvalidArgument
+from services.runtime.server import IdempotencyCache
+
+FAILURES_TRAILER = "nnmd-failures"
+PROPERTIES = ("energy", "forces", "stress")
+
+
+def settings_hash(backend: ReferenceBackend, spec: str) -> str:
+    """What makes two labels comparable: the spec, and for QE the input text and the
+    pseudopotential files' contents."""
+    h = hashlib.sha256(spec.encode())
+    if isinstance(backend, QEBackend):
+        h.update(Path(backend.input_path).read_bytes())
+        for sp in backend.template.species:
+            h.update(sp.pseudo.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def pack(outcomes: list[Outcome], properties: set[str]
+         ) -> tuple[list, list[float], list[dict]]:
+    """Labels messages, wall times, and failure records for ``outcomes``."""
+    labels, walls, failures = [], [], []
+    for i, o in enumerate(outcomes):
+        if isinstance(o, Result):
+            labels.append(labels_to_proto(LabelArrays(
+                energy=o.energy if "energy" in properties else float("nan"),
+                forces=o.forces if "forces" in properties else None,
+                stress=o.stress if "stress" in properties else None)))
+            walls.append(float(o.info.get("wall_s", 0.0)))
+        else:
+            assert isinstance(o, Failure)
+            labels.append(labels_to_proto(LabelArrays()))
+            walls.append(0.0)
+            failures.append({"index": i, "reason": o.reason.value, "message": o.message})
+    return labels, walls, failures
+
+
+class ReferenceServicer(reference_pb2_grpc.ReferenceServicer):
+    """reference: a spec string (emt, qe:input.pwi, ...). workers: 0 = compute in this
+    process, one request at a time; n > 0 = a pool of n Ray actors."""
+
+    def __init__(self, reference: str = "emt", workers: int = 0, ranks: int = 1,
+                 threads: int = 1, timeout_s: float = 3600.0, attempts: int = 2,
+                 keep_scratch: str = "failed", scratch: str | None = None,
+                 max_atoms: int | None = None, backend: ReferenceBackend | None = None) -> None:
+        self.spec = reference
+        self.qe = QEConfig(ranks=ranks, threads=threads, timeout_s=timeout_s,
+                           retry=RetryPolicy(attempts=attempts), keep=keep_scratch,
+                           scratch_root=scratch)
+        # Validates the spec (and a QE input) here, at start-up, with a clear error.
+        self.backend = backend if backend is not None else make_backend(reference, qe=self.qe)
+        self.settings_hash = settings_hash(self.backend, reference)
+        self.pool = None
+        if workers > 0:
+            from services.reference.pool import WorkerPool
+
+            self.pool = WorkerPool(reference, workers, self.qe)
+        self._limits = Limits(max_atoms=max_atoms) if max_atoms else Limits()
+        self._executor = ThreadPoolExecutor(max_workers=max(4, 4 * workers),
+                                            thread_name_prefix="reference")
+        self._local = asyncio.Semaphore(1)  # in-process: one calculation at a time
+        self._idempotency = IdempotencyCache()
+
+    def compute(self, atoms_list) -> list[Outcome]:
+        """The plain function behind the RPC."""
+        if self.pool is not None:
+            return self.pool.compute(atoms_list)
+        return self.backend.compute(atoms_list)
+
+    async def _run(self, atoms_list) -> list[Outcome]:
+        loop = asyncio.get_running_loop()
+        if self.pool is not None:
+            return await loop.run_in_executor(self._executor, self.compute, atoms_list)
+        async with self._local:
+            return await loop.run_in_executor(self._executor, self.compute, atoms_list)
+
+    async def Compute(self, request, context):
+        atoms_list = [to_atoms(structure_from_proto(s, self._limits, f"structures[{i}]"))
+                      for i, s in enumerate(request.structures)]
+        props = set(request.properties) or {"energy", "forces"}
+        for i, p in enumerate(request.properties):
+            if p not in PROPERTIES:
+                raise InvalidArgument(f"properties[{i}]", f"unknown property {p!r}",
+                                      f"use any of {', '.join(PROPERTIES)}")
+        if request.HasField("destination") and request.destination.url:
+            raise FailedPrecondition("destination", "this reference service does not write "
+                                     "to the store", "store labels through the campaign's "
+                                     "writer (one writer per store)")
+
+        async def operation():
+            outcomes = await self._run(atoms_list)
+            return pack(outcomes, props)
+
+        labels, walls, failures = await self._idempotency.run(context, operation)
+        if failures:
+            context.set_trailing_metadata(((FAILURES_TRAILER, json.dumps(failures)),))
+        return reference_pb2.ComputeResponse(labels=labels, wall_time_s=walls,
+                                             reference_settings_hash=self.settings_hash)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def failures_of(call_or_error) -> list[dict]:
+    """The failure records of a finished call (``with_call`` result or RpcError)."""
+    for key, value in call_or_error.trailing_metadata() or ():
+        if key == FAILURES_TRAILER:
+            return json.loads(value)
+    return []
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reference", default="emt",
+                   help="emt | qe:input.pwi | tblite:GFN1-xTB | chgnet | ase:module:factory")
+    p.add_argument("--workers", type=int, default=0,
+                   help="Ray actors computing in parallel (0 = in this process)")
+    p.add_argument("--ranks", type=int, default=1, help="MPI ranks per pw.x run")
+    p.add_argument("--threads", type=int, default=1, help="OpenMP/BLAS threads per rank")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds per pw.x run")
+    p.add_argument("--attempts", type=int, default=2, help="tries per structure")
+    p.add_argument("--keep-scratch", choices=("never", "failed", "always"), default="failed")
+    p.add_argument("--scratch", default=None, help="folder for scratch folders")
+
+
+def _options_from_args(args) -> dict:
+    return {"reference": args.reference, "workers": args.workers, "ranks": args.ranks,
+            "threads": args.threads, "timeout_s": args.timeout, "attempts": args.attempts,
+            "keep_scratch": args.keep_scratch, "scratch": args.scratch}
+
+
+def _close(servicers) -> None:
+    for s in servicers:
+        s.close()
+
+
+registry.register(
+    registry.ServiceSpec(
+        name="reference",
+        service_names=("nnmd.v1.Reference",),
+        build=lambda options: [(ReferenceServicer(**options),
+                                reference_pb2_grpc.add_ReferenceServicer_to_server)],
+        add_arguments=_add_arguments,
+        options_from_args=_options_from_args,
+        close=_close,
+    )
+)

@@ -1,0 +1,172 @@
+"""The Reference gRPC service and its Ray worker pool, on EMT (no pw.x): labels
+over the wire equal the plain function's, failures travel as empty labels plus
+a trailer, idempotency keys run once, and 8 concurrent requests over 2 workers
+complete even when a worker is killed mid-request."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.emt import EMT
+
+from services.proto.nnmd.v1 import reference_pb2, reference_pb2_grpc
+from services.reference import make_backend
+from services.reference.service import ReferenceServicer, failures_of
+from services.runtime.channel import connect, idempotency_metadata
+from services.runtime.convert import from_atoms, labels_from_proto, structure_to_proto
+from services.runtime.server import ServerConfig, start_server
+
+SLOW = "ase:tests.unit.reference.slow_emt:make"
+
+
+def cu(seed):
+    a = bulk("Cu", "fcc", a=3.6, cubic=True)
+    a.rattle(0.05, seed=seed)
+    return a
+
+
+def request(structures, properties=()):
+    return reference_pb2.ComputeRequest(
+        structures=[structure_to_proto(from_atoms(a)[0]) for a in structures],
+        properties=list(properties))
+
+
+class Served:
+    """The servicer on a private event loop in a thread; sync clients call it."""
+
+    def __init__(self, servicer):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.servicer = servicer
+        self.running = self.run(start_server(
+            [(servicer, reference_pb2_grpc.add_ReferenceServicer_to_server)],
+            ("nnmd.v1.Reference",), ServerConfig(allow_no_auth=True)))
+        self.channel = connect(f"localhost:{self.running.port}", timeout_s=120)
+        self.stub = reference_pb2_grpc.ReferenceStub(self.channel)
+
+    def run(self, coro, timeout=60):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self):
+        self.channel.close()
+        self.run(self.running.stop(0.5))
+        self.servicer.close()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+
+
+class Counting:
+    """Unit-test wrapper: counts calls to the real EMT backend."""
+
+    name = "counting-emt"
+
+    def __init__(self):
+        self.calls, self.inner = 0, make_backend("emt")
+
+    def compute(self, atoms_list):
+        self.calls += 1
+        return self.inner.compute(atoms_list)
+
+
+@pytest.fixture
+def served():
+    s = Served(ReferenceServicer("emt", backend=Counting()))
+    yield s
+    s.stop()
+
+
+def test_labels_over_grpc_equal_emt(served):
+    structures = [cu(0), cu(1)]
+    resp = served.stub.Compute(request(structures, ["energy", "forces", "stress"]))
+    assert len(resp.labels) == 2 and len(resp.reference_settings_hash) == 16
+    for a, msg in zip(structures, resp.labels):
+        lab = labels_from_proto(msg, len(a))
+        a = a.copy()
+        a.calc = EMT()
+        assert lab.energy == pytest.approx(a.get_potential_energy(), abs=1e-12)
+        np.testing.assert_allclose(lab.forces, a.get_forces(), atol=1e-12)
+        np.testing.assert_allclose(lab.stress, a.get_stress(voigt=False), atol=1e-12)
+    # default properties: energy and forces only
+    resp = served.stub.Compute(request([cu(0)]))
+    assert resp.labels[0].HasField("energy_ev") and not resp.labels[0].stress_ev_per_angstrom3
+
+
+def test_failed_structure_has_no_numbers_and_a_reason(served):
+    si = bulk("Si", "diamond", a=5.43)
+    resp, call = served.stub.Compute.with_call(request([cu(0), si]))
+    assert resp.labels[0].HasField("energy_ev")
+    assert not resp.labels[1].HasField("energy_ev") and not resp.labels[1].forces_ev_per_angstrom
+    (f,) = failures_of(call)
+    assert f["index"] == 1 and f["reason"] == "crashed"
+
+
+def test_bad_requests_name_the_field(served):
+    with pytest.raises(grpc.RpcError) as info:
+        served.stub.Compute(request([cu(0)], ["energy", "dipole"]))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "properties[1]" in info.value.details()
+    bad = request([cu(0)])
+    del bad.structures[0].positions_angstrom[-1]
+    with pytest.raises(grpc.RpcError) as info:
+        served.stub.Compute(bad)
+    assert "structures[0].positions_angstrom" in info.value.details()
+
+
+def test_idempotency_key_runs_once(served):
+    req = request([cu(2)])
+    md = idempotency_metadata()
+    a = served.stub.Compute(req, metadata=md)
+    b = served.stub.Compute(req, metadata=md)
+    assert served.servicer.backend.calls == 1 and a == b
+    served.stub.Compute(req, metadata=idempotency_metadata())
+    served.stub.Compute(req)
+    assert served.servicer.backend.calls == 3
+
+
+def test_pool_eight_concurrent_requests_two_workers_one_killed(ray_session):
+    """8 concurrent gRPC requests over a pool of 2 Ray workers; one worker is
+    killed while the requests run; all 8 complete with correct labels."""
+    served = Served(ReferenceServicer(SLOW, workers=2))
+    try:
+        pool = served.servicer.pool
+        assert len(pool) == 2 and pool.num_cpus == 1
+        structures = [cu(i) for i in range(8)]
+
+        def call(a):
+            return served.stub.Compute(request([a]), metadata=idempotency_metadata())
+
+        with ThreadPoolExecutor(8) as ex:
+            futures = [ex.submit(call, a) for a in structures]
+            time.sleep(1.0)  # both workers busy, others queued
+            victim = pool.actors[0]
+            ray_session.kill(victim)
+            responses = [f.result(timeout=120) for f in futures]
+        for a, resp in zip(structures, responses):
+            lab = labels_from_proto(resp.labels[0], len(a))
+            a = a.copy()
+            a.calc = EMT()
+            assert lab.energy == pytest.approx(a.get_potential_energy(), abs=1e-12)
+        assert victim not in pool.actors and len(pool) == 2  # replaced, never reused
+    finally:
+        served.stop()
+
+
+def test_pool_spreads_work_over_workers(ray_session):
+    from services.reference.pool import WorkerPool
+
+    pool = WorkerPool(SLOW, workers=2)
+    try:
+        with ThreadPoolExecutor(4) as ex:
+            outs = list(ex.map(lambda a: pool.compute([a])[0], [cu(i) for i in range(4)]))
+        assert all(o.ok for o in outs)
+        assert len({o.info["worker_pid"] for o in outs}) == 2  # both workers took requests
+    finally:
+        pool.close()
