@@ -16,7 +16,8 @@ from numba import njit, prange
 
 from .descriptor import SIN_THETA_MIN, ChebyshevDescriptor
 
-_NUMBA_OPTS = dict(cache=True, fastmath=False, nogil=True)
+# reassoc lets LLVM vectorise the reductions over neighbours; results change at the 1e-16 level.
+_NUMBA_OPTS = dict(cache=True, fastmath={"reassoc", "contract"}, nogil=True)
 
 
 def _sparse_angular_weights(w_ang: np.ndarray):
@@ -71,227 +72,390 @@ def _fc(r, rc, kind):
     return 0.5 * (math.cos(math.pi * r / rc) + 1.0), -0.5 * math.pi / rc * math.sin(math.pi * r / rc)
 
 
+# Rational minimax approximation of asin on [0, 0.5] (the classic fdlibm/Cephes
+# constants): asin(x) = x + x R(x^2). Branch-free, so loops over neighbours stay
+# vectorisable; libm's acos is a scalar call and cost a third of the angular time.
+_PS = (1.66666666666666657415e-01, -3.25565818622400915405e-01, 2.01212532134862925881e-01,
+       -4.00555345006794114027e-02, 7.91534994289814532176e-04, 3.47933107596021167570e-05)
+_QS = (-2.40339491173441421878e00, 2.02094576023350569471e00, -6.88283971605453293030e-01,
+       7.70381505559019352791e-02)
+
+
 @njit(inline="always", **_NUMBA_OPTS)
-def _cheb(x, n, t, dt):
-    """Fill t[k] = T_k(x), dt[k] = T_k'(x), k < n."""
-    if n == 0:
-        return
-    t[0] = 1.0
-    dt[0] = 0.0
-    if n > 1:
-        t[1] = x
-        dt[1] = 1.0
-    for k in range(2, n):
-        t[k] = 2.0 * x * t[k - 1] - t[k - 2]
-        dt[k] = 2.0 * t[k - 1] + 2.0 * x * dt[k - 1] - dt[k - 2]
+def acos_fast(x):
+    """arccos(x) for x in [-1, 1], within 2 ulp of libm (tested)."""
+    ax = abs(x)
+    small = ax <= 0.5
+    z = x * x if small else 0.5 * (1.0 - ax)
+    p = z * (_PS[0] + z * (_PS[1] + z * (_PS[2] + z * (_PS[3] + z * (_PS[4] + z * _PS[5])))))
+    q = 1.0 + z * (_QS[0] + z * (_QS[1] + z * (_QS[2] + z * _QS[3])))
+    r = p / q
+    if small:
+        return 0.5 * math.pi - (x + x * r)
+    s = math.sqrt(z)
+    a = 2.0 * (s + s * r)
+    return a if x > 0.0 else math.pi - a
 
 
 @njit(inline="always", **_NUMBA_OPTS)
 def _angle(cos, kind):
     """(x, dx/dcos) of the angular Chebyshev argument."""
-    if cos > 1.0:
-        cos = 1.0
-    elif cos < -1.0:
-        cos = -1.0
+    cos = min(max(cos, -1.0), 1.0)
     if kind == 1:
         return cos, 1.0
-    s = math.sqrt(max(1.0 - cos * cos, 0.0))
-    if s < SIN_THETA_MIN:
-        s = SIN_THETA_MIN
-    return 2.0 * math.acos(cos) / math.pi - 1.0, -2.0 / (math.pi * s)
+    s = max(math.sqrt(max(1.0 - cos * cos, 0.0)), SIN_THETA_MIN)
+    return 2.0 * acos_fast(cos) / math.pi - 1.0, -2.0 / (math.pi * s)
 
 
 @njit(**_NUMBA_OPTS)
-def _gather_angular(rij, p0, p1, type_j, ra, ckind):
-    """Per-centre arrays of the pairs within R_a: pair index, unit vector, |r|, fc, dfc, type."""
-    m = 0
+def _gather(rij, p0, p1, type_j, rc, ckind, ne):
+    """The centre's pairs with |r| < rc, sorted by neighbour type (counting sort).
+
+    Returns pair index, unit vectors (m, 3), |r|, fc, dfc and type-segment starts (ne + 1,).
+    Sorting by type makes the chemistry channel constant over a segment, so the inner
+    loops run over contiguous vectors with one weight (SIMD-friendly).
+    """
+    starts = np.zeros(ne + 1, dtype=np.int64)
     for p in range(p0, p1):
         d2 = rij[p, 0] ** 2 + rij[p, 1] ** 2 + rij[p, 2] ** 2
-        if d2 < ra * ra:
-            m += 1
+        if d2 < rc * rc:
+            starts[type_j[p] + 1] += 1
+    for t in range(ne):
+        starts[t + 1] += starts[t]
+    m = starts[ne]
+    fill = starts[:ne].copy()
     pidx = np.empty(m, dtype=np.int64)
     u = np.empty((m, 3))
     dd = np.empty(m)
     fc = np.empty(m)
     dfc = np.empty(m)
-    ty = np.empty(m, dtype=np.int64)
-    q = 0
     for p in range(p0, p1):
-        d = math.sqrt(rij[p, 0] ** 2 + rij[p, 1] ** 2 + rij[p, 2] ** 2)
-        if d < ra:
+        d2 = rij[p, 0] ** 2 + rij[p, 1] ** 2 + rij[p, 2] ** 2
+        if d2 < rc * rc:
+            q = fill[type_j[p]]
+            fill[type_j[p]] += 1
+            d = math.sqrt(d2)
             pidx[q] = p
             u[q, 0] = rij[p, 0] / d
             u[q, 1] = rij[p, 1] / d
             u[q, 2] = rij[p, 2] / d
             dd[q] = d
-            fc[q], dfc[q] = _fc(d, ra, ckind)
-            ty[q] = type_j[p]
-            q += 1
-    return pidx, u, dd, fc, dfc, ty
+            fc[q], dfc[q] = _fc(d, rc, ckind)
+    return pidx, u, dd, fc, dfc, starts
+
+
+@njit(inline="always", **_NUMBA_OPTS)
+def _cheb_sums(x, w, nb, n, t0, t1, out):
+    """out[k] = sum_b w[b] T_k(x[b]) for k < n, recurrence vectorised over b."""
+    s0 = 0.0
+    s1 = 0.0
+    for b in range(nb):
+        t0[b] = 1.0
+        t1[b] = x[b]
+        s0 += w[b]
+        s1 += w[b] * x[b]
+    out[0] = s0
+    if n > 1:
+        out[1] = s1
+    for k in range(2, n):
+        acc = 0.0
+        for b in range(nb):
+            tk = 2.0 * x[b] * t1[b] - t0[b]
+            t0[b] = t1[b]
+            t1[b] = tk
+            acc += w[b] * tk
+        out[k] = acc
+
+
+@njit(inline="always", **_NUMBA_OPTS)
+def _cheb_dsums(x, w, wd, nb, n, t0, t1, d0, d1, out):
+    """out[k] = sum_b (w[b] T_k(x[b]) + wd[b] T_k'(x[b])) for k < n."""
+    s0 = 0.0
+    s1 = 0.0
+    for b in range(nb):
+        t0[b] = 1.0
+        t1[b] = x[b]
+        d0[b] = 0.0
+        d1[b] = 1.0
+        s0 += w[b]
+        s1 += w[b] * x[b] + wd[b]
+    out[0] = s0
+    if n > 1:
+        out[1] = s1
+    for k in range(2, n):
+        acc = 0.0
+        for b in range(nb):
+            tk = 2.0 * x[b] * t1[b] - t0[b]
+            dk = 2.0 * t1[b] + 2.0 * x[b] * d1[b] - d0[b]
+            t0[b] = t1[b]
+            t1[b] = tk
+            d0[b] = d1[b]
+            d1[b] = dk
+            acc += w[b] * tk + wd[b] * dk
+        out[k] = acc
+
+
+@njit(inline="always", **_NUMBA_OPTS)
+def _cheb_eval(x, h, nb, n, t0, t1, d0, d1, hT, hdT):
+    """hT[b] = sum_k h[k] T_k(x[b]),  hdT[b] = sum_k h[k] T_k'(x[b])."""
+    for b in range(nb):
+        t0[b] = 1.0
+        t1[b] = x[b]
+        d0[b] = 0.0
+        d1[b] = 1.0
+        hT[b] = h[0] + (h[1] * x[b] if n > 1 else 0.0)
+        hdT[b] = h[1] if n > 1 else 0.0
+    for k in range(2, n):
+        hk = h[k]
+        for b in range(nb):
+            tk = 2.0 * x[b] * t1[b] - t0[b]
+            dk = 2.0 * t1[b] + 2.0 * x[b] * d1[b] - d0[b]
+            t0[b] = t1[b]
+            t1[b] = tk
+            d0[b] = d1[b]
+            d1[b] = dk
+            hT[b] += hk * tk
+            hdT[b] += hk * dk
+
+
+@njit(inline="always", **_NUMBA_OPTS)
+def _angles(u, a, b0, b1, akind, fca, fcb_arr, xs, dxs, cs, ws):
+    """For b in [b0, b1): cos, x(theta), dx/dcos and fc_a fc_b into scratch vectors."""
+    for q in range(b1 - b0):
+        b = b0 + q
+        c = u[a, 0] * u[b, 0] + u[a, 1] * u[b, 1] + u[a, 2] * u[b, 2]
+        x, dx = _angle(c, akind)
+        cs[q] = c
+        xs[q] = x
+        dxs[q] = dx
+        ws[q] = fca * fcb_arr[b]
 
 
 @njit(parallel=True, **_NUMBA_OPTS)
 def _forward(rij, offsets, type_j, n_centers, nr, na, rr, ra, ckind, akind,
              w_rad, wa_cnt, wa_idx, wa_val, cr, nf):
+    ne = w_rad.shape[1]
     G = np.zeros((n_centers, nf))
     for i in prange(n_centers):
         p0, p1 = offsets[i], offsets[i + 1]
-        t = np.empty(max(nr, na))
-        dt = np.empty(max(nr, na))
-        for p in range(p0, p1):
-            d = math.sqrt(rij[p, 0] ** 2 + rij[p, 1] ** 2 + rij[p, 2] ** 2)
-            if d >= rr:
+        npair = p1 - p0
+        S = np.empty(max(nr, na))
+        t0 = np.empty(npair)
+        t1 = np.empty(npair)
+        xs = np.empty(npair)
+        ws = np.empty(npair)
+        # radial, by neighbour type
+        pidx, u, dd, fc, dfc, st = _gather(rij, p0, p1, type_j, rr, ckind, ne)
+        for t in range(ne):
+            nb = st[t + 1] - st[t]
+            if nb == 0:
                 continue
-            fc, _ = _fc(d, rr, ckind)
-            s = 2.0 * d / rr - 1.0
-            _cheb(s, nr, t, dt)
-            tj = type_j[p]
+            for q in range(nb):
+                xs[q] = 2.0 * dd[st[t] + q] / rr - 1.0
+                ws[q] = fc[st[t] + q]
+            _cheb_sums(xs, ws, nb, nr, t0, t1, S)
             for c in range(cr):
-                w = w_rad[c, tj] * fc
+                w = w_rad[c, t]
                 if w != 0.0:
-                    base = c * nr
                     for n in range(nr):
-                        G[i, base + n] += w * t[n]
+                        G[i, c * nr + n] += w * S[n]
         if na == 0:
             continue
-        pidx, u, dd, fca, dfca, ty = _gather_angular(rij, p0, p1, type_j, ra, ckind)
-        m = len(pidx)
+        pidx, u, dd, fc, dfc, st = _gather(rij, p0, p1, type_j, ra, ckind, ne)
+        m = st[ne]
+        dxs = np.empty(m)
+        cs = np.empty(m)
         off_ang = cr * nr
+        ta = 0
         for a in range(m):
-            for b in range(a + 1, m):
-                cos = u[a, 0] * u[b, 0] + u[a, 1] * u[b, 1] + u[a, 2] * u[b, 2]
-                x, _ = _angle(cos, akind)
-                _cheb(x, na, t, dt)
-                ff = fca[a] * fca[b]
-                ta, tb = ty[a], ty[b]
+            while a >= st[ta + 1]:
+                ta += 1
+            for tb in range(ta, ne):
+                b0 = max(a + 1, st[tb])
+                b1 = st[tb + 1]
+                if b1 <= b0:
+                    continue
+                _angles(u, a, b0, b1, akind, fc[a], fc, xs, dxs, cs, ws)
+                _cheb_sums(xs, ws, b1 - b0, na, t0, t1, S)
                 for k in range(wa_cnt[ta, tb]):
-                    w = wa_val[ta, tb, k] * ff
+                    w = wa_val[ta, tb, k]
                     base = off_ang + wa_idx[ta, tb, k] * na
                     for n in range(na):
-                        G[i, base + n] += w * t[n]
+                        G[i, base + n] += w * S[n]
     return G
 
 
 @njit(parallel=True, **_NUMBA_OPTS)
 def _vjp(rij, offsets, type_j, n_centers, nr, na, rr, ra, ckind, akind,
          w_rad, wa_cnt, wa_idx, wa_val, cr, dG):
+    ne = w_rad.shape[1]
     P = rij.shape[0]
     grad = np.zeros((P, 3))
     for i in prange(n_centers):
         p0, p1 = offsets[i], offsets[i + 1]
-        t = np.empty(max(nr, na))
-        dt = np.empty(max(nr, na))
-        for p in range(p0, p1):
-            d = math.sqrt(rij[p, 0] ** 2 + rij[p, 1] ** 2 + rij[p, 2] ** 2)
-            if d >= rr:
+        npair = p1 - p0
+        h = np.empty(max(nr, na))
+        t0 = np.empty(npair)
+        t1 = np.empty(npair)
+        d0 = np.empty(npair)
+        d1 = np.empty(npair)
+        xs = np.empty(npair)
+        hT = np.empty(npair)
+        hdT = np.empty(npair)
+        pidx, u, dd, fc, dfc, st = _gather(rij, p0, p1, type_j, rr, ckind, ne)
+        for t in range(ne):
+            nb = st[t + 1] - st[t]
+            if nb == 0:
                 continue
-            fc, dfc = _fc(d, rr, ckind)
-            s = 2.0 * d / rr - 1.0
-            _cheb(s, nr, t, dt)
-            tj = type_j[p]
-            acc = 0.0
-            for c in range(cr):
-                w = w_rad[c, tj]
-                if w != 0.0:
-                    base = c * nr
-                    sub = 0.0
-                    for n in range(nr):
-                        sub += dG[i, base + n] * (dt[n] * (2.0 / rr) * fc + t[n] * dfc)
-                    acc += w * sub
-            scale = acc / d
-            grad[p, 0] += scale * rij[p, 0]
-            grad[p, 1] += scale * rij[p, 1]
-            grad[p, 2] += scale * rij[p, 2]
+            for n in range(nr):
+                acc = 0.0
+                for c in range(cr):
+                    acc += w_rad[c, t] * dG[i, c * nr + n]
+                h[n] = acc
+            for q in range(nb):
+                xs[q] = 2.0 * dd[st[t] + q] / rr - 1.0
+            _cheb_eval(xs, h, nb, nr, t0, t1, d0, d1, hT, hdT)
+            for q in range(nb):
+                r = st[t] + q
+                e_r = hdT[q] * (2.0 / rr) * fc[r] + hT[q] * dfc[r]
+                p = pidx[r]
+                grad[p, 0] += e_r * u[r, 0]
+                grad[p, 1] += e_r * u[r, 1]
+                grad[p, 2] += e_r * u[r, 2]
         if na == 0:
             continue
-        pidx, u, dd, fca, dfca, ty = _gather_angular(rij, p0, p1, type_j, ra, ckind)
-        m = len(pidx)
+        pidx, u, dd, fc, dfc, st = _gather(rij, p0, p1, type_j, ra, ckind, ne)
+        m = st[ne]
+        dxs = np.empty(m)
+        cs = np.empty(m)
+        ws = np.empty(m)
+        gl = np.zeros((m, 3))
+        # H[ta, tb, n] = sum_k w_k dG[channel_k, n]
+        H = np.zeros((ne, ne, na))
         off_ang = cr * nr
-        h = np.empty(na)
-        for a in range(m):
-            for b in range(a + 1, m):
-                cos = u[a, 0] * u[b, 0] + u[a, 1] * u[b, 1] + u[a, 2] * u[b, 2]
-                x, dxdc = _angle(cos, akind)
-                _cheb(x, na, t, dt)
-                ta, tb = ty[a], ty[b]
-                for n in range(na):
-                    h[n] = 0.0
+        for ta in range(ne):
+            for tb in range(ne):
                 for k in range(wa_cnt[ta, tb]):
                     w = wa_val[ta, tb, k]
                     base = off_ang + wa_idx[ta, tb, k] * na
                     for n in range(na):
-                        h[n] += w * dG[i, base + n]
-                hT = 0.0
-                hdT = 0.0
-                for n in range(na):
-                    hT += h[n] * t[n]
-                    hdT += h[n] * dt[n]
-                # dE/dcos, and dE/d|r_a|, dE/d|r_b| through the cutoff functions
-                e_cos = hdT * dxdc * fca[a] * fca[b]
-                e_ra = hT * dfca[a] * fca[b]
-                e_rb = hT * fca[a] * dfca[b]
-                inv_a = 1.0 / dd[a]
-                inv_b = 1.0 / dd[b]
-                pa, pb = pidx[a], pidx[b]
-                for x3 in range(3):
-                    # d cos/d r_a = (u_b - cos u_a)/|r_a|
-                    grad[pa, x3] += e_cos * (u[b, x3] - cos * u[a, x3]) * inv_a + e_ra * u[a, x3]
-                    grad[pb, x3] += e_cos * (u[a, x3] - cos * u[b, x3]) * inv_b + e_rb * u[b, x3]
+                        H[ta, tb, n] += w * dG[i, base + n]
+        ta = 0
+        for a in range(m):
+            while a >= st[ta + 1]:
+                ta += 1
+            ga0 = 0.0
+            ga1 = 0.0
+            ga2 = 0.0
+            inv_a = 1.0 / dd[a]
+            for tb in range(ta, ne):
+                b0 = max(a + 1, st[tb])
+                b1 = st[tb + 1]
+                if b1 <= b0 or wa_cnt[ta, tb] == 0:
+                    continue
+                nb = b1 - b0
+                _angles(u, a, b0, b1, akind, fc[a], fc, xs, dxs, cs, ws)
+                _cheb_eval(xs, H[ta, tb], nb, na, t0, t1, d0, d1, hT, hdT)
+                for q in range(nb):
+                    b = b0 + q
+                    cos = cs[q]
+                    e_cos = hdT[q] * dxs[q] * ws[q]
+                    e_ra = hT[q] * dfc[a] * fc[b]
+                    e_rb = hT[q] * fc[a] * dfc[b]
+                    inv_b = 1.0 / dd[b]
+                    ga0 += e_cos * (u[b, 0] - cos * u[a, 0]) * inv_a + e_ra * u[a, 0]
+                    ga1 += e_cos * (u[b, 1] - cos * u[a, 1]) * inv_a + e_ra * u[a, 1]
+                    ga2 += e_cos * (u[b, 2] - cos * u[a, 2]) * inv_a + e_ra * u[a, 2]
+                    gl[b, 0] += e_cos * (u[a, 0] - cos * u[b, 0]) * inv_b + e_rb * u[b, 0]
+                    gl[b, 1] += e_cos * (u[a, 1] - cos * u[b, 1]) * inv_b + e_rb * u[b, 1]
+                    gl[b, 2] += e_cos * (u[a, 2] - cos * u[b, 2]) * inv_b + e_rb * u[b, 2]
+            gl[a, 0] += ga0
+            gl[a, 1] += ga1
+            gl[a, 2] += ga2
+        for a in range(m):
+            p = pidx[a]
+            grad[p, 0] += gl[a, 0]
+            grad[p, 1] += gl[a, 1]
+            grad[p, 2] += gl[a, 2]
     return grad
 
 
 @njit(parallel=True, **_NUMBA_OPTS)
 def _jvp(rij, offsets, type_j, n_centers, nr, na, rr, ra, ckind, akind,
          w_rad, wa_cnt, wa_idx, wa_val, cr, nf, drij):
+    ne = w_rad.shape[1]
     out = np.zeros((n_centers, nf))
     for i in prange(n_centers):
         p0, p1 = offsets[i], offsets[i + 1]
-        t = np.empty(max(nr, na))
-        dt = np.empty(max(nr, na))
-        for p in range(p0, p1):
-            d = math.sqrt(rij[p, 0] ** 2 + rij[p, 1] ** 2 + rij[p, 2] ** 2)
-            if d >= rr:
+        npair = p1 - p0
+        S = np.empty(max(nr, na))
+        t0 = np.empty(npair)
+        t1 = np.empty(npair)
+        d0 = np.empty(npair)
+        d1 = np.empty(npair)
+        xs = np.empty(npair)
+        w1 = np.empty(npair)
+        w2 = np.empty(npair)
+        pidx, u, dd, fc, dfc, st = _gather(rij, p0, p1, type_j, rr, ckind, ne)
+        for t in range(ne):
+            nb = st[t + 1] - st[t]
+            if nb == 0:
                 continue
-            fc, dfc = _fc(d, rr, ckind)
-            s = 2.0 * d / rr - 1.0
-            _cheb(s, nr, t, dt)
-            proj = (rij[p, 0] * drij[p, 0] + rij[p, 1] * drij[p, 1] + rij[p, 2] * drij[p, 2]) / d
-            tj = type_j[p]
+            for q in range(nb):
+                r = st[t] + q
+                p = pidx[r]
+                proj = u[r, 0] * drij[p, 0] + u[r, 1] * drij[p, 1] + u[r, 2] * drij[p, 2]
+                xs[q] = 2.0 * dd[r] / rr - 1.0
+                w1[q] = proj * dfc[r]
+                w2[q] = proj * fc[r] * (2.0 / rr)
+            _cheb_dsums(xs, w1, w2, nb, nr, t0, t1, d0, d1, S)
             for c in range(cr):
-                w = w_rad[c, tj] * proj
+                w = w_rad[c, t]
                 if w != 0.0:
-                    base = c * nr
                     for n in range(nr):
-                        out[i, base + n] += w * (dt[n] * (2.0 / rr) * fc + t[n] * dfc)
+                        out[i, c * nr + n] += w * S[n]
         if na == 0:
             continue
-        pidx, u, dd, fca, dfca, ty = _gather_angular(rij, p0, p1, type_j, ra, ckind)
-        m = len(pidx)
-        off_ang = cr * nr
+        pidx, u, dd, fc, dfc, st = _gather(rij, p0, p1, type_j, ra, ckind, ne)
+        m = st[ne]
+        dxs = np.empty(m)
+        cs = np.empty(m)
+        ws = np.empty(m)
+        # per-pair projections of the direction onto its unit vector, and the vectors
+        vr = np.empty(m)
         for a in range(m):
+            p = pidx[a]
+            vr[a] = u[a, 0] * drij[p, 0] + u[a, 1] * drij[p, 1] + u[a, 2] * drij[p, 2]
+        off_ang = cr * nr
+        ta = 0
+        for a in range(m):
+            while a >= st[ta + 1]:
+                ta += 1
             pa = pidx[a]
-            va0, va1, va2 = drij[pa, 0], drij[pa, 1], drij[pa, 2]
-            for b in range(a + 1, m):
-                pb = pidx[b]
-                cos = u[a, 0] * u[b, 0] + u[a, 1] * u[b, 1] + u[a, 2] * u[b, 2]
-                x, dxdc = _angle(cos, akind)
-                _cheb(x, na, t, dt)
-                dcos = 0.0
-                dcos += ((u[b, 0] - cos * u[a, 0]) * va0 + (u[b, 1] - cos * u[a, 1]) * va1
-                         + (u[b, 2] - cos * u[a, 2]) * va2) / dd[a]
-                dcos += ((u[a, 0] - cos * u[b, 0]) * drij[pb, 0] + (u[a, 1] - cos * u[b, 1]) * drij[pb, 1]
-                         + (u[a, 2] - cos * u[b, 2]) * drij[pb, 2]) / dd[b]
-                dra = u[a, 0] * va0 + u[a, 1] * va1 + u[a, 2] * va2
-                drb = u[b, 0] * drij[pb, 0] + u[b, 1] * drij[pb, 1] + u[b, 2] * drij[pb, 2]
-                ff = fca[a] * fca[b]
-                k_t = dfca[a] * dra * fca[b] + fca[a] * dfca[b] * drb  # d(fc_a fc_b)
-                k_dt = ff * dxdc * dcos
-                ta, tb = ty[a], ty[b]
+            for tb in range(ta, ne):
+                b0 = max(a + 1, st[tb])
+                b1 = st[tb + 1]
+                if b1 <= b0 or wa_cnt[ta, tb] == 0:
+                    continue
+                nb = b1 - b0
+                _angles(u, a, b0, b1, akind, fc[a], fc, xs, dxs, cs, ws)
+                for q in range(nb):
+                    b = b0 + q
+                    pb = pidx[b]
+                    cos = cs[q]
+                    # d cos = (u_b - cos u_a).v_a/|r_a| + (u_a - cos u_b).v_b/|r_b|
+                    dcos = ((u[b, 0] * drij[pa, 0] + u[b, 1] * drij[pa, 1] + u[b, 2] * drij[pa, 2])
+                            - cos * vr[a]) / dd[a]
+                    dcos += ((u[a, 0] * drij[pb, 0] + u[a, 1] * drij[pb, 1] + u[a, 2] * drij[pb, 2])
+                             - cos * vr[b]) / dd[b]
+                    w1[q] = dfc[a] * vr[a] * fc[b] + fc[a] * dfc[b] * vr[b]
+                    w2[q] = ws[q] * dxs[q] * dcos
+                _cheb_dsums(xs, w1, w2, nb, na, t0, t1, d0, d1, S)
                 for k in range(wa_cnt[ta, tb]):
                     w = wa_val[ta, tb, k]
                     base = off_ang + wa_idx[ta, tb, k] * na
                     for n in range(na):
-                        out[i, base + n] += w * (dt[n] * k_dt + t[n] * k_t)
+                        out[i, base + n] += w * S[n]
     return out
 
 

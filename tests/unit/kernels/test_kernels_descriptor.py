@@ -148,3 +148,20 @@ def test_verlet_skin_reuse_is_exact():
         assert sorted(zip(got.i, got.j, map(tuple, got.shifts))) == sorted(
             zip(want.i, want.j, map(tuple, want.shifts)))
     assert nl.n_builds < 12  # it did reuse
+
+
+def test_fast_acos_within_two_ulp():
+    from numba import njit
+
+    from nnmd_kernels.descriptor_numba import acos_fast
+
+    @njit
+    def many(x):
+        out = np.empty_like(x)
+        for k in range(len(x)):
+            out[k] = acos_fast(x[k])
+        return out
+
+    x = np.concatenate([np.linspace(-1, 1, 200001), [-1.0, 1.0, 0.5, -0.5, np.nextafter(0.5, 1), 1 - 1e-16]])
+    want = np.arccos(x)
+    assert np.all(np.abs(many(x) - want) <= 2 * np.spacing(np.maximum(want, 1e-300)) + 1e-300)
