@@ -52,7 +52,7 @@ STRUCTURE_FIELDS = (
     Field("campaign", ("S",), "str", "", "", "campaign name"),
     Field("chain", ("S",), "str", "", "", "chain name within the campaign"),
     Field("step", ("S",), "int64", "", -1, "chain step"),
-    Field("source", ("S",), "str", "", "", "one of " + "|".join(SOURCE_KINDS)),
+    Field("source", ("S",), "str", "", "", "one of " + ", ".join(SOURCE_KINDS)),
     Field("model_version", ("S",), "int64", "", 0, "model that proposed it; 0 = none"),
     Field("accepted", ("S",), "bool", "", False, "Metropolis/HMC decision"),
     Field("reference_settings_hash", ("S",), "str", "", "", "hash of reference settings"),
@@ -114,6 +114,6 @@ def table() -> str:
         (TRAJECTORIES_GROUP + "/<name>", TRAJECTORY_FIELDS),
     ):
         for f in fields:
-            shape = "(" + ", ".join(str(d) for d in f.dims) + ")"
+            shape = "(" + ", ".join(str(d) for d in f.dims) + ("," if len(f.dims) == 1 else "") + ")"
             rows.append(f"| {group} | {f.name} | {shape} | {f.dtype} | {f.unit} | {f.doc} |")
     return "\n".join(rows)

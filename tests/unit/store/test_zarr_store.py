@@ -164,3 +164,12 @@ def test_bad_records_rejected_before_writing(store):
 def test_missing_store_is_a_clear_error(tmp_path):
     with pytest.raises(NotFound, match="no nnmd store"):
         Store(tmp_path / "nothing", read_only=True)
+
+
+def test_docs_show_the_schema():
+    from pathlib import Path
+
+    from services.store import schema
+
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "store.md").read_text()
+    assert schema.table() in doc, "docs/store.md is stale: paste services.store.schema.table()"
