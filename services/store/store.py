@@ -93,9 +93,29 @@ class StructureBatch:
 
     start: int
     arrays: dict[str, np.ndarray]
+    ids: np.ndarray | None = None  # (S,) record ids; None = start, start + 1, ...
+
+    def __post_init__(self):
+        if self.ids is None:
+            object.__setattr__(
+                self, "ids", np.arange(self.start, self.start + len(self), dtype=np.int64)
+            )
 
     def __len__(self) -> int:
         return len(self.arrays["energy"])
+
+    def take(self, keep: np.ndarray) -> StructureBatch:
+        """The records at positions ``keep`` (sorted) of this batch, repacked."""
+        a = self.arrays
+        sizes = np.diff(a["offsets"])[keep]
+        rows = np.concatenate(
+            [np.arange(a["offsets"][k], a["offsets"][k + 1]) for k in keep] or [np.zeros(0, int)]
+        )
+        out = {"offsets": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)}
+        for f in schema.STRUCTURE_FIELDS:
+            if f.name != "offsets":
+                out[f.name] = a[f.name][rows] if f.dims[0] == "A" else a[f.name][keep]
+        return StructureBatch(self.start, out, self.ids[keep])
 
     def record(self, k: int) -> Record:
         a = self.arrays
@@ -198,7 +218,12 @@ class Store:
         self.zstore = _open_zarr_store(self.url, read_only)
         self.read_only = read_only
         if read_only:
-            root = zarr.open_group(store=self.zstore, mode="r")
+            try:
+                root = zarr.open_group(store=self.zstore, mode="r")
+            except FileNotFoundError:
+                raise NotFound(
+                    "store.url", f"no nnmd store at {self.url}", "check the URL"
+                ) from None
         else:
             root = zarr.open_group(store=self.zstore, mode="a")
             if schema.ROOT_ATTR not in root.attrs:
@@ -234,8 +259,24 @@ class Store:
     def __len__(self) -> int:
         return self.committed()[0]
 
-    def read(self, start: int = 0, stop: int | None = None) -> StructureBatch:
-        """Records [start, stop) of the committed snapshot (stop None = all committed)."""
+    def read(
+        self, start: int = 0, stop: int | None = None, campaign: str | None = None
+    ) -> StructureBatch:
+        """Records [start, stop) of the committed snapshot (stop None = all committed).
+
+        With ``campaign``, only that campaign's records (``batch.ids`` holds their record ids).
+        """
+        batch = self._read_range(start, stop)
+        if campaign is None or len(batch) == 0:
+            return batch
+        keep = np.flatnonzero(batch.arrays["campaign"] == campaign)
+        return batch.take(keep)
+
+    def read_dataset(self, ref) -> StructureBatch:
+        """The records a ``nnmd.v1.DatasetRef`` names (end_record 0 = all committed)."""
+        return self.read(ref.first_record, ref.end_record or None, ref.campaign or None)
+
+    def _read_range(self, start: int, stop: int | None) -> StructureBatch:
         n, _ = self.committed()
         stop = n if stop is None else min(int(stop), n)
         start = max(0, min(int(start), stop))

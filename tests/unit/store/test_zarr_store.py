@@ -173,3 +173,30 @@ def test_docs_show_the_schema():
 
     doc = (Path(__file__).resolve().parents[3] / "docs" / "store.md").read_text()
     assert schema.table() in doc, "docs/store.md is stale: paste services.store.schema.table()"
+
+
+def test_read_one_campaign_and_dataset_ref(store):
+    from services.proto.nnmd.v1 import common_pb2
+
+    recs = [make_record(c, s, campaign=("a", "b")[s % 2]) for c in range(2) for s in range(5)]
+    with store.writer() as w:
+        w.append(recs)
+    batch = store.read(campaign="b")
+    expected = [k for k, r in enumerate(recs) if r.provenance.campaign == "b"]
+    assert list(batch.ids) == expected
+    for k, rec in zip(expected, batch):
+        assert_same(recs[k], rec)
+    ref = common_pb2.DatasetRef(
+        store=common_pb2.StoreRef(url=store.url), first_record=2, campaign="a"
+    )
+    assert list(store.read_dataset(ref).ids) == [k for k in expected_a(recs) if k >= 2]
+    assert len(store.read(campaign="zzz")) == 0
+
+
+def expected_a(recs):
+    return [k for k, r in enumerate(recs) if r.provenance.campaign == "a"]
+
+
+def test_missing_memory_store_is_a_clear_error():
+    with pytest.raises(NotFound):
+        Store(f"memory://absent-{uuid.uuid4().hex}", read_only=True)
