@@ -235,6 +235,9 @@ class QEBackend:
         mpirun, pw = exe
         cmd = [mpirun, "-np", str(self.config.ranks), *self.config.extra_mpirun_args,
                pw, "-in", "pw.in"]
+        setpriv = shutil.which("setpriv")
+        if setpriv:  # if this process dies (a killed worker), mpirun gets SIGTERM and stops pw.x
+            cmd = [setpriv, "--pdeathsig", "TERM", "--", *cmd]
         t0 = time.monotonic()
         with open(folder / "pw.out", "w") as fout, open(folder / "pw.err", "w") as ferr:
             proc = subprocess.Popen(cmd, cwd=folder, stdout=fout, stderr=ferr,

@@ -182,3 +182,51 @@ def test_aimd_bootstrap_with_pw(tmp_path):
     assert run.frames[0].get_kinetic_energy() > 0
     assert not np.allclose(run.frames[1].positions, run.frames[0].positions)
     assert run.frames[1].get_potential_energy() != run.frames[0].get_potential_energy()
+
+
+def test_service_pool_with_pw_eight_requests_one_worker_killed(direct_run, ray_session):
+    """The gRPC service over 2 pw.x workers: 8 concurrent requests complete although
+    a worker is killed mid-request, and the unperturbed structure's energy equals
+    the direct pw.x run to 1e-6 Ry."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from services.proto.nnmd.v1 import reference_pb2
+    from services.reference.service import ReferenceServicer
+    from services.runtime.channel import idempotency_metadata
+    from services.runtime.convert import from_atoms, labels_from_proto, structure_to_proto
+    from tests.unit.reference.served import Served
+
+    text, _ = direct_run
+    e_direct_ry = float(re.findall(r"^!\s+total energy\s+=\s+(\S+) Ry", text, re.M)[-1])
+    base = ase.io.read(SI8, format="espresso-in")
+    structures = [base]
+    for seed in range(7):
+        a = base.copy()
+        a.rattle(0.02, seed=seed)
+        structures.append(a)
+    served = Served(ReferenceServicer(f"qe:{SI8}", workers=2, ranks=1, keep_scratch="never"))
+    try:
+        pool = served.servicer.pool
+
+        def call(a):
+            req = reference_pb2.ComputeRequest(
+                structures=[structure_to_proto(from_atoms(a)[0])],
+                properties=["energy", "forces", "stress"])
+            return served.stub.Compute(req, metadata=idempotency_metadata())
+
+        with ThreadPoolExecutor(8) as ex:
+            futures = [ex.submit(call, a) for a in structures]
+            time.sleep(1.0)  # both workers are inside pw.x now
+            victim = pool.actors[1]
+            ray_session.kill(victim)
+            responses = [f.result(timeout=600) for f in futures]
+        labels = [labels_from_proto(r.labels[0], 8) for r in responses]
+        assert all(np.isfinite(lab.energy) for lab in labels)
+        assert abs(labels[0].energy / units.Ry - e_direct_ry) < 1e-6
+        for lab in labels:
+            assert np.abs(lab.forces.sum(axis=0)).max() < 1e-3 and lab.stress.shape == (3, 3)
+        assert len({round(lab.energy, 6) for lab in labels}) == 8  # 8 different structures
+        assert victim not in pool.actors
+    finally:
+        served.stop()

@@ -5,8 +5,6 @@ complete even when a worker is killed mid-request."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,12 +14,12 @@ import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
 
-from services.proto.nnmd.v1 import reference_pb2, reference_pb2_grpc
+from services.proto.nnmd.v1 import reference_pb2
 from services.reference import make_backend
 from services.reference.service import ReferenceServicer, failures_of
-from services.runtime.channel import connect, idempotency_metadata
+from services.runtime.channel import idempotency_metadata
 from services.runtime.convert import from_atoms, labels_from_proto, structure_to_proto
-from services.runtime.server import ServerConfig, start_server
+from tests.unit.reference.served import Served
 
 SLOW = "ase:tests.unit.reference.slow_emt:make"
 
@@ -36,31 +34,6 @@ def request(structures, properties=()):
     return reference_pb2.ComputeRequest(
         structures=[structure_to_proto(from_atoms(a)[0]) for a in structures],
         properties=list(properties))
-
-
-class Served:
-    """The servicer on a private event loop in a thread; sync clients call it."""
-
-    def __init__(self, servicer):
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.servicer = servicer
-        self.running = self.run(start_server(
-            [(servicer, reference_pb2_grpc.add_ReferenceServicer_to_server)],
-            ("nnmd.v1.Reference",), ServerConfig(allow_no_auth=True)))
-        self.channel = connect(f"localhost:{self.running.port}", timeout_s=120)
-        self.stub = reference_pb2_grpc.ReferenceStub(self.channel)
-
-    def run(self, coro, timeout=60):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def stop(self):
-        self.channel.close()
-        self.run(self.running.stop(0.5))
-        self.servicer.close()
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
 
 
 class Counting:
