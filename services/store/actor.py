@@ -7,6 +7,8 @@ queue keeps submissions in arrival order; a task that waits for each
 
 from __future__ import annotations
 
+import hashlib
+
 import ray
 
 from services.store.store import Record, Store
@@ -30,3 +32,15 @@ class StoreWriterActor:
 
     def close(self) -> None:
         self._writer.close()
+
+
+def writer_actor(url: str, *, namespace: str = "nnmd"):
+    """The one writer actor of store ``url`` in this Ray cluster: created on first use, shared after.
+
+    A named actor per store URL, so every service and task that appends to a
+    store goes through the same writer.
+    """
+    name = "nnmd-store-writer-" + hashlib.sha256(url.encode()).hexdigest()[:16]
+    return StoreWriterActor.options(
+        name=name, namespace=namespace, get_if_exists=True, lifetime="detached", num_cpus=0
+    ).remote(url)

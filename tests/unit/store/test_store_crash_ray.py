@@ -76,13 +76,14 @@ def test_ray_task_producers_through_the_writer_actor(ray_session, tmp_path):
     ray = ray_session
     import store_records
 
-    from services.store.actor import StoreWriterActor
+    from services.store.actor import writer_actor
 
     # the test helper module is not importable on Ray workers: ship it by value
     ray.cloudpickle.register_pickle_by_value(store_records)
 
     url = str(tmp_path / "s")
-    writer = StoreWriterActor.remote(url)
+    writer = writer_actor(url)
+    assert writer_actor(url)._actor_id == writer._actor_id  # one writer per store
 
     @ray.remote(num_cpus=0.25)
     def produce(writer, chain: int, n_steps: int) -> list[int]:
