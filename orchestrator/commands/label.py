@@ -17,7 +17,8 @@ from pathlib import Path
 import ase.io
 
 from services.reference import SPEC_HELP, QEBackend, QEConfig, RetryPolicy, label_all, make_backend
-from services.reference.aimd import THERMOSTATS, AIMDConfig, run_aimd
+from services.reference.aimd import THERMOSTATS, AIMDConfig, aimd_record, run_aimd
+from services.reference.spec import settings_hash
 
 
 def _add_reference_args(p: argparse.ArgumentParser) -> None:
@@ -89,16 +90,34 @@ def cmd_bootstrap(args) -> int:
     config = AIMDConfig(temperature_K=args.temperature, steps=args.steps,
                         timestep_fs=args.timestep, thermostat=args.thermostat,
                         friction_per_fs=args.friction, seed=args.seed, interval=args.interval)
-    out = Path(args.out)
-    if out.exists():
+    if not args.out and not args.store:
+        raise ValueError("give --out FILE.extxyz and/or --store URL for the frames")
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists():
         out.unlink()  # frames are appended as they come
+    writer = None
+    if args.store:
+        from services.store import Store
+
+        writer = Store(args.store).writer()
+    ref_hash = settings_hash(backend)
 
     def write(frame):
-        ase.io.write(out, frame, format="extxyz", append=True)
+        if out is not None:
+            ase.io.write(out, frame, format="extxyz", append=True)
+        if writer is not None:  # durable before the next MD step
+            writer.append(aimd_record(frame, args.campaign, ref_hash))
 
-    run = run_aimd(backend, atoms, config, on_frame=write)
+    try:
+        run = run_aimd(backend, atoms, config, on_frame=write)
+    finally:
+        if writer is not None:
+            writer.close()
+    where = " and ".join(x for x in (str(out) if out else "",
+                                     f"{args.store} (campaign {args.campaign})"
+                                     if args.store else "") if x)
     print(f"bootstrap: {len(run.frames)} frames ({config.thermostat}, "
-          f"{config.temperature_K:g} K, {config.timestep_fs:g} fs) with {backend.name} -> {out}")
+          f"{config.temperature_K:g} K, {config.timestep_fs:g} fs) with {backend.name} -> {where}")
     if run.failure is not None:
         print(f"stopped early at step {len(run.frames) * config.interval}: {run.failure}",
               file=sys.stderr)
@@ -127,6 +146,9 @@ def register(subparsers) -> None:
     b.add_argument("--friction", type=float, default=0.01, help="Langevin friction in 1/fs")
     b.add_argument("--interval", type=int, default=1, help="write every n-th frame")
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--out", required=True, metavar="OUT.extxyz")
+    b.add_argument("--out", default=None, metavar="OUT.extxyz", help="write frames here")
+    b.add_argument("--store", default=None, metavar="URL",
+                   help="also append frames to this Zarr store (folder or fsspec URL)")
+    b.add_argument("--campaign", default="bootstrap", help="campaign name in the store")
     _add_reference_args(b)
     b.set_defaults(func=cmd_bootstrap)

@@ -30,6 +30,7 @@ from services.reference.labels import labelled
 from services.reference.types import Failure, ReferenceBackend, ReferenceError
 
 THERMOSTATS = ("langevin", "nve")
+AIMD_CHAIN = "aimd"
 
 
 @dataclass(frozen=True)
@@ -103,3 +104,15 @@ def run_aimd(backend: ReferenceBackend, atoms: Atoms, config: AIMDConfig,
     except ReferenceError as exc:
         return AIMDRun(frames, exc.failure)
     return AIMDRun(frames, None)
+
+
+def aimd_record(frame: Atoms, campaign: str, settings_hash: str = ""):
+    """A labelled MD frame as a store Record with provenance source 'aimd'."""
+    from services.runtime.convert import from_atoms
+    from services.store import Provenance, Record
+
+    structure, labels = from_atoms(frame)
+    return Record(structure, labels, Provenance(
+        campaign=campaign, chain=AIMD_CHAIN, step=int(frame.info["step"]), source="aimd",
+        accepted=True, reference_settings_hash=settings_hash,
+        wall_time=float(frame.info.get("ref_wall_s", float("nan")))))

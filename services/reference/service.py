@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from services.proto.nnmd.v1 import reference_pb2, reference_pb2_grpc
-from services.reference.qe import QEBackend, QEConfig, RetryPolicy
-from services.reference.spec import make_backend
+from services.reference.qe import QEConfig, RetryPolicy
+from services.reference.spec import make_backend, settings_hash
 from services.reference.types import Failure, Outcome, ReferenceBackend, Result
 from services.runtime import registry
 from services.runtime.convert import (
@@ -34,17 +32,6 @@ from services.runtime.server import IdempotencyCache
 
 FAILURES_TRAILER = "nnmd-failures"
 PROPERTIES = ("energy", "forces", "stress")
-
-
-def settings_hash(backend: ReferenceBackend, spec: str) -> str:
-    """What makes two labels comparable: the spec, and for QE the input text and the
-    pseudopotential files' contents."""
-    h = hashlib.sha256(spec.encode())
-    if isinstance(backend, QEBackend):
-        h.update(Path(backend.input_path).read_bytes())
-        for sp in backend.template.species:
-            h.update(sp.pseudo.read_bytes())
-    return h.hexdigest()[:16]
 
 
 def pack(outcomes: list[Outcome], properties: set[str]
@@ -80,7 +67,7 @@ class ReferenceServicer(reference_pb2_grpc.ReferenceServicer):
                            scratch_root=scratch)
         # Validates the spec (and a QE input) here, at start-up, with a clear error.
         self.backend = backend if backend is not None else make_backend(reference, qe=self.qe)
-        self.settings_hash = settings_hash(self.backend, reference)
+        self.settings_hash = settings_hash(self.backend)
         self.pool = None
         if workers > 0:
             from services.reference.pool import WorkerPool

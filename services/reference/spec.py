@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 from services.reference.ase_backend import (
     chgnet_backend,
     emt_backend,
@@ -38,3 +41,14 @@ def make_backend(spec: str, qe: QEConfig | None = None) -> ReferenceBackend:
     if kind == "ase":
         return factory_backend(rest)
     raise ValueError(f"unknown reference '{spec}'; use one of: {SPEC_HELP}")
+
+
+def settings_hash(backend: ReferenceBackend) -> str:
+    """What makes two labels comparable: the backend's name (its spec), and for QE
+    the input text and the pseudopotential files' contents. 16 hex digits."""
+    h = hashlib.sha256(backend.name.encode())
+    if isinstance(backend, QEBackend):
+        h.update(Path(backend.input_path).read_bytes())
+        for sp in backend.template.species:
+            h.update(sp.pseudo.read_bytes())
+    return h.hexdigest()[:16]

@@ -184,6 +184,24 @@ def test_bootstrap_cli(tmp_path, capsys):
     frames = ase.io.read(out, ":")
     assert len(frames) == 7 and frames[3].info["source"] == "aimd"
     assert frames[3].get_momenta().any() and "stress" in frames[3].calc.results
+    # and into the Zarr store, provenance aimd, labels equal to the file's
+    store = tmp_path / "store"
+    rc = run_cli(["bootstrap", "--reference", "emt", "--structure", str(start), "--steps", "3",
+                  "--temperature", "300", "--store", str(store), "--campaign", "boot",
+                  "--out", str(out)])
+    assert rc == 0
+    from services.store import Store
+
+    records = list(Store(str(store), read_only=True).read())
+    frames = ase.io.read(out, ":")
+    assert len(records) == 4
+    for rec, f in zip(records, frames):
+        p = rec.provenance
+        assert (p.source, p.campaign, p.chain, p.accepted) == ("aimd", "boot", "aimd", True)
+        assert len(p.reference_settings_hash) == 16
+        assert rec.labels.energy == pytest.approx(f.get_potential_energy(), abs=1e-9)
+        np.testing.assert_allclose(rec.labels.forces, f.get_forces(), atol=1e-6)
+    assert [r.provenance.step for r in records] == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="--structure is required"):
         run_cli(["bootstrap", "--reference", "emt", "--temperature", "300", "--out", str(out)])
 
