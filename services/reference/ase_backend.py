@@ -127,7 +127,8 @@ def tblite_backend(method: str = "GFN1-xTB") -> ASEBackend:
 
 def chgnet_backend() -> ASEBackend:
     if not optional_available("chgnet"):
-        raise ImportError("reference 'chgnet' needs the chgnet package: pip install chgnet")
+        raise ImportError("reference 'chgnet' needs the chgnet package: "
+                          "pip install 'nnmd[chgnet]' (or pip install chgnet)")
     return ASEBackend(_chgnet, "chgnet")
 
 
