@@ -114,6 +114,8 @@ def table() -> str:
         (TRAJECTORIES_GROUP + "/<name>", TRAJECTORY_FIELDS),
     ):
         for f in fields:
-            shape = "(" + ", ".join(str(d) for d in f.dims) + ("," if len(f.dims) == 1 else "") + ")"
+            shape = (
+                "(" + ", ".join(str(d) for d in f.dims) + ("," if len(f.dims) == 1 else "") + ")"
+            )
             rows.append(f"| {group} | {f.name} | {shape} | {f.dtype} | {f.unit} | {f.doc} |")
     return "\n".join(rows)
