@@ -459,6 +459,68 @@ def _jvp(rij, offsets, type_j, n_centers, nr, na, rr, ra, ckind, akind,
     return out
 
 
+@njit(parallel=True, **_NUMBA_OPTS)
+def _pair_jacobian(rij, offsets, type_j, n_centers, nr, na, rr, ra, ckind, akind,
+                   w_rad, wa_cnt, wa_idx, wa_val, cr, nf):
+    ne = w_rad.shape[1]
+    P = rij.shape[0]
+    J = np.zeros((P, nf, 3))
+    for i in prange(n_centers):
+        p0, p1 = offsets[i], offsets[i + 1]
+        t = np.empty(max(nr, na, 2))
+        dt = np.empty(max(nr, na, 2))
+        pidx, u, dd, fc, dfc, st = _gather(rij, p0, p1, type_j, rr, ckind, ne)
+        for r in range(st[ne]):
+            tj = type_j[pidx[r]]
+            _cheb1(2.0 * dd[r] / rr - 1.0, nr, t, dt)
+            for c in range(cr):
+                w = w_rad[c, tj]
+                if w != 0.0:
+                    for n in range(nr):
+                        e = w * (dt[n] * (2.0 / rr) * fc[r] + t[n] * dfc[r])
+                        for k in range(3):
+                            J[pidx[r], c * nr + n, k] += e * u[r, k]
+        if na == 0:
+            continue
+        pidx, u, dd, fc, dfc, st = _gather(rij, p0, p1, type_j, ra, ckind, ne)
+        m = st[ne]
+        ta = 0
+        off = cr * nr
+        for a in range(m):
+            while a >= st[ta + 1]:
+                ta += 1
+            tb = ta
+            for b in range(a + 1, m):
+                while b >= st[tb + 1]:
+                    tb += 1
+                cos = u[a, 0] * u[b, 0] + u[a, 1] * u[b, 1] + u[a, 2] * u[b, 2]
+                x, dxdc = _angle(cos, akind)
+                _cheb1(x, na, t, dt)
+                for kk in range(wa_cnt[ta, tb]):
+                    w = wa_val[ta, tb, kk]
+                    base = off + wa_idx[ta, tb, kk] * na
+                    for n in range(na):
+                        e_cos = w * dt[n] * dxdc * fc[a] * fc[b]
+                        for k in range(3):
+                            J[pidx[a], base + n, k] += (e_cos * (u[b, k] - cos * u[a, k]) / dd[a]
+                                                        + w * t[n] * dfc[a] * fc[b] * u[a, k])
+                            J[pidx[b], base + n, k] += (e_cos * (u[a, k] - cos * u[b, k]) / dd[b]
+                                                        + w * t[n] * fc[a] * dfc[b] * u[b, k])
+    return J
+
+
+@njit(inline="always", **_NUMBA_OPTS)
+def _cheb1(x, n, t, dt):
+    """T_k(x), T_k'(x) for k < n at one point."""
+    t[0] = 1.0
+    dt[0] = 0.0
+    t[1] = x
+    dt[1] = 1.0
+    for k in range(2, n):
+        t[k] = 2.0 * x * t[k - 1] - t[k - 2]
+        dt[k] = 2.0 * t[k - 1] + 2.0 * x * dt[k - 1] - dt[k - 2]
+
+
 def _offsets(pair_i: np.ndarray, n_centers: int) -> np.ndarray:
     return np.searchsorted(pair_i, np.arange(n_centers + 1)).astype(np.int64)
 
@@ -485,3 +547,10 @@ def descriptors_jvp(desc, rij, pair_i, type_j, n_centers, drij):
 
 def num_threads() -> int:
     return numba.get_num_threads()
+
+
+def pair_jacobian(desc, rij, pair_i, type_j, n_centers):
+    """J (P, F, 3) = dG_{i(p)}/d r_p (see descriptor_ref.pair_jacobian)."""
+    p = _params(desc)
+    return _pair_jacobian(np.ascontiguousarray(rij, dtype=np.float64), _offsets(pair_i, n_centers),
+                          np.ascontiguousarray(type_j, dtype=np.int64), int(n_centers), *p)

@@ -141,3 +141,35 @@ def descriptors_jvp(desc, rij, pair_i, type_j, n_centers, drij):
             w = w_ang[:, type_j[pa], type_j[pb]].T
             np.add.at(o_ang, pair_i[pa], w[:, :, None] * dv[:, None, :])
     return out
+
+
+def pair_jacobian(desc, rij, pair_i, type_j, n_centers):
+    """J (P, F, 3) = dG_{i(p)} / d r_p: the descriptor Jacobian in pair space.
+
+    Dense per pair (not per atom pair), so JVP(v) = scatter_i sum_p J[p] v_p and
+    VJP(g) = J[p] . g[i(p)]. Memory P x F x 3 doubles: the trainer caches it when
+    it fits its budget.
+    """
+    rij = np.asarray(rij, dtype=np.float64)
+    d = np.linalg.norm(rij, axis=1)
+    u = rij / d[:, None]
+    w_rad, w_ang = desc.channel_weights
+    P = len(d)
+    cr, nr, na = desc.n_radial_channels, desc.n_radial, desc.n_angular
+    J = np.zeros((P, desc.n_features, 3))
+    _, dval = _radial_terms(desc, d)
+    jr = (w_rad[:, type_j].T[:, :, None] * dval[:, None, :]).reshape(P, cr * nr)
+    J[:, : cr * nr, :] = jr[:, :, None] * u[:, None, :]
+    if na:
+        pa, pb = _triplets(desc, d, pair_i, n_centers)
+        if len(pa):
+            _, dva, dvb = _angular_terms(desc, rij, d, pa, pb)
+            w = w_ang[:, type_j[pa], type_j[pb]].T  # (T, C_a)
+            ca = w.shape[1]
+            ja = (w[:, :, None, None] * dva[:, None, :, :]).reshape(len(pa), ca * na, 3)
+            jb = (w[:, :, None, None] * dvb[:, None, :, :]).reshape(len(pa), ca * na, 3)
+            ang = np.zeros((P, ca * na, 3))
+            np.add.at(ang, pa, ja)
+            np.add.at(ang, pb, jb)
+            J[:, cr * nr :, :] = ang
+    return J

@@ -163,3 +163,62 @@ def input_gradient(net: ElementNetwork, cache, coef: np.ndarray) -> np.ndarray:
         delta = delta * df(cache[l])
         delta = delta @ np.swapaxes(net.weights[l], 1, 2)  # (M, n, n_in)
     return delta.sum(axis=0)
+
+
+def forward_tangent(net: ElementNetwork, x: np.ndarray, xdot: np.ndarray):
+    """Primal and tangent pass: y (M, n) and ydot (M, n) = dy/dx . xdot, with the cache
+    needed by `parameter_gradient`. xdot (n, F) is a direction in input space."""
+    f, df, _ = activation(net.activation)
+    a = np.broadcast_to(x[None], (net.n_models, *x.shape))
+    ad = np.broadcast_to(xdot[None], (net.n_models, *xdot.shape))
+    cache = []
+    for w, b in zip(net.weights[:-1], net.biases[:-1]):
+        z = a @ w + b[:, None, :]
+        zd = ad @ w
+        cache.append((a, ad, z, zd))
+        a = f(z)
+        ad = df(z) * zd
+    y = (a @ net.weights[-1])[..., 0] + net.biases[-1]
+    yd = (ad @ net.weights[-1])[..., 0]
+    cache.append((a, ad, None, None))
+    return y, yd, cache
+
+
+def parameter_gradient(net: ElementNetwork, cache, dy: np.ndarray, dyd: np.ndarray | None):
+    """Gradient w.r.t. weights and biases of  sum_{m,n} dy[m,n] y[m,n] + dyd[m,n] ydot[m,n].
+
+    Reverse mode through the primal and the tangent pass together (the second
+    derivatives of the force loss: act'' enters through the tangent). Returns
+    (grad_weights, grad_biases) with the shapes of net.weights / net.biases.
+    """
+    _, df, d2f = activation(net.activation)
+    L = len(net.weights)
+    gw = [None] * L
+    gb = [None] * L
+    a_last, ad_last, _, _ = cache[-1]
+    w_out = net.weights[-1]  # (M, h, 1)
+    gw[-1] = np.swapaxes(a_last, 1, 2) @ dy[:, :, None]
+    gb[-1] = dy.sum(axis=1)[:, None]
+    da = dy[:, :, None] * w_out[:, None, :, 0]  # (M, n, h): d/d a_L
+    dad = None
+    if dyd is not None:
+        gw[-1] = gw[-1] + np.swapaxes(ad_last, 1, 2) @ dyd[:, :, None]
+        dad = dyd[:, :, None] * w_out[:, None, :, 0]  # d/d adot_L
+    for l in range(L - 2, -1, -1):
+        a_in, ad_in, z, zd = cache[l]
+        fp = df(z)
+        dz = da * fp
+        if dad is not None:
+            dz = dz + dad * d2f(z) * zd
+            dzd = dad * fp
+        w = net.weights[l]
+        gw[l] = np.swapaxes(a_in, 1, 2) @ dz
+        gb[l] = dz.sum(axis=1)
+        if dad is not None:
+            gw[l] = gw[l] + np.swapaxes(ad_in, 1, 2) @ dzd
+        if l:
+            wt = np.swapaxes(w, 1, 2)
+            da = dz @ wt
+            if dad is not None:
+                dad = dzd @ wt
+    return gw, gb

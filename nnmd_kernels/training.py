@@ -1,0 +1,643 @@
+"""Training: energy + force (+ stress) loss with analytic second derivatives.
+
+Loss for one ensemble member, over the training structures s (N_s atoms):
+
+    L = w_E mean_s (dE_s / N_s)^2 + w_F mean_{a,x} dF_ax^2 + w_S mean_{s,ab} dsigma_ab^2 + l2 |theta|^2
+
+Forces are F = -J^T g with g_i = dE_i/dG_i and J the descriptor Jacobian, so the
+force loss needs the derivative of g w.r.t. the weights: a second derivative of
+the network. With dF fixed, sum_a dF_a . F_a = sum_i g_i . u_i where u = J v is
+the descriptor JVP along the pair-space direction v_p = dF_i(p) - dF_j(p) (and,
+for the stress, + dsigma^T r_p / V). g_i . u_i is the directional derivative of
+the network along u_i: forward mode through the network (network.forward_tangent),
+then reverse mode (network.parameter_gradient). The gradient is checked against
+finite differences of the loss in tests.
+
+The Delta baseline is fitted first by linear least squares on energies and
+forces (guarded: the r^-12 coefficient stays >= 0 and the pair potential must
+be repulsive below the shortest distance in the data); per-element reference
+energies e0 by least squares on composition. The networks then learn the rest.
+
+Arrays live in one flat "batch" over all structures: atoms concatenated, pairs
+with global indices (sorted by centre), so one kernel call serves the whole set.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from .baseline import PairBaseline, design_matrix_row, pair_terms
+from .descriptor import ChebyshevDescriptor
+from .elements import atomic_number, symbol
+from .neighbors import check_min_distance, neighbor_pairs, validate_geometry
+from .network import ElementNetwork, forward, forward_tangent, input_gradient, parameter_gradient
+from .potential import Potential, _kernels
+
+
+@dataclass(frozen=True)
+class Structure:
+    """One labelled structure. positions (N,3) A; numbers (N,); cell (3,3) A or None;
+    pbc (3,); energy eV; forces (N,3) eV/A or None; stress (3,3) eV/A^3 (ASE sign) or None."""
+
+    positions: np.ndarray
+    numbers: np.ndarray
+    cell: np.ndarray | None
+    pbc: np.ndarray
+    energy: float
+    forces: np.ndarray | None = None
+    stress: np.ndarray | None = None
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings; defaults are sensible for a first potential.
+
+    descriptor: ChebyshevDescriptor options (species are taken from the data).
+    force_outlier: drop structures whose largest |F| component exceeds this (eV/A).
+    jacobian_budget_gb: cache the descriptor Jacobian when it fits, else recompute.
+    """
+
+    descriptor: dict = field(default_factory=dict)
+    hidden: tuple = (40, 40)
+    activation: str = "twisted_tanh"
+    n_models: int = 1
+    delta: bool = True
+    energy_weight: float = 1.0
+    force_weight: float = 0.1
+    stress_weight: float = 0.0
+    l2: float = 1e-7
+    optimizer: str = "lbfgs"
+    max_epochs: int = 300
+    warmup_epochs: int = 20
+    lbfgs_history: int = 32
+    adam_lr: float = 1e-3
+    validation_fraction: float = 0.1
+    patience: int = 60
+    force_outlier: float | None = 50.0
+    jacobian_budget_gb: float = 2.0
+    seed: int = 0
+    backend: str = "auto"
+
+    def __post_init__(self):
+        if self.optimizer not in ("lbfgs", "adam"):
+            raise ValueError(f"optimizer must be 'lbfgs' or 'adam' (got {self.optimizer!r})")
+        if self.n_models < 1:
+            raise ValueError(f"n_models must be >= 1 (got {self.n_models})")
+        for name in ("energy_weight", "force_weight", "stress_weight", "l2", "jacobian_budget_gb"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (got {getattr(self, name)})")
+        if not 0 <= self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in [0, 1) (got {self.validation_fraction})")
+        if self.max_epochs < 0 or self.warmup_epochs < 0:
+            raise ValueError("max_epochs and warmup_epochs must be >= 0")
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"training config: unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
+        return cls(**d)
+
+
+def validate_structures(structures, need_forces: bool, species=None):
+    """Check every structure; ValueError names the structure and the field."""
+    out = []
+    for k, s in enumerate(structures):
+        tag = f"structure {k}" + (f" ({s.name})" if s.name else "")
+        try:
+            pos, cell, pbc = validate_geometry(s.positions, s.cell, s.pbc)
+        except ValueError as exc:
+            raise ValueError(f"{tag}: {exc}") from None
+        nums = np.asarray(s.numbers, dtype=np.int64)
+        if nums.shape != (len(pos),):
+            raise ValueError(f"{tag}: field 'numbers' has shape {nums.shape}, expected ({len(pos)},)")
+        if species is not None:
+            bad = [symbol(z) for z in set(nums.tolist()) if symbol(z) not in species]
+            if bad:
+                raise ValueError(f"{tag}: elements {sorted(bad)} are not in the model ({', '.join(species)})")
+        e = s.energy
+        if e is None or not np.isfinite(e):
+            raise ValueError(f"{tag}: field 'energy' is missing or not finite ({e})")
+        f = s.forces
+        if f is None:
+            if need_forces:
+                raise ValueError(f"{tag}: field 'forces' is missing (needed with force_weight > 0)")
+        else:
+            f = np.asarray(f, dtype=np.float64)
+            if f.shape != pos.shape:
+                raise ValueError(f"{tag}: field 'forces' has shape {f.shape}, expected {pos.shape}")
+            if not np.all(np.isfinite(f)):
+                raise ValueError(f"{tag}: field 'forces' contains NaN or inf")
+        st = s.stress
+        if st is not None:
+            st = np.asarray(st, dtype=np.float64)
+            if st.shape == (6,):
+                xx, yy, zz, yz, xz, xy = st
+                st = np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+            if st.shape != (3, 3) or not np.all(np.isfinite(st)):
+                raise ValueError(f"{tag}: field 'stress' must be a finite (3,3) or Voigt (6,) array")
+        out.append(replace(s, positions=pos, numbers=nums, cell=cell, pbc=pbc, energy=float(e), forces=f,
+                           stress=st))
+    if not out:
+        raise ValueError("no structures to train on")
+    return out
+
+
+class Batch:
+    """All structures as one flat set of atoms and pairs, with descriptors (and Jacobian)."""
+
+    def __init__(self, structures, desc: ChebyshevDescriptor, cutoff: float, budget_gb: float,
+                 backend: str = "auto"):
+        self.desc = desc
+        self.kern = _kernels(backend)
+        sp = desc.species
+        z2t = {atomic_number(s): e for e, s in enumerate(sp)}
+        pi, pj, vec, st_of_atom, st_of_pair = [], [], [], [], []
+        off = 0
+        self.n_atoms = np.array([len(s.positions) for s in structures])
+        self.volume = np.full(len(structures), np.nan)
+        for k, s in enumerate(structures):
+            pairs = neighbor_pairs(s.positions, s.cell, s.pbc, cutoff)
+            try:
+                check_min_distance(pairs)
+            except ValueError as exc:
+                raise ValueError(f"structure {k}: {exc}") from None
+            pi.append(pairs.i + off)
+            pj.append(pairs.j + off)
+            vec.append(pairs.vectors)
+            st_of_atom.append(np.full(len(s.positions), k))
+            st_of_pair.append(np.full(len(pairs), k))
+            if np.all(s.pbc):
+                self.volume[k] = abs(np.linalg.det(s.cell))
+            off += len(s.positions)
+        self.pair_i = np.concatenate(pi)
+        self.pair_j = np.concatenate(pj)
+        self.rij = np.concatenate(vec)
+        self.struct_of_atom = np.concatenate(st_of_atom)
+        self.struct_of_pair = np.concatenate(st_of_pair)
+        self.types = np.array([z2t[int(z)] for s in structures for z in s.numbers], dtype=np.int64)
+        self.N = off
+        self.S = len(structures)
+        self.type_j = self.types[self.pair_j]
+        self.G = self.kern.descriptors(desc, self.rij, self.pair_i, self.type_j, self.N)
+        need = len(self.pair_i) * desc.n_features * 3 * 8 / 1e9
+        self.J = None
+        if need <= budget_gb:
+            self.J = self.kern.pair_jacobian(desc, self.rij, self.pair_i, self.type_j, self.N)
+        self.jacobian_gb = need
+        self.by_element = [np.flatnonzero(self.types == e) for e in range(desc.n_species)]
+
+    def vjp(self, g):
+        """Pair gradients (P, 3) from dE/dG (N, F)."""
+        if self.J is not None:
+            return np.einsum("pfx,pf->px", self.J, g[self.pair_i], optimize=True)
+        return self.kern.descriptors_vjp(self.desc, self.rij, self.pair_i, self.type_j, self.N, g)
+
+    def jvp(self, v):
+        """dG (N, F) along a pair-space direction v (P, 3)."""
+        if self.J is not None:
+            out = np.zeros((self.N, self.desc.n_features))
+            np.add.at(out, self.pair_i, np.einsum("pfx,px->pf", self.J, v, optimize=True))
+            return out
+        return self.kern.descriptors_jvp(self.desc, self.rij, self.pair_i, self.type_j, self.N, v)
+
+    def atom_forces(self, gp):
+        F = np.empty((self.N, 3))
+        for k in range(3):
+            F[:, k] = np.bincount(self.pair_i, gp[:, k], self.N) - np.bincount(self.pair_j, gp[:, k], self.N)
+        return F
+
+    def struct_virial(self, gp):
+        """-sum_p r_p (x) g_p per structure, (S, 3, 3)."""
+        out = np.zeros((self.S, 3, 3))
+        np.add.at(out, self.struct_of_pair, -self.rij[:, :, None] * gp[:, None, :])
+        return out
+
+
+# ---------------------------------------------------------------------------------
+# Baseline and reference energies
+# ---------------------------------------------------------------------------------
+def _pair_index(ne):
+    idx = np.zeros((ne, ne), dtype=np.int64)
+    k = 0
+    for a in range(ne):
+        for b in range(a, ne):
+            idx[a, b] = idx[b, a] = k
+            k += 1
+    return idx, k
+
+
+def fit_reference(batch: Batch, energies, forces, fmask, delta: bool, cutoff: float, force_rows: float = 1.0):
+    """Least-squares fit of e0 (per element) and, with delta, the baseline coefficients.
+
+    Energy rows are per atom (E/N); force rows are scaled by `force_rows`. Returns
+    (e0 (ne,), PairBaseline or None)."""
+    from scipy.optimize import lsq_linear
+
+    ne = batch.desc.n_species
+    comp = np.zeros((batch.S, ne))
+    np.add.at(comp, (batch.struct_of_atom, batch.types), 1.0)
+    y_e = energies / batch.n_atoms
+    A_e0 = comp / batch.n_atoms[:, None]
+    if not delta:
+        e0, *_ = np.linalg.lstsq(A_e0, y_e, rcond=None)
+        return e0, None
+    pidx, npt = _pair_index(ne)
+    d = np.linalg.norm(batch.rij, axis=1)
+    basis = design_matrix_row(d, cutoff)  # (P, 4)
+    col = pidx[batch.types[batch.pair_i], batch.type_j]  # (P,)
+    # energy rows: E_s = 1/2 sum_p phi(r_p)
+    A_eb = np.zeros((batch.S, npt, 4))
+    np.add.at(A_eb, (batch.struct_of_pair, col), 0.5 * basis)
+    A_eb = A_eb.reshape(batch.S, -1) / batch.n_atoms[:, None]
+    rows_A = [np.hstack([A_e0, A_eb])]
+    rows_y = [y_e]
+    # force rows: F_i += g, F_j -= g with g = 1/2 phi'(r) r_hat per pair
+    R = cutoff
+    powers = np.array([12, 10, 8, 6.0])
+    inside = d < R
+    r = np.where(inside, d, R)
+    dbasis = np.where(inside[:, None], -powers * r[:, None] ** (-powers - 1) + powers * R ** (-powers - 1), 0.0)
+    sel = np.flatnonzero(fmask[batch.pair_i] | fmask[batch.pair_j])
+    if len(sel) and force_rows > 0:
+        atoms = np.flatnonzero(fmask)
+        row_of = -np.ones(batch.N, dtype=np.int64)
+        row_of[atoms] = np.arange(len(atoms))
+        A_f = np.zeros((len(atoms), 3, npt, 4))
+        uhat = batch.rij[sel] / d[sel, None]
+        gcoef = 0.5 * dbasis[sel][:, None, :] * uhat[:, :, None]  # (p, 3, 4)
+        ri, rj = row_of[batch.pair_i[sel]], row_of[batch.pair_j[sel]]
+        ok = ri >= 0
+        np.add.at(A_f, (ri[ok], slice(None), col[sel][ok]), gcoef[ok])
+        ok = rj >= 0
+        np.add.at(A_f, (rj[ok], slice(None), col[sel][ok]), -gcoef[ok])
+        A_f = A_f.reshape(len(atoms) * 3, -1) * force_rows
+        rows_A.append(np.hstack([np.zeros((len(A_f), ne)), A_f]))
+        rows_y.append(forces[atoms].ravel() * force_rows)
+    A = np.vstack(rows_A)
+    y = np.concatenate(rows_y)
+    # Scale columns for conditioning (r^-12 columns span many decades).
+    # Scale columns for conditioning (r^-12 columns span many decades); drop empty ones
+    # (element pairs never closer than the cutoff).
+    scale = np.abs(A).max(axis=0)
+    active = scale > 0
+    lo = np.full(A.shape[1], -np.inf)
+    lo[ne::4] = 0.0  # A_12 >= 0: no collapse at short range
+    res = lsq_linear(A[:, active] / scale[active], y, bounds=(lo[active], np.inf), lsmr_tol="auto",
+                     max_iter=5000)
+    x = np.zeros(A.shape[1])
+    x[active] = res.x / scale[active]
+    e0 = x[:ne]
+    coef_flat = x[ne:].reshape(npt, 4)
+    coef = np.zeros((ne, ne, 4))
+    for a in range(ne):
+        for b in range(ne):
+            coef[a, b] = coef_flat[pidx[a, b]]
+    # Guard: below the shortest distance seen for a pair type the baseline must repel.
+    for a in range(ne):
+        for b in range(a, ne):
+            m = col == pidx[a, b]
+            if not m.any() or not np.any(coef[a, b]):
+                coef[a, b] = coef[b, a] = 0.0
+                continue
+            rmin = d[m].min()
+            rs = np.linspace(0.5 * rmin, rmin, 50)
+            _, dphi = pair_terms(PairBaseline(coef[a, b][None, None, :], R), rs,
+                                 np.zeros(50, int), np.zeros(50, int))
+            if np.any(dphi >= 0):
+                # unphysical attraction at short range: keep only the repulsive wall
+                coef[a, b, 1:] = 0.0
+                coef[b, a] = coef[a, b]
+    baseline = PairBaseline(coef, R)
+    # Re-fit e0 for the guarded baseline.
+    phi, _ = pair_terms(baseline, d, batch.types[batch.pair_i], batch.type_j)
+    e_base = 0.5 * np.bincount(batch.struct_of_pair, phi, batch.S)
+    e0, *_ = np.linalg.lstsq(A_e0, (energies - e_base) / batch.n_atoms, rcond=None)
+    return e0, baseline
+
+
+def baseline_terms(batch: Batch, baseline: PairBaseline | None):
+    """(E_base per structure (S,), F_base (N,3), virial_base (S,3,3))."""
+    if baseline is None:
+        return np.zeros(batch.S), np.zeros((batch.N, 3)), np.zeros((batch.S, 3, 3))
+    d = np.linalg.norm(batch.rij, axis=1)
+    phi, dphi = pair_terms(baseline, d, batch.types[batch.pair_i], batch.type_j)
+    gp = (0.5 * dphi / d)[:, None] * batch.rij
+    return 0.5 * np.bincount(batch.struct_of_pair, phi, batch.S), batch.atom_forces(gp), batch.struct_virial(gp)
+
+
+# ---------------------------------------------------------------------------------
+# Loss and gradient
+# ---------------------------------------------------------------------------------
+class Objective:
+    """Loss and analytic gradient of one ensemble member (M = 1 networks) on a Batch."""
+
+    def __init__(self, batch: Batch, pot: Potential, targets: dict, cfg: TrainConfig, train_mask: np.ndarray):
+        self.b = batch
+        self.pot = pot
+        self.cfg = cfg
+        self.t = targets
+        self.train = train_mask  # (S,) bool
+        fm = targets["fmask"] & train_mask[batch.struct_of_atom]
+        self.fmask_train = fm
+        self.n_e = max(int(train_mask.sum()), 1)
+        self.n_f = max(3 * int(fm.sum()), 1)
+        smask = targets["smask"] & train_mask
+        self.smask_train = smask
+        self.n_s = max(9 * int(smask.sum()), 1)
+
+    # flat parameter vector <-> networks
+    def pack(self, nets) -> np.ndarray:
+        return np.concatenate([a[0].ravel() for net in nets for w, b in zip(net.weights, net.biases) for a in (w, b)])
+
+    def unpack(self, theta):
+        nets, k = [], 0
+        for net in self.pot.networks:
+            ws, bs = [], []
+            for w, b in zip(net.weights, net.biases):
+                ws.append(theta[k:k + w[0].size].reshape((1,) + w.shape[1:]))
+                k += w[0].size
+                bs.append(theta[k:k + b[0].size].reshape((1,) + b.shape[1:]))
+                k += b[0].size
+            nets.append(ElementNetwork(tuple(ws), tuple(bs), net.activation))
+        return nets
+
+    def predict(self, nets):
+        """Network-only predictions: E (S,), F (N,3), virial (S,3,3), plus caches."""
+        b, pot = self.b, self.pot
+        y = np.zeros(b.N)
+        g = np.zeros((b.N, b.desc.n_features))
+        xs = []
+        one = np.ones(1)
+        for e, net in enumerate(nets):
+            idx = b.by_element[e]
+            x = (b.G[idx] - pot.feature_mean[e]) / pot.feature_std[e]
+            xs.append(x)
+            if idx.size == 0:
+                continue
+            ye, cache = forward(net, x)
+            y[idx] = ye[0]
+            g[idx] = input_gradient(net, cache, one) / pot.feature_std[e]
+        E = np.bincount(b.struct_of_atom, y, b.S)
+        gp = b.vjp(g)
+        return E, b.atom_forces(gp), b.struct_virial(gp), xs
+
+    def __call__(self, theta, energy_only=False):
+        """(loss, gradient, metrics)."""
+        b, cfg, t = self.b, self.cfg, self.t
+        nets = self.unpack(theta)
+        E, F, V, xs = self.predict(nets)
+        dE = (E - t["E"]) / b.n_atoms  # per atom
+        tm = self.train
+        loss_e = cfg.energy_weight * np.sum(dE[tm] ** 2) / self.n_e
+        dF = np.where(self.fmask_train[:, None], F - t["F"], 0.0)
+        loss_f = 0.0 if energy_only else cfg.force_weight * np.sum(dF**2) / self.n_f
+        dS = np.zeros((b.S, 3, 3))
+        use_stress = cfg.stress_weight > 0 and self.smask_train.any() and not energy_only
+        if use_stress:
+            sigma = -V / b.volume[:, None, None]
+            dS = np.where(self.smask_train[:, None, None], np.nan_to_num(sigma - t["sigma"]), 0.0)
+        loss_s = cfg.stress_weight * np.sum(dS**2) / self.n_s if use_stress else 0.0
+        loss_l2 = cfg.l2 * float(theta @ theta)
+        # reverse pass: dL/dy per atom (energy), and the tangent direction (forces, stress)
+        dy_atom = (2 * cfg.energy_weight / self.n_e) * np.where(tm, dE / b.n_atoms, 0.0)[b.struct_of_atom]
+        u = None
+        if not energy_only and (cfg.force_weight > 0 or use_stress):
+            cF = 2 * cfg.force_weight / self.n_f
+            v = cF * (dF[b.pair_i] - dF[b.pair_j])
+            if use_stress:
+                cS = 2 * cfg.stress_weight / self.n_s
+                ds = np.nan_to_num(dS / b.volume[:, None, None])[b.struct_of_pair]
+                v = v + cS * np.einsum("pba,pb->pa", ds, b.rij)
+            u = b.jvp(v)
+        grads = []
+        for e, net in enumerate(nets):
+            idx = b.by_element[e]
+            if idx.size == 0:
+                grads.extend([(np.zeros_like(w), np.zeros_like(bb)) for w, bb in zip(net.weights, net.biases)])
+                continue
+            x = xs[e]
+            dy = dy_atom[idx][None]
+            if u is not None:
+                xdot = u[idx] / self.pot.feature_std[e]
+                _, _, cache = forward_tangent(net, x, xdot)
+                gw, gb = parameter_gradient(net, cache, dy, np.ones((1, len(idx))))
+            else:
+                _, _, cache = forward_tangent(net, x, np.zeros_like(x))
+                gw, gb = parameter_gradient(net, cache, dy, None)
+            grads.extend(zip(gw, gb))
+        grad = np.concatenate([a[0].ravel() for w, bb in grads for a in (w, bb)]) + 2 * cfg.l2 * theta
+        metrics = self.metrics(dE, F, E, V)
+        return loss_e + loss_f + loss_s + loss_l2, grad, metrics
+
+    def metrics(self, dE, F, E, V):
+        t, b = self.t, self.b
+        out = {}
+        for name, mask in (("train", self.train), ("val", ~self.train)):
+            if not mask.any():
+                continue
+            fm = t["fmask"] & mask[b.struct_of_atom]
+            out[f"{name}_energy_rmse"] = float(np.sqrt(np.mean(dE[mask] ** 2)))
+            out[f"{name}_energy_mae"] = float(np.mean(np.abs(dE[mask])))
+            if fm.any():
+                d = (F - t["F"])[fm]
+                out[f"{name}_force_rmse"] = float(np.sqrt(np.mean(d**2)))
+                out[f"{name}_force_mae"] = float(np.mean(np.abs(d)))
+        return out
+
+
+def _validation_score(m):
+    """What early stopping watches: energy RMSE/atom + force RMSE scaled to comparable size."""
+    key = "val" if "val_energy_rmse" in m else "train"
+    return m[f"{key}_energy_rmse"] + 0.05 * m.get(f"{key}_force_rmse", 0.0)
+
+
+@dataclass
+class TrainResult:
+    potential: Potential
+    history: list  # per member, list of dict(epoch, loss, metrics..., time)
+    metrics: dict  # final metrics of the ensemble (train/val)
+    dropped: list  # indices of structures dropped as outliers
+
+
+def train(structures, cfg: TrainConfig | None = None, init: Potential | None = None,
+          progress=None) -> TrainResult:
+    """Train a potential (or warm-start from `init`) on labelled structures.
+
+    progress(member, epoch, metrics) is called every iteration (for progress bars).
+    """
+    cfg = cfg or TrainConfig()
+    rng = np.random.default_rng(cfg.seed)
+    need_forces = cfg.force_weight > 0
+    if init is not None:
+        species = init.species
+    else:
+        zs = sorted({int(z) for s in structures for z in np.asarray(s.numbers)})
+        species = tuple(symbol(z) for z in zs)
+    structures = validate_structures(structures, need_forces, species)
+    dropped = []
+    if cfg.force_outlier:
+        keep = []
+        for k, s in enumerate(structures):
+            if s.forces is not None and np.abs(s.forces).max() > cfg.force_outlier:
+                dropped.append(k)
+            else:
+                keep.append(s)
+        structures = keep
+        if not structures:
+            raise ValueError(f"every structure has |F| > force_outlier={cfg.force_outlier} eV/A")
+    desc = init.descriptor if init is not None else ChebyshevDescriptor(species, **cfg.descriptor)
+    cutoff = init.cutoff if init is not None else desc.cutoff
+    t0 = time.perf_counter()
+    batch = Batch(structures, desc, cutoff, cfg.jacobian_budget_gb, cfg.backend)
+    energies = np.array([s.energy for s in structures])
+    forces = np.concatenate([s.forces if s.forces is not None else np.full((len(s.positions), 3), np.nan)
+                             for s in structures])
+    fmask = np.all(np.isfinite(forces), axis=1)
+    forces = np.nan_to_num(forces)
+    sigma = np.array([s.stress if s.stress is not None else np.full((3, 3), np.nan) for s in structures])
+    smask = np.all(np.isfinite(sigma), axis=(1, 2)) & np.isfinite(batch.volume)
+
+    if init is not None:
+        e0, baseline = init.energy_shift, init.baseline
+        mean, std = init.feature_mean, init.feature_std
+    else:
+        e0, baseline = fit_reference(batch, energies, forces, fmask, cfg.delta, cutoff)
+        mean = np.zeros((len(species), desc.n_features))
+        std = np.ones((len(species), desc.n_features))
+        for e in range(len(species)):
+            idx = batch.by_element[e]
+            if idx.size:
+                mean[e] = batch.G[idx].mean(axis=0)
+                s = batch.G[idx].std(axis=0)
+                std[e] = np.where(s > 1e-8 * (np.abs(mean[e]) + 1e-12), s, 1.0)
+    e_base, f_base, v_base = baseline_terms(batch, baseline)
+    comp_e0 = np.bincount(batch.struct_of_atom, e0[batch.types], batch.S)
+    targets = {
+        "E": energies - e_base - comp_e0,
+        "F": forces - f_base,
+        "fmask": fmask,
+        "sigma": sigma - (-v_base / batch.volume[:, None, None]),
+        "smask": smask,
+    }
+    setup_time = time.perf_counter() - t0
+
+    members, history = [], []
+    for m in range(cfg.n_models):
+        # each member: its own initial weights and its own validation split
+        perm = rng.permutation(batch.S)
+        n_val = int(round(cfg.validation_fraction * batch.S)) if batch.S > 1 else 0
+        train_mask = np.ones(batch.S, dtype=bool)
+        train_mask[perm[:n_val]] = False
+        if init is not None:
+            mm = m % init.n_models
+            nets = [ElementNetwork(tuple(w[mm:mm + 1] for w in n.weights), tuple(b[mm:mm + 1] for b in n.biases),
+                                   n.activation) for n in init.networks]
+        else:
+            nets = [ElementNetwork.random(desc.n_features, cfg.hidden, 1, cfg.activation, rng) for _ in species]
+        pot = Potential(desc, tuple(nets), mean, std, e0, baseline)
+        obj = Objective(batch, pot, targets, cfg, train_mask)
+        theta, hist = _optimise(obj, obj.pack(nets), cfg, lambda ep, mt, m=m: progress and progress(m, ep, mt))
+        members.append(obj.unpack(theta))
+        history.append(hist)
+
+    nets = tuple(
+        ElementNetwork(
+            tuple(np.concatenate([mem[e].weights[l] for mem in members]) for l in range(len(members[0][e].weights))),
+            tuple(np.concatenate([mem[e].biases[l] for mem in members]) for l in range(len(members[0][e].biases))),
+            cfg.activation if init is None else init.activation,
+        )
+        for e in range(len(species))
+    )
+    meta = {
+        "trained": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "n_structures": int(batch.S),
+        "n_atoms": int(batch.N),
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
+        "warm_start": init.content_hash[:16] if init is not None else None,
+        "setup_seconds": setup_time,
+    }
+    final = Potential(desc, nets, mean, std, e0, baseline, metadata=meta)
+    # ensemble metrics over all structures (no train/val split: members differ)
+    all_mask = np.ones(batch.S, dtype=bool)
+    obj = Objective(batch, replace(final), targets, cfg, all_mask)
+    E = np.zeros(batch.S)
+    F = np.zeros((batch.N, 3))
+    for mem in members:
+        e_, f_, _, _ = obj.predict(mem)
+        E += e_ / len(members)
+        F += f_ / len(members)
+    dE = (E - targets["E"]) / batch.n_atoms
+    metrics = {k.replace("train_", "all_"): v for k, v in obj.metrics(dE, F, E, None).items()}
+    metrics["n_dropped_outliers"] = len(dropped)
+    metrics["jacobian_cached"] = batch.J is not None
+    metrics["jacobian_gb"] = batch.jacobian_gb
+    return TrainResult(final, history, metrics, dropped)
+
+
+def _optimise(obj: Objective, theta0, cfg: TrainConfig, report):
+    """Energy-only warm-up, then the full loss; L-BFGS or Adam; early stopping on validation."""
+    hist = []
+    state = {"epoch": 0, "best": (np.inf, theta0.copy()), "since": 0, "last": None}
+    t_start = time.perf_counter()
+
+    def record(theta, loss, metrics, phase):
+        state["epoch"] += 1
+        row = {"epoch": state["epoch"], "phase": phase, "loss": float(loss), "time": time.perf_counter() - t_start,
+               **metrics}
+        hist.append(row)
+        report(state["epoch"], row)
+        if phase == "full":
+            score = _validation_score(metrics)
+            if score < state["best"][0]:
+                state["best"] = (score, theta.copy())
+                state["since"] = 0
+            else:
+                state["since"] += 1
+
+    def run(theta, n_iter, energy_only):
+        phase = "energy" if energy_only else "full"
+        if n_iter <= 0:
+            return theta
+        if cfg.optimizer == "lbfgs":
+            from scipy.optimize import minimize
+
+            def fun(th):
+                loss, grad, metrics = obj(th, energy_only)
+                state["last"] = (loss, metrics)
+                return loss, grad
+
+            def callback(intermediate_result):
+                loss, metrics = state["last"]
+                record(intermediate_result.x, loss, metrics, phase)
+                if phase == "full" and state["since"] >= cfg.patience:
+                    raise StopIteration
+
+            res = minimize(fun, theta, jac=True, method="L-BFGS-B", callback=callback,
+                           options={"maxiter": n_iter, "maxcor": cfg.lbfgs_history, "ftol": 1e-14, "gtol": 1e-10})
+            return res.x
+        # Adam, full batch
+        m = np.zeros_like(theta)
+        v = np.zeros_like(theta)
+        b1, b2, eps = 0.9, 0.999, 1e-8
+        for k in range(1, n_iter + 1):
+            loss, grad, metrics = obj(theta, energy_only)
+            m = b1 * m + (1 - b1) * grad
+            v = b2 * v + (1 - b2) * grad * grad
+            theta = theta - cfg.adam_lr * (m / (1 - b1**k)) / (np.sqrt(v / (1 - b2**k)) + eps)
+            record(theta, loss, metrics, phase)
+            if phase == "full" and state["since"] >= cfg.patience:
+                break
+        return theta
+
+    theta = run(theta0, cfg.warmup_epochs, True)
+    theta = run(theta, cfg.max_epochs, False)
+    if cfg.max_epochs > 0 and np.isfinite(state["best"][0]):
+        theta = state["best"][1]
+    return theta, hist
