@@ -6,6 +6,11 @@ labels. A structure whose calculation failed gets an empty ``Labels`` (no
 energy: "not computed"), never numbers; the reasons travel in the trailing
 metadata ``nnmd-failures`` as JSON ``[{"index", "reason", "message"}]``.
 Requests that carry an idempotency key run once; a retry gets the first answer.
+
+With ``destination`` set, the converged labels (never the failed ones) are
+appended to that Zarr store with the request's provenance, and the response
+is sent only once they are durable; such a request must carry an idempotency
+key, so a retry cannot append twice. The servicer then is that store's writer.
 """
 
 from __future__ import annotations
@@ -23,14 +28,16 @@ from services.runtime import registry
 from services.runtime.convert import (
     LabelArrays,
     Limits,
+    from_atoms,
     labels_to_proto,
     structure_from_proto,
     to_atoms,
 )
-from services.runtime.errors import FailedPrecondition, InvalidArgument
-from services.runtime.server import IdempotencyCache
+from services.runtime.errors import InvalidArgument
+from services.runtime.server import IdempotencyCache, idempotency_key
 
 FAILURES_TRAILER = "nnmd-failures"
+SOURCES = {1: "aimd", 2: "hmc", 3: "mc", 4: "import"}  # nnmd.v1.SourceKind
 PROPERTIES = ("energy", "forces", "stress")
 
 
@@ -78,6 +85,7 @@ class ReferenceServicer(reference_pb2_grpc.ReferenceServicer):
                                             thread_name_prefix="reference")
         self._local = asyncio.Semaphore(1)  # in-process: one calculation at a time
         self._idempotency = IdempotencyCache()
+        self._writers: dict = {}  # store URL -> StoreWriter, opened on first use
 
     def compute(self, atoms_list) -> list[Outcome]:
         """The plain function behind the RPC."""
@@ -100,22 +108,62 @@ class ReferenceServicer(reference_pb2_grpc.ReferenceServicer):
             if p not in PROPERTIES:
                 raise InvalidArgument(f"properties[{i}]", f"unknown property {p!r}",
                                       f"use any of {', '.join(PROPERTIES)}")
-        if request.HasField("destination") and request.destination.url:
-            raise FailedPrecondition("destination", "this reference service does not write "
-                                     "to the store", "store labels through the campaign's "
-                                     "writer (one writer per store)")
+        url = request.destination.url if request.HasField("destination") else ""
+        if url:
+            if idempotency_key(context) is None:
+                raise InvalidArgument("destination", "appending to a store needs an "
+                                      "idempotency key", "send metadata from "
+                                      "services.runtime.channel.idempotency_metadata()")
+            if len(request.provenance) != len(atoms_list):
+                raise InvalidArgument("provenance", f"{len(request.provenance)} entries for "
+                                      f"{len(atoms_list)} structures",
+                                      "send one Provenance per structure")
+            for i, p in enumerate(request.provenance):
+                if p.source not in SOURCES:
+                    raise InvalidArgument(f"provenance[{i}].source", "unspecified source",
+                                          "set AIMD, HMC, MC or IMPORT")
 
         async def operation():
             outcomes = await self._run(atoms_list)
-            return pack(outcomes, props)
+            labels, walls, failures = pack(outcomes, props)
+            ids = []
+            if url:
+                records = [self._record(a, o, p) for a, o, p in
+                           zip(atoms_list, outcomes, request.provenance) if o.ok]
+                loop = asyncio.get_running_loop()
+                ids = await loop.run_in_executor(self._executor, self._append, url, records)
+            return labels, walls, failures, ids
 
-        labels, walls, failures = await self._idempotency.run(context, operation)
+        labels, walls, failures, ids = await self._idempotency.run(context, operation)
         if failures:
             context.set_trailing_metadata(((FAILURES_TRAILER, json.dumps(failures)),))
-        return reference_pb2.ComputeResponse(labels=labels, wall_time_s=walls,
+        return reference_pb2.ComputeResponse(labels=labels, wall_time_s=walls, record_ids=ids,
                                              reference_settings_hash=self.settings_hash)
 
+    def _record(self, atoms, result: Result, p):
+        from services.store import Provenance, Record
+
+        structure, _ = from_atoms(atoms)
+        return Record(structure, LabelArrays(result.energy, result.forces, result.stress),
+                      Provenance(campaign=p.campaign, chain=p.chain, step=int(p.step),
+                                 source=SOURCES[p.source], model_version=int(p.model_version),
+                                 accepted=bool(p.accepted),
+                                 reference_settings_hash=self.settings_hash,
+                                 wall_time=float(result.info.get("wall_s", float("nan")))))
+
+    def _append(self, url: str, records: list) -> list[int]:
+        """Appends and returns the record ids once durable (runs in a worker thread)."""
+        from services.store import Store
+
+        writer = self._writers.get(url)
+        if writer is None:
+            writer = self._writers[url] = Store(url).writer()
+        return writer.append(records) if records else []
+
     def close(self) -> None:
+        for w in self._writers.values():
+            w.close()
+        self._writers.clear()
         if self.pool is not None:
             self.pool.close()
         self._executor.shutdown(wait=False, cancel_futures=True)

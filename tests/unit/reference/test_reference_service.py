@@ -143,3 +143,47 @@ def test_pool_spreads_work_over_workers(ray_session):
         assert len({o.info["worker_pid"] for o in outs}) == 2  # both workers took requests
     finally:
         pool.close()
+
+
+def test_destination_appends_only_converged_labels_once(served, tmp_path):
+    from services.proto.nnmd.v1 import common_pb2
+    from services.store import Store
+
+    url = str(tmp_path / "store")
+    structures = [cu(3), bulk("Si", "diamond", a=5.43), cu(4)]
+    req = request(structures, ["energy", "forces", "stress"])
+    req.destination.url = url
+    for step in range(3):
+        req.provenance.append(common_pb2.Provenance(
+            campaign="c1", chain="chain-0", step=step, source=common_pb2.SOURCE_KIND_HMC,
+            model_version=2, accepted=step != 1))
+    md = idempotency_metadata()
+    resp, call = served.stub.Compute.with_call(req, metadata=md)
+    assert list(resp.record_ids) == [0, 1]
+    assert [f["index"] for f in failures_of(call)] == [1]
+    again = served.stub.Compute(req, metadata=md)  # a retry: no second append
+    assert list(again.record_ids) == [0, 1] and served.servicer.backend.calls == 1
+    served.servicer.close()  # the servicer is the store's writer; release it to read
+    records = list(Store(url, read_only=True).read())
+    assert len(records) == 2
+    for rec, a, step in zip(records, (structures[0], structures[2]), (0, 2)):
+        p = rec.provenance
+        assert (p.campaign, p.chain, p.step, p.source, p.model_version) == (
+            "c1", "chain-0", step, "hmc", 2)
+        assert p.reference_settings_hash == resp.reference_settings_hash
+        a = a.copy()
+        a.calc = EMT()
+        assert rec.labels.energy == pytest.approx(a.get_potential_energy(), abs=1e-12)
+        np.testing.assert_allclose(rec.labels.forces, a.get_forces(), atol=1e-12)
+
+
+def test_destination_needs_key_and_provenance(served, tmp_path):
+    req = request([cu(0)])
+    req.destination.url = str(tmp_path / "store")
+    with pytest.raises(grpc.RpcError) as info:
+        served.stub.Compute(req, metadata=idempotency_metadata())
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "provenance" in info.value.details()
+    with pytest.raises(grpc.RpcError) as info:
+        served.stub.Compute(req)
+    assert "idempotency key" in info.value.details()
