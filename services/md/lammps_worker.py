@@ -1,0 +1,65 @@
+"""SPMD entry point run by every MPI rank: `mpirun -np N python -m services.md.lammps_worker JOB.json`.
+
+The job file (written by services.md.lammps.launch_lammps) names the structure, the model,
+the MDSpec and the outputs. Rank 0 writes the thermo log, the trajectory and the result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    with open(argv[0]) as fh:
+        job = json.load(fh)
+    from mpi4py import MPI
+
+    from services.md.lammps import gpu_for_rank
+
+    comm = MPI.COMM_WORLD
+    local_rank = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
+    gpus = job.get("gpus") or []
+    gpu = gpu_for_rank(local_rank, job.get("ranks_per_gpu", 2), len(gpus))
+    if gpu is not None:  # before anything initialises CUDA
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[gpu]
+
+    from ase.io import read, write
+
+    from nnmd_kernels import Potential
+    from services.md.lammps import run_lammps
+    from services.md.observers import ExtxyzTrajectory, ThermoLog
+    from services.md.spec import MDSpec
+
+    spec = MDSpec.from_dict(job["spec"])
+    atoms = read(job["structure"], index=-1)
+    pot = Potential.load(job["model"])
+    rank0 = comm.Get_rank() == 0
+    thermo = traj = None
+    thermo_file = None
+    if rank0 and job.get("thermo"):
+        thermo_file = open(job["thermo"], "w")  # noqa: SIM115
+        thermo = ThermoLog(thermo_file, echo=sys.stdout if job.get("echo_thermo") else None)
+    if rank0 and job.get("traj"):
+        traj = ExtxyzTrajectory(job["traj"])
+    try:
+        frame, info = run_lammps(atoms, pot, spec, thermo, traj, comm=comm, log=job.get("log"))
+    finally:
+        if thermo_file is not None:
+            thermo_file.close()
+        if traj is not None:
+            traj.close()
+    gpu_of_rank = comm.gather(os.environ.get("CUDA_VISIBLE_DEVICES") if gpu is not None else None)
+    if rank0:
+        write(job["final"], frame.to_atoms(), format="extxyz")
+        info.update(energy_eV=frame.energy, step=frame.step, final=job["final"],
+                    gpu_of_rank=gpu_of_rank, mpi_size=comm.Get_size())
+        with open(job["result"], "w") as fh:
+            json.dump(info, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

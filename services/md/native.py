@@ -1,0 +1,80 @@
+"""The native engine behind an MDSpec: nnmd_kernels integrators + the NNP force function."""
+
+from __future__ import annotations
+
+from nnmd_kernels.md import npt_scr, nve, nvt_bussi, nvt_langevin, run, run_batch
+from nnmd_kernels.md.forces import potential_force_fn
+from services.md.observers import MDFrame, velocities_of
+from services.md.spec import MDSpec
+
+
+def integrator(spec: MDSpec, force_fn):
+    """(init_fn, step_fn) for the spec's ensemble."""
+    if spec.ensemble == "nve":
+        return nve(force_fn, spec.dt_fs)
+    if spec.ensemble == "nvt" and spec.thermostat == "langevin":
+        return nvt_langevin(force_fn, spec.dt_fs, spec.temperature, friction=1.0 / spec.tau_t_fs)
+    if spec.ensemble == "nvt":
+        return nvt_bussi(force_fn, spec.dt_fs, spec.temperature, tau=spec.tau_t_fs)
+    return npt_scr(force_fn, spec.dt_fs, spec.temperature, spec.pressure_bar,
+                   tau_t=spec.tau_t_fs, tau_p=spec.tau_p_fs,
+                   compressibility_per_bar=spec.compressibility_per_bar,
+                   anisotropic=spec.anisotropic)
+
+
+def initial_state(atoms, spec: MDSpec, force_fn, init_fn, seed=None):
+    """Velocities from the structure's momenta exactly, else Maxwell-Boltzmann at spec.temperature."""
+    v = velocities_of(atoms)
+    return init_fn(atoms.positions, atoms.get_masses(), atoms.numbers, atoms.cell.array,
+                   atoms.pbc, velocities=v, temperature=spec.temperature,
+                   seed=spec.seed if seed is None else seed)
+
+
+def _frame_observers(spec, thermo=None, traj=None, extra=()):
+    obs = []
+    if thermo is not None:
+        obs.append((spec.thermo_interval, lambda s: thermo(MDFrame.from_state(s))))
+    if traj is not None:
+        obs.append((spec.traj_interval, lambda s: traj(MDFrame.from_state(s))))
+    return obs + list(extra)
+
+
+def run_native(atoms, potential, spec: MDSpec, thermo=None, traj=None, force_fn=None,
+               backend="auto"):
+    """Run spec on one structure (ase.Atoms); returns the final MDState.
+
+    thermo / traj: observers called with an MDFrame every thermo_interval / traj_interval.
+    force_fn overrides the potential (tests, other calculators).
+    """
+    if force_fn is None:
+        force_fn = potential_force_fn(potential, atoms.numbers, atoms.pbc, spec.skin_a, backend)
+    init_fn, step_fn = integrator(spec, force_fn)
+    state = initial_state(atoms, spec, force_fn, init_fn)
+    return run(step_fn, state, spec.steps, _frame_observers(spec, thermo, traj))
+
+
+def run_native_batch(structures, potential, spec: MDSpec, seeds=None, backend="auto"):
+    """Independent replicas (e.g. every chain's SLHMC proposal) advanced together.
+
+    structures: list of ase.Atoms (momenta used exactly when present); seeds: one per
+    replica (default spec.seed + index). Returns the list of final MDStates.
+    """
+    seeds = [spec.seed + k for k in range(len(structures))] if seeds is None else list(seeds)
+    if len(seeds) != len(structures):
+        raise ValueError(f"got {len(seeds)} seeds for {len(structures)} structures")
+    step_fns, states = [], []
+    for atoms, seed in zip(structures, seeds):
+        ff = potential_force_fn(potential, atoms.numbers, atoms.pbc, spec.skin_a, backend)
+        init_fn, step_fn = integrator(spec, ff)
+        step_fns.append(step_fn)
+        states.append(initial_state(atoms, spec, ff, init_fn, seed=seed))
+    return run_batch(step_fns, states, spec.steps)
+
+
+def total_energy(state) -> float:
+    from nnmd_kernels.md import kinetic_energy
+
+    return float(state.energy + kinetic_energy(state.velocities, state.masses))
+
+
+__all__ = ["integrator", "initial_state", "run_native", "run_native_batch", "total_energy"]

@@ -1,0 +1,138 @@
+"""LAMMPS executor (fix external, serial and 2 MPI ranks) against the native engine."""
+
+import numpy as np
+import pytest
+from ase import units
+from ase.build import bulk
+from ase.io import read, write
+
+from nnmd_kernels import Potential
+from nnmd_kernels.md.state import make_rng, maxwell_boltzmann
+from services.md.lammps import ghost_center_terms, gpu_for_rank, lammps_cell
+from services.md.native import run_native
+from services.md.spec import MDSpec
+
+pytestmark = pytest.mark.lammps
+
+
+@pytest.fixture(scope="module")
+def potential():
+    # small descriptor so the tests are quick; the algebra is the same as the default
+    return Potential.random(["Li", "P", "S"], seed=0, n_radial=12, n_angular=8,
+                            r_radial=4.5, r_angular=4.0)
+
+
+def lps_cell(seed=1, temperature=600.0):
+    """54 atoms of Li/P/S in a skewed (triclinic) cell, with Maxwell-Boltzmann momenta."""
+    atoms = bulk("Li", "bcc", a=3.5, cubic=True).repeat((3, 3, 3))
+    atoms.numbers[::3] = 15
+    atoms.numbers[1::3] = 16
+    cell = atoms.cell.array.copy()
+    cell[1, 0] += 1.2
+    cell[2, 1] -= 0.8
+    atoms.set_cell(cell, scale_atoms=True)
+    atoms.rattle(0.08, seed=seed)
+    v = maxwell_boltzmann(atoms.get_masses(), temperature, make_rng(seed))
+    atoms.set_velocities(v / units.fs)
+    return atoms
+
+
+def test_lammps_cell_rotation_is_lower_triangular():
+    rng = np.random.default_rng(0)
+    cell = rng.normal(size=(3, 3)) + 5 * np.eye(3)
+    lower, q = lammps_cell(cell)
+    np.testing.assert_allclose(cell @ q, lower, atol=1e-12)
+    np.testing.assert_allclose(q @ q.T, np.eye(3), atol=1e-12)
+    assert np.all(np.diag(lower) > 0) and np.allclose(np.triu(lower, 1), 0)
+
+
+def test_ghost_center_terms_equal_the_periodic_potential(potential):
+    """Explicit periodic images as 'ghosts', cut to a slab: the rank's share is exact."""
+    atoms = lps_cell()
+    ref = potential.compute(atoms.positions, atoms.numbers, atoms.cell.array, True)
+    types = potential.types_of(atoms.numbers)
+    h = atoms.cell.array
+    shifts = np.array([(a, b, c) for a in range(-2, 3) for b in range(-2, 3)
+                       for c in range(-2, 3) if (a, b, c) != (0, 0, 0)]) @ h
+    images = (atoms.positions[None] + shifts[:, None]).reshape(-1, 3)
+    # a "rank" owning the atoms with fractional x < 0.5; ghosts = everything else nearby
+    frac = atoms.get_scaled_positions()[:, 0]
+    local = np.flatnonzero(frac < 0.5)
+    other = np.flatnonzero(frac >= 0.5)
+    x_all = np.concatenate([atoms.positions[local], atoms.positions[other], images])
+    t_all = np.concatenate([types[local], types[other], np.tile(types, len(shifts))])
+    e, f, w = ghost_center_terms(potential, x_all, t_all, len(local))
+    np.testing.assert_allclose(f, ref.forces[local], rtol=0, atol=1e-10)
+    assert e == pytest.approx(ref.energies[local].sum(), rel=1e-12)
+    # the other half completes energy and virial
+    x2 = np.concatenate([atoms.positions[other], atoms.positions[local], images])
+    t2 = np.concatenate([types[other], types[local], np.tile(types, len(shifts))])
+    e2, _, w2 = ghost_center_terms(potential, x2, t2, len(other))
+    assert e + e2 == pytest.approx(ref.energy, rel=1e-12)
+    np.testing.assert_allclose(w + w2, ref.virial, atol=1e-9)
+
+
+def test_serial_lammps_matches_native_forces_and_nve_trajectory(potential):
+    from services.md.lammps import run_lammps
+
+    atoms = lps_cell()
+    spec = MDSpec(ensemble="nve", dt_fs=1.0, steps=20, traj_interval=20, thermo_interval=20)
+    frames = []
+    final, info = run_lammps(atoms, potential, spec, traj=frames.append)
+    ref = potential.compute(atoms.positions, atoms.numbers, atoms.cell.array, True)
+    first = frames[0]
+    assert first.energy == pytest.approx(ref.energy, rel=1e-8)
+    assert np.abs(first.forces - ref.forces).max() <= 1e-8 * np.abs(ref.forces).max()
+    native_frames = []
+    state = run_native(atoms, potential, spec, traj=native_frames.append)
+    assert final.step == state.step == 20
+    assert np.abs(final.positions - state.positions).max() < 1e-6
+    assert np.abs(final.positions - atoms.positions).max() > 0.01  # the atoms did move
+    assert info["force_calls"] == 21
+
+
+def test_two_mpi_ranks_match_native(potential, tmp_path):
+    from services.md.lammps import launch_lammps
+
+    atoms = lps_cell(seed=2)
+    structure, model = tmp_path / "in.extxyz", tmp_path / "m.nnmd"
+    write(structure, atoms)
+    potential.save(model)
+    spec = MDSpec(ensemble="nve", dt_fs=1.0, steps=20, traj_interval=20, thermo_interval=10)
+    result = launch_lammps(structure, model, spec, 2, tmp_path / "run",
+                           traj=tmp_path / "traj.extxyz", thermo=tmp_path / "thermo.log",
+                           timeout=240)
+    assert result["mpi_size"] == 2 and result["ranks"] == 2
+    frames = read(tmp_path / "traj.extxyz", index=":")
+    assert [f.info["step"] for f in frames] == [0, 20]
+    atoms_in = read(structure)
+    ref = potential.compute(atoms_in.positions, atoms_in.numbers, atoms_in.cell.array, True)
+    assert frames[0].info["potential_energy"] == pytest.approx(ref.energy, rel=1e-8)
+    f0 = frames[0].get_forces()  # ase.io puts extxyz forces on a calculator
+    assert np.abs(f0 - ref.forces).max() <= 1e-8 * np.abs(ref.forces).max()
+    state = run_native(atoms_in, potential, spec)
+    assert np.abs(frames[-1].positions - state.positions).max() < 1e-6
+    assert len((tmp_path / "thermo.log").read_text().splitlines()) == 1 + 3
+
+
+def test_species_missing_from_model_fail_before_lammps_starts(potential, tmp_path):
+    from services.md.lammps import launch_lammps, run_lammps
+
+    atoms = lps_cell()
+    atoms.numbers[0] = 32  # Ge: not in the model
+    with pytest.raises(ValueError, match="Ge"):
+        run_lammps(atoms, potential, MDSpec(steps=1))
+    structure, model = tmp_path / "ge.extxyz", tmp_path / "m.nnmd"
+    write(structure, atoms)
+    potential.save(model)
+    with pytest.raises(ValueError, match="Ge"):
+        launch_lammps(structure, model, MDSpec(steps=1), 2, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # nothing was started or written
+
+
+def test_rank_to_gpu_mapping():
+    assert [gpu_for_rank(r, 2, 2) for r in range(6)] == [0, 0, 1, 1, 0, 0]
+    assert [gpu_for_rank(r, 4, 1) for r in range(4)] == [0, 0, 0, 0]
+    assert gpu_for_rank(3, 2, 0) is None
+    with pytest.raises(ValueError, match="ranks_per_gpu"):
+        gpu_for_rank(0, 0, 1)
