@@ -62,12 +62,14 @@ def pack(outcomes: list[Outcome], properties: set[str]
 
 class ReferenceServicer(reference_pb2_grpc.ReferenceServicer):
     """reference: a spec string (emt, qe:input.pwi, ...). workers: 0 = compute in this
-    process, one request at a time; n > 0 = a pool of n Ray actors."""
+    process, one request at a time; n > 0 = a pool of n Ray actors, each reserving
+    worker_cpus CPUs (default ranks x threads)."""
 
     def __init__(self, reference: str = "emt", workers: int = 0, ranks: int = 1,
                  threads: int = 1, timeout_s: float = 3600.0, attempts: int = 2,
                  keep_scratch: str = "failed", scratch: str | None = None,
-                 max_atoms: int | None = None, backend: ReferenceBackend | None = None) -> None:
+                 max_atoms: int | None = None, worker_cpus: float | None = None,
+                 backend: ReferenceBackend | None = None) -> None:
         self.spec = reference
         self.qe = QEConfig(ranks=ranks, threads=threads, timeout_s=timeout_s,
                            retry=RetryPolicy(attempts=attempts), keep=keep_scratch,
@@ -79,7 +81,7 @@ class ReferenceServicer(reference_pb2_grpc.ReferenceServicer):
         if workers > 0:
             from services.reference.pool import WorkerPool
 
-            self.pool = WorkerPool(reference, workers, self.qe)
+            self.pool = WorkerPool(reference, workers, self.qe, num_cpus=worker_cpus)
         self._limits = Limits(max_atoms=max_atoms) if max_atoms else Limits()
         self._executor = ThreadPoolExecutor(max_workers=max(4, 4 * workers),
                                             thread_name_prefix="reference")

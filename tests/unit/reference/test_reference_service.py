@@ -107,10 +107,10 @@ def test_idempotency_key_runs_once(served):
 def test_pool_eight_concurrent_requests_two_workers_one_killed(ray_session):
     """8 concurrent gRPC requests over a pool of 2 Ray workers; one worker is
     killed while the requests run; all 8 complete with correct labels."""
-    served = Served(ReferenceServicer(SLOW, workers=2))
+    served = Served(ReferenceServicer(SLOW, workers=2, worker_cpus=0.5))
     try:
         pool = served.servicer.pool
-        assert len(pool) == 2 and pool.num_cpus == 1
+        assert len(pool) == 2 and pool.num_cpus == 0.5
         structures = [cu(i) for i in range(8)]
 
         def call(a):
@@ -135,7 +135,7 @@ def test_pool_eight_concurrent_requests_two_workers_one_killed(ray_session):
 def test_pool_spreads_work_over_workers(ray_session):
     from services.reference.pool import WorkerPool
 
-    pool = WorkerPool(SLOW, workers=2)
+    pool = WorkerPool(SLOW, workers=2, num_cpus=0.5)
     try:
         with ThreadPoolExecutor(4) as ex:
             outs = list(ex.map(lambda a: pool.compute([a])[0], [cu(i) for i in range(4)]))
