@@ -89,7 +89,7 @@ class Card:
     name: str  # upper case: "K_POINTS"
     option: str  # lower case, without braces: "automatic", "" when none
     line: int
-    body: tuple[tuple[int, str], ...]  # (line, text) of every non-blank line
+    body: tuple[tuple[int, str], ...]  # (line, text) of every non-blank line, comments cut
 
 
 @dataclass(frozen=True)
@@ -186,7 +186,9 @@ def parse_pw_input(text: str, path="<input>") -> PwInput:
                 if card_name is None:
                     raise QEInputError(path, f"'{line}' is neither a namelist (&NAME ... /) nor a "
                                        f"known card ({', '.join(CARD_NAMES[:5])}, ...)", line=lineno)
-                body.append((lineno, line))
+                content = re.split(r"[!#]", line, maxsplit=1)[0].strip()  # inline comment
+                if content:
+                    body.append((lineno, content))
                 continue
         # inside a namelist
         chunks, closed = _split_namelist_line(line)

@@ -36,7 +36,7 @@ SI = """\
   ion_temperature = 'rescaling'
 /
 ATOMIC_SPECIES
-Si 28.0855 Si.pz-vbc.UPF
+Si 28.0855 Si.pz-vbc.UPF  ! norm-conserving, LDA
 ATOMIC_POSITIONS crystal
 Si 0.00 0.00 0.00
 Si 0.25 0.25 0.25
@@ -121,11 +121,11 @@ def test_species_labels_by_order_or_element(tmp_path):
     "old, new, line, words",
     [
         ("ecutwfc = 20.0", "ecutwf = 20.0", 9, ["ecutwf", "did you mean 'ecutwfc'"]),
-        ("Si 28.0855 Si.pz-vbc.UPF", "Si 28.0855 Si.missing.UPF", 20, ["Si.missing.UPF"]),
+        ("Si.pz-vbc.UPF  !", "Si.missing.UPF  !", 20, ["Si.missing.UPF"]),
         ("Si 0.25 0.25 0.25", "Ge 0.25 0.25 0.25", 23, ["'Ge'", "ATOMIC_SPECIES"]),
         ("nat = 2, ntyp = 1", "nat = 3, ntyp = 1", 8, ["nat = 3", "2 atoms"]),
         ("Si 28.0855 Si.pz-vbc.UPF", "Xq 28.0855 Si.pz-vbc.UPF", 20, ["Xq"]),
-        ("Si 28.0855 Si.pz-vbc.UPF", "Si 28.0855", 20, ["label mass pseudopotential"]),
+        ("Si 28.0855 Si.pz-vbc.UPF", "Si 28.0855 ", 20, ["label mass pseudopotential"]),
         ("&ELECTRONS", "&ELECTRON", 12, ["&electron", "ELECTRONS"]),
         ("mixing_beta = 0.4", "mixing_beta = 0.4\n  conv_thr = 1e-6", 15, ["twice", "line 13"]),
         ("pseudo_dir = './pseudo'", "pseudo_dir = './nowhere'", 3, ["nowhere", "pseudo_dir"]),
@@ -144,7 +144,9 @@ def test_input_errors_name_line_and_setting(tmp_path, old, new, line, words):
 def test_missing_pseudo_and_species_card_reasons(tmp_path):
     err = error_of(tmp_path, SI, pseudos=())
     assert err.reason == FailureReason.MISSING_PSEUDO
-    no_species = SI.replace("ATOMIC_SPECIES\nSi 28.0855 Si.pz-vbc.UPF\n", "")
+    no_species = SI.replace("ATOMIC_SPECIES\nSi 28.0855 Si.pz-vbc.UPF  ! norm-conserving, LDA\n",
+                            "")
+    assert no_species != SI
     err = error_of(tmp_path, no_species)
     assert "missing card ATOMIC_SPECIES" in str(err) and err.reason == FailureReason.BAD_INPUT
 
