@@ -16,7 +16,7 @@ from services.reference.qe import QEBackend, QEConfig
 from services.reference.types import ReferenceBackend
 
 SPEC_HELP = ("emt | qe:path/to/input.pwi | tblite[:GFN1-xTB|GFN2-xTB] | chgnet | "
-             "ase:pkg.module:factory")
+             "ase:pkg.module:factory | service:HOST:PORT")
 
 
 def make_backend(spec: str, qe: QEConfig | None = None) -> ReferenceBackend:
@@ -40,6 +40,13 @@ def make_backend(spec: str, qe: QEConfig | None = None) -> ReferenceBackend:
         return chgnet_backend()
     if kind == "ase":
         return factory_backend(rest)
+    if kind == "service":
+        if rest.count(":") != 1:
+            raise ValueError(f"reference '{spec}': expected service:HOST:PORT of a running "
+                             "`nnmd serve reference`")
+        from services.reference.client import ReferenceClient
+
+        return ReferenceClient(rest)
     raise ValueError(f"unknown reference '{spec}'; use one of: {SPEC_HELP}")
 
 

@@ -187,3 +187,21 @@ def test_destination_needs_key_and_provenance(served, tmp_path):
     with pytest.raises(grpc.RpcError) as info:
         served.stub.Compute(req)
     assert "idempotency key" in info.value.details()
+
+
+def test_client_is_a_backend_over_the_service(served):
+    from services.reference.client import ReferenceClient
+    from services.reference.types import ReferenceBackend
+
+    client = make_backend(f"service:localhost:{served.running.port}")
+    try:
+        assert isinstance(client, ReferenceClient) and isinstance(client, ReferenceBackend)
+        structures = [cu(5), bulk("Si", "diamond", a=5.43)]
+        ok, failed = client.compute(structures)
+        a = structures[0].copy()
+        a.calc = EMT()
+        assert ok.ok and ok.energy == pytest.approx(a.get_potential_energy(), abs=1e-12)
+        np.testing.assert_allclose(ok.stress, a.get_stress(voigt=False), atol=1e-12)
+        assert not failed.ok and failed.reason.value == "crashed"
+    finally:
+        client.close()

@@ -1,0 +1,79 @@
+"""A client of the Reference service that is itself a reference backend:
+``compute(atoms_list) -> [Result | Failure]`` over gRPC, so any code that takes
+a backend (labelling, the MD bootstrap, a campaign) can use a remote pool of
+pw.x workers. Spec string: ``service:HOST:PORT``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+
+import grpc
+from ase import Atoms
+
+from services.proto.nnmd.v1 import reference_pb2, reference_pb2_grpc
+from services.reference.service import failures_of
+from services.reference.types import Failure, FailureReason, Outcome, Result
+from services.runtime.channel import connect, idempotency_metadata
+from services.runtime.convert import from_atoms, labels_from_proto, structure_to_proto
+
+
+class ReferenceClient:
+    """address: host:port. timeout_s: deadline per request (a QE batch can take long).
+
+    Each ``compute`` call sends one request with a fresh idempotency key; the
+    channel retries UNAVAILABLE with that same key, so a retry never runs twice.
+    """
+
+    def __init__(self, address: str, *, timeout_s: float = 24 * 3600.0,
+                 properties: Sequence[str] = ("energy", "forces", "stress"), **connect_kwargs):
+        if not {"energy", "forces"} <= set(properties):
+            raise ValueError(f"properties {list(properties)}: a label needs 'energy' and "
+                             "'forces' (and optionally 'stress')")
+        self.address = address
+        self.name = f"service:{address}"
+        self.properties = list(properties)
+        self._channel = connect(address, timeout_s=timeout_s, **connect_kwargs)
+        self._stub = reference_pb2_grpc.ReferenceStub(self._channel)
+        self.settings_hash = ""
+
+    def compute(self, atoms_list: Sequence[Atoms]) -> list[Outcome]:
+        atoms_list = list(atoms_list)
+        req = reference_pb2.ComputeRequest(
+            structures=[structure_to_proto(from_atoms(a)[0]) for a in atoms_list],
+            properties=self.properties)
+        t0 = time.monotonic()
+        key = uuid.uuid4().hex
+        try:
+            resp, call = self._stub.Compute.with_call(req, metadata=idempotency_metadata(key))
+        except grpc.RpcError as exc:
+            reason = (FailureReason.TIMEOUT if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                      else FailureReason.BAD_INPUT
+                      if exc.code() == grpc.StatusCode.INVALID_ARGUMENT
+                      else FailureReason.CRASHED)
+            msg = f"{self.name}: {exc.code().name}: {exc.details()}"
+            return [Failure(reason, msg, info={"backend": self.name}) for _ in atoms_list]
+        self.settings_hash = resp.reference_settings_hash
+        failed = {f["index"]: f for f in failures_of(call)}
+        out: list[Outcome] = []
+        for i, (a, msg) in enumerate(zip(atoms_list, resp.labels)):
+            if i in failed or not msg.HasField("energy_ev"):
+                f = failed.get(i, {"reason": "crashed", "message": "no energy returned"})
+                out.append(Failure(FailureReason(f["reason"]), f["message"],
+                                   info={"backend": self.name}))
+                continue
+            lab = labels_from_proto(msg, len(a))
+            if lab.forces is None:
+                out.append(Failure(FailureReason.CRASHED, "the service returned no forces",
+                                   info={"backend": self.name}))
+                continue
+            out.append(Result(lab.energy, lab.forces, lab.stress, info={
+                "backend": self.name, "wall_s": resp.wall_time_s[i],
+                "reference_settings_hash": resp.reference_settings_hash,
+                "round_trip_s": time.monotonic() - t0}))
+        return out
+
+    def close(self) -> None:
+        self._channel.close()
