@@ -1,0 +1,129 @@
+"""`nnmd md`: production MD with a trained potential, on the native engine or LAMMPS."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from services.md.spec import ENSEMBLES, THERMOSTATS, MDSpec
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "md",
+        help="run MD with a potential (native engine or LAMMPS with MPI ranks)",
+        description=(
+            "Runs NVE/NVT/NPT MD. Velocities come from the structure's momenta when it has "
+            "them (extxyz), else from Maxwell-Boltzmann at --temperature. Writes an extxyz "
+            "trajectory (read it with `nnmd analyze`) and a thermo log."
+        ),
+    )
+    p.add_argument("--model", required=True, help="potential file (.nnmd or ffield.sannp)")
+    p.add_argument("--structure", required=True, help="structure file (ASE-readable; last frame)")
+    p.add_argument("--engine", choices=("native", "lammps"), default="native")
+    p.add_argument("--np", type=int, default=1, help="MPI ranks for --engine lammps (default 1)")
+    p.add_argument("--ranks-per-gpu", type=int, default=2,
+                   help="LAMMPS ranks sharing one GPU when GPUs are visible (default 2)")
+    p.add_argument("--ensemble", choices=ENSEMBLES, default="nve")
+    p.add_argument("--temperature", type=float, default=None, help="K (thermostat, velocities)")
+    p.add_argument("--pressure", type=float, default=None, help="bar (npt)")
+    p.add_argument("--dt", type=float, default=1.0, help="time step, fs (default 1)")
+    p.add_argument("--steps", type=int, required=True, help="number of MD steps")
+    p.add_argument("--thermostat", choices=THERMOSTATS, default="bussi")
+    p.add_argument("--tau-t", type=float, default=100.0, help="thermostat time, fs (default 100)")
+    p.add_argument("--tau-p", type=float, default=1000.0, help="barostat time, fs (default 1000)")
+    p.add_argument("--compressibility", type=float, default=4.5e-5,
+                   help="barostat compressibility, 1/bar (native SCR barostat; default 4.5e-5)")
+    p.add_argument("--anisotropic", action="store_true", help="npt: box axes independent")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skin", type=float, default=1.0, help="neighbour-list skin, A (default 1)")
+    p.add_argument("--traj", default="md.extxyz", help="trajectory output (extxyz)")
+    p.add_argument("--traj-interval", type=int, default=10, help="steps between frames")
+    p.add_argument("--thermo", default=None, help="thermo log (default: TRAJ with .thermo)")
+    p.add_argument("--thermo-interval", type=int, default=10, help="steps between thermo lines")
+    p.add_argument("--final", default=None, help="write the last frame (with momenta) here")
+    p.add_argument("--lammps-input", default=None,
+                   help="file of extra LAMMPS commands run after nnmd's setup (computes, "
+                        "dumps, fixes; `unfix nnmd_integrate` to replace the integrator)")
+    p.add_argument("--quiet", action="store_true", help="do not echo thermo lines")
+    p.set_defaults(func=run)
+
+
+def spec_from_args(args) -> MDSpec:
+    commands = ()
+    if args.lammps_input:
+        if args.engine != "lammps":
+            raise ValueError("--lammps-input needs --engine lammps")
+        path = Path(args.lammps_input)
+        if not path.exists():
+            raise FileNotFoundError(f"--lammps-input {path} does not exist")
+        commands = tuple(line.strip() for line in path.read_text().splitlines()
+                         if line.strip() and not line.strip().startswith("#"))
+    return MDSpec(
+        ensemble=args.ensemble, dt_fs=args.dt, steps=args.steps, temperature=args.temperature,
+        pressure_bar=args.pressure, thermostat=args.thermostat, tau_t_fs=args.tau_t,
+        tau_p_fs=args.tau_p, compressibility_per_bar=args.compressibility,
+        anisotropic=args.anisotropic, seed=args.seed, traj_interval=args.traj_interval,
+        thermo_interval=args.thermo_interval, skin_a=args.skin, lammps_commands=commands,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from ase.io import read, write
+
+    from nnmd_kernels import Potential
+    from services.md.observers import ExtxyzTrajectory, MDFrame, ThermoLog
+
+    spec = spec_from_args(args)
+    if args.np < 1:
+        raise ValueError(f"--np must be >= 1, got {args.np}")
+    if args.np > 1 and args.engine != "lammps":
+        raise ValueError("--np > 1 needs --engine lammps (the native engine runs in one process)")
+    for name in ("model", "structure"):
+        if not Path(getattr(args, name)).exists():
+            raise FileNotFoundError(f"--{name} {getattr(args, name)} does not exist")
+    pot = Potential.load(args.model)
+    atoms = read(args.structure, index=-1)
+    pot.types_of(atoms.numbers)  # unknown species: a clear error before anything runs
+    traj_path = Path(args.traj)
+    thermo_path = Path(args.thermo) if args.thermo else traj_path.with_suffix(".thermo")
+    echo = None if args.quiet else sys.stdout
+
+    if args.engine == "lammps" and args.np > 1:
+        from services.md.lammps import launch_lammps
+
+        if not args.quiet:
+            sys.stdout.write(ThermoLog.HEADER)
+        result = launch_lammps(args.structure, args.model, spec, args.np,
+                               traj_path.parent / (traj_path.stem + "_lammps"), traj=traj_path,
+                               thermo=thermo_path, ranks_per_gpu=args.ranks_per_gpu,
+                               echo_thermo=not args.quiet)
+        if args.final:
+            write(args.final, read(result["final"]), format="extxyz")
+        print(f"LAMMPS on {result['mpi_size']} ranks: {spec.steps} steps in "
+              f"{result['wall_s']:.2f} s; trajectory {traj_path}, thermo {thermo_path}")
+        return 0
+
+    with open(thermo_path, "w") as fh:
+        thermo = ThermoLog(fh, echo=echo)
+        if echo is not None:
+            echo.write(ThermoLog.HEADER)
+        traj = ExtxyzTrajectory(traj_path)
+        try:
+            if args.engine == "native":
+                from services.md.native import run_native
+
+                state = run_native(atoms, pot, spec, thermo=thermo, traj=traj)
+                final = MDFrame.from_state(state)
+            else:
+                from services.md.lammps import run_lammps
+
+                final, _ = run_lammps(atoms, pot, spec, thermo=thermo, traj=traj,
+                                      log=thermo_path.with_suffix(".lammps.log"))
+        finally:
+            traj.close()
+    if args.final:
+        write(args.final, final.to_atoms(), format="extxyz")
+    print(f"{args.engine}: {spec.steps} steps; trajectory {traj_path}, thermo {thermo_path}")
+    return 0
