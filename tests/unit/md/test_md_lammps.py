@@ -8,7 +8,7 @@ from ase.io import read, write
 
 from nnmd_kernels import Potential
 from nnmd_kernels.md.state import make_rng, maxwell_boltzmann
-from services.md.lammps import ghost_center_terms, gpu_for_rank, lammps_cell
+from services.md.lammps import folded_terms, ghost_center_terms, gpu_for_rank, lammps_cell
 from services.md.native import run_native
 from services.md.spec import MDSpec
 
@@ -70,15 +70,24 @@ def test_ghost_center_terms_equal_the_periodic_potential(potential):
     e2, _, w2 = ghost_center_terms(potential, x2, t2, len(other))
     assert e + e2 == pytest.approx(ref.energy, rel=1e-12)
     np.testing.assert_allclose(w + w2, ref.virial, atol=1e-9)
+    # one rank owning everything: ghosts folded onto their owners
+    x1 = np.concatenate([atoms.positions, images])
+    owner = np.concatenate([np.arange(len(atoms)), np.tile(np.arange(len(atoms)), len(shifts))])
+    e1, f1, w1 = folded_terms(potential, x1, np.concatenate([types, np.tile(types, len(shifts))]),
+                              owner, len(atoms))
+    assert e1 == pytest.approx(ref.energy, rel=1e-12)
+    np.testing.assert_allclose(f1, ref.forces, atol=1e-10)
+    np.testing.assert_allclose(w1, ref.virial, atol=1e-9)
 
 
-def test_serial_lammps_matches_native_forces_and_nve_trajectory(potential):
+@pytest.mark.parametrize("fold_ghosts", [True, False])
+def test_serial_lammps_matches_native_forces_and_nve_trajectory(potential, fold_ghosts):
     from services.md.lammps import run_lammps
 
     atoms = lps_cell()
     spec = MDSpec(ensemble="nve", dt_fs=1.0, steps=20, traj_interval=20, thermo_interval=20)
     frames = []
-    final, info = run_lammps(atoms, potential, spec, traj=frames.append)
+    final, info = run_lammps(atoms, potential, spec, traj=frames.append, fold_ghosts=fold_ghosts)
     ref = potential.compute(atoms.positions, atoms.numbers, atoms.cell.array, True)
     first = frames[0]
     assert first.energy == pytest.approx(ref.energy, rel=1e-8)
