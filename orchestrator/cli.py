@@ -15,6 +15,7 @@ import sys
 # Order is the order shown in `nnmd --help`.
 COMMAND_MODULES = [
     "orchestrator.commands.model",  # export, import, info
+    "orchestrator.commands.train",  # fit a potential
     "orchestrator.commands.md",  # production MD: native engine or LAMMPS
     "orchestrator.commands.analyze",  # MSD, D, Nernst-Einstein sigma, RDF
     "orchestrator.commands.store",  # info, export, import (extxyz)
