@@ -68,6 +68,9 @@ def cmd_label(args) -> int:
         structures = [structures]
     backend = _backend(args)
     done, failed = label_all(backend, structures)
+    ref_hash = settings_hash(backend)
+    for a in done:  # `nnmd store import` keeps it
+        a.info["nnmd_reference_settings_hash"] = ref_hash
     if done:
         ase.io.write(args.out, done, format="extxyz")
     print(f"labelled {len(done)} of {len(structures)} structures with {backend.name} -> "
@@ -103,6 +106,7 @@ def cmd_bootstrap(args) -> int:
     ref_hash = settings_hash(backend)
 
     def write(frame):
+        frame.info["nnmd_reference_settings_hash"] = ref_hash
         if out is not None:
             ase.io.write(out, frame, format="extxyz", append=True)
         if writer is not None:  # durable before the next MD step

@@ -115,6 +115,7 @@ def test_label_cli_writes_labels_and_lists_failures(tmp_path, capsys):
         np.testing.assert_allclose(a.get_forces(), ref.get_forces(), atol=1e-6)
         np.testing.assert_allclose(a.get_stress(), ref.get_stress(), atol=1e-7)
         assert a.info["source"] == "label" and a.info["reference"] == "emt"
+        assert len(a.info["nnmd_reference_settings_hash"]) == 16
 
 
 def test_label_cli_all_good_and_missing_input(tmp_path):
