@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from ase import Atoms
@@ -23,12 +24,18 @@ from services.runtime.convert import from_atoms, labels_from_proto, structure_to
 class ReferenceClient:
     """address: host:port. timeout_s: deadline per request (a QE batch can take long).
 
-    Each ``compute`` call sends one request with a fresh idempotency key; the
-    channel retries UNAVAILABLE with that same key, so a retry never runs twice.
+    ``compute`` sends one request per structure, up to ``max_in_flight`` at once,
+    so a pool of workers behind the service labels them in parallel. Each
+    request has its own idempotency key; the channel retries UNAVAILABLE with
+    that same key, so a retry never runs twice.
     """
 
     def __init__(self, address: str, *, timeout_s: float = 24 * 3600.0,
-                 properties: Sequence[str] = ("energy", "forces", "stress"), **connect_kwargs):
+                 properties: Sequence[str] = ("energy", "forces", "stress"),
+                 max_in_flight: int = 16, **connect_kwargs):
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+        self.max_in_flight = max_in_flight
         if not {"energy", "forces"} <= set(properties):
             raise ValueError(f"properties {list(properties)}: a label needs 'energy' and "
                              "'forces' (and optionally 'stress')")
@@ -41,6 +48,12 @@ class ReferenceClient:
 
     def compute(self, atoms_list: Sequence[Atoms]) -> list[Outcome]:
         atoms_list = list(atoms_list)
+        if len(atoms_list) <= 1 or self.max_in_flight == 1:
+            return self._request(atoms_list)
+        with ThreadPoolExecutor(min(self.max_in_flight, len(atoms_list))) as ex:
+            return [o for out in ex.map(lambda a: self._request([a]), atoms_list) for o in out]
+
+    def _request(self, atoms_list: list[Atoms]) -> list[Outcome]:
         req = reference_pb2.ComputeRequest(
             structures=[structure_to_proto(from_atoms(a)[0]) for a in atoms_list],
             properties=self.properties)
