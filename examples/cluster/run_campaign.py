@@ -200,7 +200,7 @@ class CampaignHost:
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - 256 * 1024))
             tail = f.read().decode(errors="replace").splitlines()
-        return "\n".join(tail[-lines:])
+        return "\n".join(tail[-lines:]) if lines > 0 else ""
 
     def stop(self, grace_s: float = 30.0) -> dict:
         if self.proc is not None and self.proc.poll() is None:

