@@ -143,7 +143,11 @@ class EndpointPool:
         actor = endpoint[0]
         try:
             address = ray.get(actor.address.remote(), timeout=self._refresh_timeout)
-        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
+        except ray.exceptions.GetTimeoutError:
+            # still restarting (or busy): not dead, try it again on a later call
+            log.warning("endpoint %s did not answer within %.0f s", endpoint[1], self._refresh_timeout)
+            return
+        except ray.exceptions.RayActorError as exc:
             log.warning("dropping endpoint %s: %s", endpoint[1], type(exc).__name__)
             with self._lock:
                 if endpoint in self._endpoints:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -15,6 +17,19 @@ TOKEN = "ray-test-token"
 
 def _info(channel):
     return store_pb2_grpc.StoreStub(channel).Info(store_pb2.StoreInfoRequest(), timeout=10)
+
+
+def _wait_until_down(address, timeout_s=30.0):
+    deadline = time.monotonic() + timeout_s
+    channel = connect(address, token=TOKEN, retry=None)
+    while time.monotonic() < deadline:
+        try:
+            _info(channel)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"{address} still answers after the kill")
 
 
 def test_service_in_actor_and_pool(ray_session, tmp_path):
@@ -46,10 +61,12 @@ def test_service_in_actor_and_pool(ray_session, tmp_path):
         assert all(pool.call(_info).url == url for _ in range(4))
 
         # a crash: Ray restarts the actor (max_restarts=1), the pool finds its new port
-        old = set(pool.addresses)
+        old_address = pool.addresses[0]
         ray.kill(actors[0], no_restart=False)
+        _wait_until_down(old_address)
         assert all(pool.call(_info).latest_model_version == 1 for _ in range(4))
-        assert len(pool) == 2 and set(pool.addresses) != old
+        current = ray.get([a.address.remote() for a in actors], timeout=60)
+        assert len(pool) == 2 and sorted(pool.addresses) == sorted(current)
 
         # gone for good: dropped, never handed out again
         ray.kill(actors[1], no_restart=True)
