@@ -184,7 +184,8 @@ def test_aimd_bootstrap_with_pw(tmp_path):
     assert run.frames[1].get_potential_energy() != run.frames[0].get_potential_energy()
 
 
-def test_service_pool_with_pw_eight_requests_one_worker_killed(direct_run, ray_session):
+def test_service_pool_with_pw_eight_requests_one_worker_killed(direct_run, ray_session,
+                                                              tmp_path):
     """The gRPC service over 2 pw.x workers: 8 concurrent requests complete although
     a worker is killed mid-request, and the unperturbed structure's energy equals
     the direct pw.x run to 1e-6 Ry."""
@@ -205,7 +206,9 @@ def test_service_pool_with_pw_eight_requests_one_worker_killed(direct_run, ray_s
         a = base.copy()
         a.rattle(0.02, seed=seed)
         structures.append(a)
-    served = Served(ReferenceServicer(f"qe:{SI8}", workers=2, ranks=1, keep_scratch="never"))
+    # the killed worker cannot clean its scratch folder: keep it inside tmp_path
+    served = Served(ReferenceServicer(f"qe:{SI8}", workers=2, ranks=1, keep_scratch="never",
+                                      scratch=str(tmp_path)))
     try:
         pool = served.servicer.pool
 
