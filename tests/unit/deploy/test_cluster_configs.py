@@ -129,3 +129,17 @@ def test_example_campaign_spec_bundles_with_its_structure():
     assert content["structure"] in files
     atoms = read(CLUSTER / content["structure"])
     assert len(atoms) == 32 and set(atoms.get_chemical_symbols()) == {"Cu"}
+
+
+def test_one_ray_version_everywhere():
+    """The image, the chart and the cluster configs must run the same Ray: a
+    Ray client and cluster of different versions refuse to talk."""
+    import re
+
+    dockerfile = (REPO / "Dockerfile").read_text()
+    (image,) = re.findall(r"^ARG RAY_VERSION=(\S+)$", dockerfile, flags=re.M)
+    chart = yaml.safe_load((REPO / "helm" / "nnmd" / "values.yaml").read_text())["ray"]["version"]
+    pinned = set()
+    for path in CONFIGS:
+        pinned |= set(re.findall(r"NNMD_RAY_VERSION=(\S+)", path.read_text()))
+    assert pinned and {image, chart} | pinned == {image}, (image, chart, pinned)

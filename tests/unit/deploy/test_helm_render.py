@@ -27,8 +27,9 @@ CRD_SCHEMA = Path(__file__).parent / "data" / "kuberay-raycluster-v1.openapi.jso
 
 CASES = {"default": {}} | {p.stem: yaml.safe_load(p.read_text()) for p in EXAMPLES}
 CASES |= {
-    "no-auth-s3-keys": {
+    "no-auth-s3-keys-gcs-port": {
         "auth": {"enabled": False},
+        "ray": {"head": {"rayStartParams": {"port": "6380"}}},
         "store": {"type": "s3", "s3": {"url": "s3://bucket/x", "accessKeyId": "AKIAEXAMPLE",
                                        "secretAccessKey": "example-secret",
                                        "endpointUrl": "http://minio:9000"}},
@@ -200,6 +201,16 @@ def test_coordinator_service_probes_and_token(rendered, case):
     assert grpc_port["containerPort"] == port
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert coord[probe]["grpc"]["port"] == port, probe  # Kubernetes-native gRPC probe
+
+    # A Ray driver needs its raylet's sockets (/tmp/ray) and object store (/dev/shm).
+    def mounts(container):
+        return {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+
+    head_mounts, coord_mounts = mounts(containers["ray-head"]), mounts(coord)
+    for path in ("/tmp/ray", "/dev/shm"):
+        assert coord_mounts.get(path) is not None and coord_mounts[path] == head_mounts.get(path), path
+    gcs_port = values["ray"]["head"]["rayStartParams"].get("port", "6379")
+    assert env["RAY_ADDRESS"] == f"127.0.0.1:{gcs_port}"
 
     svc = one(docs, "Service", "coordinator")
     (svc_port,) = svc["spec"]["ports"]
