@@ -20,7 +20,15 @@ def main(argv=None) -> int:
     from services.md.lammps import gpu_for_rank
 
     comm = MPI.COMM_WORLD
-    local_rank = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    local_rank = node.Get_rank()
+    if "NUMBA_NUM_THREADS" not in os.environ and node.Get_size() > 1:
+        # ranks on one node share its cores: no oversubscription by the numba kernels
+        import numba
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS,
+                                         (cores or 1) // node.Get_size())))
     gpus = job.get("gpus") or []
     gpu = gpu_for_rank(local_rank, job.get("ranks_per_gpu", 2), len(gpus))
     if gpu is not None:  # before anything initialises CUDA

@@ -111,3 +111,21 @@ def velocities_of(atoms):
     if "momenta" not in atoms.arrays:
         return None
     return atoms.get_velocities() * units.fs
+
+
+class StoreTrajectory:
+    """Appends frames to trajectory `name` of a Zarr store (services.store StoreWriter).
+
+    Returns the number of frames committed after each call (the frame is durable then).
+    """
+
+    def __init__(self, writer, name: str):
+        self.writer = writer
+        self.name = name
+
+    def __call__(self, frame: MDFrame) -> int:
+        return self.writer.append_frames(
+            self.name, np.asarray(frame.numbers), frame.positions[None], cell=frame.cell[None],
+            step=np.array([frame.step]), time_fs=np.array([frame.time_fs]),
+            energy=np.array([frame.energy]), temperature=np.array([frame.temperature]),
+            velocities=frame.velocities[None])

@@ -16,7 +16,7 @@ import numpy as np
 
 from nnmd_kernels.md import kinetic_energy, nve, run_batch
 from nnmd_kernels.md.forces import potential_force_fn
-from services.md.observers import MDFrame, velocities_of
+from services.md.observers import MDFrame, StoreTrajectory, velocities_of
 from services.md.spec import MDSpec
 from services.proto.nnmd.v1 import md_pb2, md_pb2_grpc
 from services.runtime import registry
@@ -199,8 +199,8 @@ class MDServicer(md_pb2_grpc.MDServicer):
         except ValueError as exc:
             raise InvalidArgument("initial.numbers", str(exc),
                                   "use a model trained on these elements") from None
-        writer = self._writer(request.trajectory.store.url)
-        name = request.trajectory.name
+        to_store = StoreTrajectory(self._writer(request.trajectory.store.url),
+                                   request.trajectory.name)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         stop = threading.Event()
@@ -208,11 +208,7 @@ class MDServicer(md_pb2_grpc.MDServicer):
         def observe(frame: MDFrame):
             if stop.is_set():
                 raise _Stopped()
-            n = writer.append_frames(
-                name, np.asarray(frame.numbers), frame.positions[None], cell=frame.cell[None],
-                step=np.array([frame.step]), time_fs=np.array([frame.time_fs]),
-                energy=np.array([frame.energy]), temperature=np.array([frame.temperature]),
-                velocities=frame.velocities[None])
+            n = to_store(frame)
             msg = md_pb2.ProductionProgress(
                 step=frame.step, time_fs=frame.time_fs, temperature_k=frame.temperature,
                 potential_energy_ev=frame.energy, volume_angstrom3=frame.volume,
