@@ -145,3 +145,23 @@ def test_rank_to_gpu_mapping():
     assert gpu_for_rank(3, 2, 0) is None
     with pytest.raises(ValueError, match="ranks_per_gpu"):
         gpu_for_rank(0, 0, 1)
+
+
+def test_lammps_npt_moves_the_box_and_user_commands_pass_through(potential, tmp_path):
+    from services.md.lammps import run_lammps
+
+    atoms = lps_cell(temperature=300.0)
+    out = tmp_path / "user_fix.txt"
+    spec = MDSpec(ensemble="npt", temperature=300.0, pressure_bar=-20000.0, dt_fs=0.5, steps=20,
+                  tau_t_fs=20.0, tau_p_fs=100.0, traj_interval=10, thermo_interval=10,
+                  lammps_commands=(f'fix user_print all print 5 "$(step) $(pe:%.6f)" file {out} '
+                                   "screen no",))
+    frames = []
+    final, _ = run_lammps(atoms, potential, spec, traj=frames.append)
+    assert [f.step for f in frames] == [0, 10, 20]
+    assert abs(final.volume - atoms.get_volume()) > 1e-3  # the barostat acted
+    lines = [ln.split() for ln in out.read_text().splitlines() if not ln.startswith("#")]
+    assert [int(s) for s, _ in lines] == [0, 5, 10, 15, 20]  # the user's fix ran in the run
+    # LAMMPS' pe (from fix external's global energy) is the NNP energy of that frame
+    pe10 = float(dict(lines)["10"])
+    assert pe10 == pytest.approx(frames[1].energy, abs=1e-5)
