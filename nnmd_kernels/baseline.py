@@ -50,12 +50,21 @@ def pair_terms(baseline: PairBaseline, d: np.ndarray, type_i: np.ndarray, type_j
     A = baseline.coefficients[type_i, type_j]  # (P, 4)
     inside = d < R
     r = np.where(inside, d, R)[:, None]
-    rp = r ** (-POWERS)  # (P, 4)
+    rp = _inverse_powers(r[:, 0])  # (P, 4); integer powers by multiplication, not pow()
     Rp = R ** (-POWERS)
     Rp1 = POWERS * R ** (-(POWERS + 1.0))
     phi = np.sum(A * (rp - Rp + Rp1 * (r - R)), axis=1)
     dphi = np.sum(A * (-POWERS * rp / r + Rp1), axis=1)
     return np.where(inside, phi, 0.0), np.where(inside, dphi, 0.0)
+
+
+def _inverse_powers(r: np.ndarray) -> np.ndarray:
+    """[r^-12, r^-10, r^-8, r^-6] as (P, 4)."""
+    i2 = 1.0 / (r * r)
+    i6 = i2 * i2 * i2
+    i8 = i6 * i2
+    i10 = i8 * i2
+    return np.stack([i10 * i2, i10, i8, i6], axis=1)
 
 
 def design_matrix_row(d: np.ndarray, R: float) -> np.ndarray:

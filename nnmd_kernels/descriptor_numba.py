@@ -61,6 +61,31 @@ def _params(desc: ChebyshevDescriptor):
     return p
 
 
+def _separable(desc: ChebyshevDescriptor):
+    """(w_rad, vfac) when the angular weights factorise, w_ang[c, a, b] = vfac[c, a] vfac[c, b]
+    ("z": sqrt(Z); "typespin": 1 and s), else None ("blocks").
+
+    Separable weights need no sorting of neighbours into element segments: one
+    weighted sum over all neighbours per channel, with full-length vector loops."""
+    cache = desc.__dict__.get("_numba_sep", 0)
+    if cache != 0:
+        return cache
+    out = None
+    if desc.weighting != "blocks":
+        w_rad, w_ang = desc.channel_weights
+        if desc.weighting == "z":
+            vfac = np.sqrt(w_rad.copy())
+        else:
+            vfac = w_rad.copy()
+        assert np.allclose(np.einsum("ca,cb->cab", vfac, vfac), w_ang)
+        out = (desc.n_radial, desc.n_angular, desc.r_radial, desc.r_angular,
+               0 if desc.cutoff_fn == "tanh" else 1, 0 if desc.angle == "theta" else 1,
+               np.ascontiguousarray(w_rad, dtype=np.float64), np.ascontiguousarray(vfac, dtype=np.float64),
+               desc.n_radial_channels, desc.n_features)
+    desc.__dict__["_numba_sep"] = out
+    return out
+
+
 @njit(inline="always", **_NUMBA_OPTS)
 def _fc(r, rc, kind):
     """(fc, dfc/dr); 0 beyond rc."""
@@ -111,7 +136,7 @@ def _angle(cos, kind):
 def _gather(rij, p0, p1, type_j, rc, ckind, ne):
     """The centre's pairs with |r| < rc, sorted by neighbour type (counting sort).
 
-    Returns pair index, unit vectors (m, 3), |r|, fc, dfc and type-segment starts (ne + 1,).
+    Returns pair index, unit vectors (m, 3), |r|, fc, dfc, type-segment starts (ne + 1,) and types.
     Sorting by type makes the chemistry channel constant over a segment, so the inner
     loops run over contiguous vectors with one weight (SIMD-friendly).
     """
@@ -129,6 +154,7 @@ def _gather(rij, p0, p1, type_j, rc, ckind, ne):
     dd = np.empty(m)
     fc = np.empty(m)
     dfc = np.empty(m)
+    ty = np.empty(m, dtype=np.int64)
     for p in range(p0, p1):
         d2 = rij[p, 0] ** 2 + rij[p, 1] ** 2 + rij[p, 2] ** 2
         if d2 < rc * rc:
@@ -141,7 +167,8 @@ def _gather(rij, p0, p1, type_j, rc, ckind, ne):
             u[q, 2] = rij[p, 2] / d
             dd[q] = d
             fc[q], dfc[q] = _fc(d, rc, ckind)
-    return pidx, u, dd, fc, dfc, starts
+            ty[q] = type_j[p]
+    return pidx, u, dd, fc, dfc, starts, ty
 
 
 @njit(inline="always", **_NUMBA_OPTS)
@@ -245,7 +272,7 @@ def _forward(rij, offsets, type_j, n_centers, nr, na, rr, ra, ckind, akind,
         xs = np.empty(npair)
         ws = np.empty(npair)
         # radial, by neighbour type
-        pidx, u, dd, fc, dfc, st = _gather(rij, p0, p1, type_j, rr, ckind, ne)
+        pidx, u, dd, fc, dfc, st, _ty = _gather(rij, p0, p1, type_j, rr, ckind, ne)
         for t in range(ne):
             nb = st[t + 1] - st[t]
             if nb == 0:
@@ -261,7 +288,7 @@ def _forward(rij, offsets, type_j, n_centers, nr, na, rr, ra, ckind, akind,
                         G[i, c * nr + n] += w * S[n]
         if na == 0:
             continue
-        pidx, u, dd, fc, dfc, st = _gather(rij, p0, p1, type_j, ra, ckind, ne)
+        pidx, u, dd, fc, dfc, st, _ty = _gather(rij, p0, p1, type_j, ra, ckind, ne)
         m = st[ne]
         dxs = np.empty(m)
         cs = np.empty(m)
@@ -302,7 +329,7 @@ def _vjp(rij, offsets, type_j, n_centers, nr, na, rr, ra, ckind, akind,
         xs = np.empty(npair)
         hT = np.empty(npair)
         hdT = np.empty(npair)
-        pidx, u, dd, fc, dfc, st = _gather(rij, p0, p1, type_j, rr, ckind, ne)
+        pidx, u, dd, fc, dfc, st, _ty = _gather(rij, p0, p1, type_j, rr, ckind, ne)
         for t in range(ne):
             nb = st[t + 1] - st[t]
             if nb == 0:
@@ -324,7 +351,7 @@ def _vjp(rij, offsets, type_j, n_centers, nr, na, rr, ra, ckind, akind,
                 grad[p, 2] += e_r * u[r, 2]
         if na == 0:
             continue
-        pidx, u, dd, fc, dfc, st = _gather(rij, p0, p1, type_j, ra, ckind, ne)
+        pidx, u, dd, fc, dfc, st, _ty = _gather(rij, p0, p1, type_j, ra, ckind, ne)
         m = st[ne]
         dxs = np.empty(m)
         cs = np.empty(m)
@@ -396,7 +423,7 @@ def _jvp(rij, offsets, type_j, n_centers, nr, na, rr, ra, ckind, akind,
         xs = np.empty(npair)
         w1 = np.empty(npair)
         w2 = np.empty(npair)
-        pidx, u, dd, fc, dfc, st = _gather(rij, p0, p1, type_j, rr, ckind, ne)
+        pidx, u, dd, fc, dfc, st, _ty = _gather(rij, p0, p1, type_j, rr, ckind, ne)
         for t in range(ne):
             nb = st[t + 1] - st[t]
             if nb == 0:
@@ -416,7 +443,7 @@ def _jvp(rij, offsets, type_j, n_centers, nr, na, rr, ra, ckind, akind,
                         out[i, c * nr + n] += w * S[n]
         if na == 0:
             continue
-        pidx, u, dd, fc, dfc, st = _gather(rij, p0, p1, type_j, ra, ckind, ne)
+        pidx, u, dd, fc, dfc, st, _ty = _gather(rij, p0, p1, type_j, ra, ckind, ne)
         m = st[ne]
         dxs = np.empty(m)
         cs = np.empty(m)
@@ -460,6 +487,215 @@ def _jvp(rij, offsets, type_j, n_centers, nr, na, rr, ra, ckind, akind,
 
 
 @njit(parallel=True, **_NUMBA_OPTS)
+def _forward_sep(rij, offsets, type_j, n_centers, nr, na, rr, ra, ckind, akind, w_rad, vfac, cr, nf):
+    ne = w_rad.shape[1]
+    ca = vfac.shape[0]
+    G = np.zeros((n_centers, nf))
+    for i in prange(n_centers):
+        p0, p1 = offsets[i], offsets[i + 1]
+        npair = p1 - p0
+        S = np.empty(max(nr, na))
+        t0 = np.empty(npair)
+        t1 = np.empty(npair)
+        xs = np.empty(npair)
+        ws = np.empty(npair)
+        w2 = np.empty(npair)
+        pidx, u, dd, fc, dfc, st, ty = _gather(rij, p0, p1, type_j, rr, ckind, ne)
+        m = st[ne]
+        for q in range(m):
+            xs[q] = 2.0 * dd[q] / rr - 1.0
+        for c in range(cr):
+            for q in range(m):
+                w2[q] = w_rad[c, ty[q]] * fc[q]
+            _cheb_sums(xs, w2, m, nr, t0, t1, S)
+            for n in range(nr):
+                G[i, c * nr + n] += S[n]
+        if na == 0:
+            continue
+        pidx, u, dd, fc, dfc, st, ty = _gather(rij, p0, p1, type_j, ra, ckind, ne)
+        m = st[ne]
+        dxs = np.empty(m)
+        cs = np.empty(m)
+        off = cr * nr
+        for a in range(m - 1):
+            b0 = a + 1
+            nb = m - b0
+            _angles(u, a, b0, m, akind, fc[a], fc, xs, dxs, cs, ws)
+            for c in range(ca):
+                for q in range(nb):
+                    w2[q] = vfac[c, ty[b0 + q]] * ws[q]
+                _cheb_sums(xs, w2, nb, na, t0, t1, S)
+                fa = vfac[c, ty[a]]
+                for n in range(na):
+                    G[i, off + c * na + n] += fa * S[n]
+    return G
+
+
+@njit(parallel=True, **_NUMBA_OPTS)
+def _vjp_sep(rij, offsets, type_j, n_centers, nr, na, rr, ra, ckind, akind, w_rad, vfac, cr, dG):
+    ne = w_rad.shape[1]
+    ca = vfac.shape[0]
+    grad = np.zeros((rij.shape[0], 3))
+    for i in prange(n_centers):
+        p0, p1 = offsets[i], offsets[i + 1]
+        npair = p1 - p0
+        h = np.empty(max(nr, na))
+        t0 = np.empty(npair)
+        t1 = np.empty(npair)
+        d0 = np.empty(npair)
+        d1 = np.empty(npair)
+        xs = np.empty(npair)
+        hT = np.empty(npair)
+        hdT = np.empty(npair)
+        HT = np.empty(npair)
+        HdT = np.empty(npair)
+        pidx, u, dd, fc, dfc, st, ty = _gather(rij, p0, p1, type_j, rr, ckind, ne)
+        m = st[ne]
+        for q in range(m):
+            xs[q] = 2.0 * dd[q] / rr - 1.0
+            HT[q] = 0.0
+            HdT[q] = 0.0
+        for c in range(cr):
+            for n in range(nr):
+                h[n] = dG[i, c * nr + n]
+            _cheb_eval(xs, h, m, nr, t0, t1, d0, d1, hT, hdT)
+            for q in range(m):
+                w = w_rad[c, ty[q]]
+                HT[q] += w * hT[q]
+                HdT[q] += w * hdT[q]
+        for q in range(m):
+            e_r = HdT[q] * (2.0 / rr) * fc[q] + HT[q] * dfc[q]
+            p = pidx[q]
+            grad[p, 0] += e_r * u[q, 0]
+            grad[p, 1] += e_r * u[q, 1]
+            grad[p, 2] += e_r * u[q, 2]
+        if na == 0:
+            continue
+        pidx, u, dd, fc, dfc, st, ty = _gather(rij, p0, p1, type_j, ra, ckind, ne)
+        m = st[ne]
+        dxs = np.empty(m)
+        cs = np.empty(m)
+        ws = np.empty(m)
+        gl = np.zeros((m, 3))
+        off = cr * nr
+        for a in range(m - 1):
+            b0 = a + 1
+            nb = m - b0
+            _angles(u, a, b0, m, akind, fc[a], fc, xs, dxs, cs, ws)
+            for q in range(nb):
+                HT[q] = 0.0
+                HdT[q] = 0.0
+            for c in range(ca):
+                fa = vfac[c, ty[a]]
+                for n in range(na):
+                    h[n] = fa * dG[i, off + c * na + n]
+                _cheb_eval(xs, h, nb, na, t0, t1, d0, d1, hT, hdT)
+                for q in range(nb):
+                    vb = vfac[c, ty[b0 + q]]
+                    HT[q] += vb * hT[q]
+                    HdT[q] += vb * hdT[q]
+            inv_a = 1.0 / dd[a]
+            ga0 = 0.0
+            ga1 = 0.0
+            ga2 = 0.0
+            for q in range(nb):
+                b = b0 + q
+                cos = cs[q]
+                e_cos = HdT[q] * dxs[q] * ws[q]
+                e_ra = HT[q] * dfc[a] * fc[b]
+                e_rb = HT[q] * fc[a] * dfc[b]
+                inv_b = 1.0 / dd[b]
+                ga0 += e_cos * (u[b, 0] - cos * u[a, 0]) * inv_a + e_ra * u[a, 0]
+                ga1 += e_cos * (u[b, 1] - cos * u[a, 1]) * inv_a + e_ra * u[a, 1]
+                ga2 += e_cos * (u[b, 2] - cos * u[a, 2]) * inv_a + e_ra * u[a, 2]
+                gl[b, 0] += e_cos * (u[a, 0] - cos * u[b, 0]) * inv_b + e_rb * u[b, 0]
+                gl[b, 1] += e_cos * (u[a, 1] - cos * u[b, 1]) * inv_b + e_rb * u[b, 1]
+                gl[b, 2] += e_cos * (u[a, 2] - cos * u[b, 2]) * inv_b + e_rb * u[b, 2]
+            gl[a, 0] += ga0
+            gl[a, 1] += ga1
+            gl[a, 2] += ga2
+        for a in range(m):
+            p = pidx[a]
+            grad[p, 0] += gl[a, 0]
+            grad[p, 1] += gl[a, 1]
+            grad[p, 2] += gl[a, 2]
+    return grad
+
+
+@njit(parallel=True, **_NUMBA_OPTS)
+def _jvp_sep(rij, offsets, type_j, n_centers, nr, na, rr, ra, ckind, akind, w_rad, vfac, cr, nf, drij):
+    ne = w_rad.shape[1]
+    ca = vfac.shape[0]
+    out = np.zeros((n_centers, nf))
+    for i in prange(n_centers):
+        p0, p1 = offsets[i], offsets[i + 1]
+        npair = p1 - p0
+        S = np.empty(max(nr, na))
+        t0 = np.empty(npair)
+        t1 = np.empty(npair)
+        d0 = np.empty(npair)
+        d1 = np.empty(npair)
+        xs = np.empty(npair)
+        k1 = np.empty(npair)
+        k2 = np.empty(npair)
+        w1 = np.empty(npair)
+        w2 = np.empty(npair)
+        pidx, u, dd, fc, dfc, st, ty = _gather(rij, p0, p1, type_j, rr, ckind, ne)
+        m = st[ne]
+        for q in range(m):
+            p = pidx[q]
+            proj = u[q, 0] * drij[p, 0] + u[q, 1] * drij[p, 1] + u[q, 2] * drij[p, 2]
+            xs[q] = 2.0 * dd[q] / rr - 1.0
+            k1[q] = proj * dfc[q]
+            k2[q] = proj * fc[q] * (2.0 / rr)
+        for c in range(cr):
+            for q in range(m):
+                w = w_rad[c, ty[q]]
+                w1[q] = w * k1[q]
+                w2[q] = w * k2[q]
+            _cheb_dsums(xs, w1, w2, m, nr, t0, t1, d0, d1, S)
+            for n in range(nr):
+                out[i, c * nr + n] += S[n]
+        if na == 0:
+            continue
+        pidx, u, dd, fc, dfc, st, ty = _gather(rij, p0, p1, type_j, ra, ckind, ne)
+        m = st[ne]
+        dxs = np.empty(m)
+        cs = np.empty(m)
+        ws = np.empty(m)
+        vr = np.empty(m)
+        for a in range(m):
+            p = pidx[a]
+            vr[a] = u[a, 0] * drij[p, 0] + u[a, 1] * drij[p, 1] + u[a, 2] * drij[p, 2]
+        off = cr * nr
+        for a in range(m - 1):
+            b0 = a + 1
+            nb = m - b0
+            pa = pidx[a]
+            _angles(u, a, b0, m, akind, fc[a], fc, xs, dxs, cs, ws)
+            for q in range(nb):
+                b = b0 + q
+                pb = pidx[b]
+                cos = cs[q]
+                dcos = ((u[b, 0] * drij[pa, 0] + u[b, 1] * drij[pa, 1] + u[b, 2] * drij[pa, 2])
+                        - cos * vr[a]) / dd[a]
+                dcos += ((u[a, 0] * drij[pb, 0] + u[a, 1] * drij[pb, 1] + u[a, 2] * drij[pb, 2])
+                         - cos * vr[b]) / dd[b]
+                k1[q] = dfc[a] * vr[a] * fc[b] + fc[a] * dfc[b] * vr[b]
+                k2[q] = ws[q] * dxs[q] * dcos
+            for c in range(ca):
+                for q in range(nb):
+                    vb = vfac[c, ty[b0 + q]]
+                    w1[q] = vb * k1[q]
+                    w2[q] = vb * k2[q]
+                _cheb_dsums(xs, w1, w2, nb, na, t0, t1, d0, d1, S)
+                fa = vfac[c, ty[a]]
+                for n in range(na):
+                    out[i, off + c * na + n] += fa * S[n]
+    return out
+
+
+@njit(parallel=True, **_NUMBA_OPTS)
 def _pair_jacobian(rij, offsets, type_j, n_centers, nr, na, rr, ra, ckind, akind,
                    w_rad, wa_cnt, wa_idx, wa_val, cr, nf):
     ne = w_rad.shape[1]
@@ -469,7 +705,7 @@ def _pair_jacobian(rij, offsets, type_j, n_centers, nr, na, rr, ra, ckind, akind
         p0, p1 = offsets[i], offsets[i + 1]
         t = np.empty(max(nr, na, 2))
         dt = np.empty(max(nr, na, 2))
-        pidx, u, dd, fc, dfc, st = _gather(rij, p0, p1, type_j, rr, ckind, ne)
+        pidx, u, dd, fc, dfc, st, _ty = _gather(rij, p0, p1, type_j, rr, ckind, ne)
         for r in range(st[ne]):
             tj = type_j[pidx[r]]
             _cheb1(2.0 * dd[r] / rr - 1.0, nr, t, dt)
@@ -482,7 +718,7 @@ def _pair_jacobian(rij, offsets, type_j, n_centers, nr, na, rr, ra, ckind, akind
                             J[pidx[r], c * nr + n, k] += e * u[r, k]
         if na == 0:
             continue
-        pidx, u, dd, fc, dfc, st = _gather(rij, p0, p1, type_j, ra, ckind, ne)
+        pidx, u, dd, fc, dfc, st, _ty = _gather(rij, p0, p1, type_j, ra, ckind, ne)
         m = st[ne]
         ta = 0
         off = cr * nr
@@ -525,24 +761,32 @@ def _offsets(pair_i: np.ndarray, n_centers: int) -> np.ndarray:
     return np.searchsorted(pair_i, np.arange(n_centers + 1)).astype(np.int64)
 
 
+def _args(rij, pair_i, type_j, n_centers):
+    return (np.ascontiguousarray(rij, dtype=np.float64), _offsets(pair_i, n_centers),
+            np.ascontiguousarray(type_j, dtype=np.int64), int(n_centers))
+
+
 def descriptors(desc, rij, pair_i, type_j, n_centers):
-    p = _params(desc)
-    return _forward(np.ascontiguousarray(rij, dtype=np.float64), _offsets(pair_i, n_centers),
-                    np.ascontiguousarray(type_j, dtype=np.int64), int(n_centers), *p)
+    sep = _separable(desc)
+    if sep is not None:
+        return _forward_sep(*_args(rij, pair_i, type_j, n_centers), *sep)
+    return _forward(*_args(rij, pair_i, type_j, n_centers), *_params(desc))
 
 
 def descriptors_vjp(desc, rij, pair_i, type_j, n_centers, dG):
-    p = _params(desc)
-    return _vjp(np.ascontiguousarray(rij, dtype=np.float64), _offsets(pair_i, n_centers),
-                np.ascontiguousarray(type_j, dtype=np.int64), int(n_centers), *p[:-1],
-                np.ascontiguousarray(dG, dtype=np.float64))
+    dG = np.ascontiguousarray(dG, dtype=np.float64)
+    sep = _separable(desc)
+    if sep is not None:
+        return _vjp_sep(*_args(rij, pair_i, type_j, n_centers), *sep[:-1], dG)
+    return _vjp(*_args(rij, pair_i, type_j, n_centers), *_params(desc)[:-1], dG)
 
 
 def descriptors_jvp(desc, rij, pair_i, type_j, n_centers, drij):
-    p = _params(desc)
-    return _jvp(np.ascontiguousarray(rij, dtype=np.float64), _offsets(pair_i, n_centers),
-                np.ascontiguousarray(type_j, dtype=np.int64), int(n_centers), *p,
-                np.ascontiguousarray(drij, dtype=np.float64))
+    drij = np.ascontiguousarray(drij, dtype=np.float64)
+    sep = _separable(desc)
+    if sep is not None:
+        return _jvp_sep(*_args(rij, pair_i, type_j, n_centers), *sep, drij)
+    return _jvp(*_args(rij, pair_i, type_j, n_centers), *_params(desc), drij)
 
 
 def num_threads() -> int:
