@@ -8,6 +8,7 @@ Index names: i = atom, a/b = Cartesian component.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,13 +48,35 @@ class MDState:
         return float(abs(np.linalg.det(self.cell)))
 
     def to_dict(self) -> dict:
-        """Plain arrays and numbers, for a checkpoint (np.savez, Zarr)."""
+        """Arrays, numbers and one JSON string (the rng state): a checkpoint for np.savez or
+        a Zarr group, read back with from_dict."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["rng_state"] = json.dumps(self.rng_state)
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> MDState:
-        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+    def from_dict(cls, d) -> MDState:
+        """Inverse of to_dict; also takes the mapping np.load returns (0-d arrays)."""
+        out = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in d:
+                continue
+            v = d[f.name]
+            if isinstance(v, np.ndarray) and v.ndim == 0:
+                v = v.item()
+            out[f.name] = v
+        rng = out.get("rng_state")
+        if isinstance(rng, str):
+            out["rng_state"] = json.loads(rng)
+        out["step"] = int(out.get("step", 0))
+        for name in ("time_fs", "energy", "bath_energy"):
+            if name in out:
+                out[name] = float(out[name])
+        for name in ("positions", "velocities", "masses", "forces", "virial", "cell"):
+            out[name] = np.asarray(out[name], dtype=float)
+        out["numbers"] = np.asarray(out["numbers"], dtype=int)
+        out["pbc"] = np.asarray(out["pbc"], dtype=bool)
+        return cls(**out)
 
 
 def kinetic_energy(velocities, masses) -> float:
