@@ -258,6 +258,35 @@ def _angles(u, a, b0, b1, akind, fca, fcb_arr, xs, dxs, cs, ws):
         ws[q] = fca * fcb_arr[b]
 
 
+@njit(inline="always", **_NUMBA_OPTS)
+def _triplet_grad(u, dd, fc, dfc, a, b0, nb, cs, dxs, ws, hT, hdT, gl):
+    """Accumulate dE/dr for pair a and pairs b0..b0+nb of one centre into gl (m, 3).
+
+    hT[q] = sum_n h_n T_n(x), hdT[q] = sum_n h_n T_n'(x) for triplet (a, b0 + q);
+    ws = fc_a fc_b, dxs = dx/dcos, cs = cos(theta). d cos/d r_a = (u_b - cos u_a)/|r_a|.
+    """
+    inv_a = 1.0 / dd[a]
+    ga0 = 0.0
+    ga1 = 0.0
+    ga2 = 0.0
+    for q in range(nb):
+        b = b0 + q
+        cos = cs[q]
+        e_cos = hdT[q] * dxs[q] * ws[q]
+        e_ra = hT[q] * dfc[a] * fc[b]
+        e_rb = hT[q] * fc[a] * dfc[b]
+        inv_b = 1.0 / dd[b]
+        ga0 += e_cos * (u[b, 0] - cos * u[a, 0]) * inv_a + e_ra * u[a, 0]
+        ga1 += e_cos * (u[b, 1] - cos * u[a, 1]) * inv_a + e_ra * u[a, 1]
+        ga2 += e_cos * (u[b, 2] - cos * u[a, 2]) * inv_a + e_ra * u[a, 2]
+        gl[b, 0] += e_cos * (u[a, 0] - cos * u[b, 0]) * inv_b + e_rb * u[b, 0]
+        gl[b, 1] += e_cos * (u[a, 1] - cos * u[b, 1]) * inv_b + e_rb * u[b, 1]
+        gl[b, 2] += e_cos * (u[a, 2] - cos * u[b, 2]) * inv_b + e_rb * u[b, 2]
+    gl[a, 0] += ga0
+    gl[a, 1] += ga1
+    gl[a, 2] += ga2
+
+
 @njit(parallel=True, **_NUMBA_OPTS)
 def _forward(rij, offsets, type_j, n_centers, nr, na, rr, ra, ckind, akind,
              w_rad, wa_cnt, wa_idx, wa_val, cr, nf):
@@ -371,10 +400,6 @@ def _vjp(rij, offsets, type_j, n_centers, nr, na, rr, ra, ckind, akind,
         for a in range(m):
             while a >= st[ta + 1]:
                 ta += 1
-            ga0 = 0.0
-            ga1 = 0.0
-            ga2 = 0.0
-            inv_a = 1.0 / dd[a]
             for tb in range(ta, ne):
                 b0 = max(a + 1, st[tb])
                 b1 = st[tb + 1]
@@ -383,22 +408,7 @@ def _vjp(rij, offsets, type_j, n_centers, nr, na, rr, ra, ckind, akind,
                 nb = b1 - b0
                 _angles(u, a, b0, b1, akind, fc[a], fc, xs, dxs, cs, ws)
                 _cheb_eval(xs, H[ta, tb], nb, na, t0, t1, d0, d1, hT, hdT)
-                for q in range(nb):
-                    b = b0 + q
-                    cos = cs[q]
-                    e_cos = hdT[q] * dxs[q] * ws[q]
-                    e_ra = hT[q] * dfc[a] * fc[b]
-                    e_rb = hT[q] * fc[a] * dfc[b]
-                    inv_b = 1.0 / dd[b]
-                    ga0 += e_cos * (u[b, 0] - cos * u[a, 0]) * inv_a + e_ra * u[a, 0]
-                    ga1 += e_cos * (u[b, 1] - cos * u[a, 1]) * inv_a + e_ra * u[a, 1]
-                    ga2 += e_cos * (u[b, 2] - cos * u[a, 2]) * inv_a + e_ra * u[a, 2]
-                    gl[b, 0] += e_cos * (u[a, 0] - cos * u[b, 0]) * inv_b + e_rb * u[b, 0]
-                    gl[b, 1] += e_cos * (u[a, 1] - cos * u[b, 1]) * inv_b + e_rb * u[b, 1]
-                    gl[b, 2] += e_cos * (u[a, 2] - cos * u[b, 2]) * inv_b + e_rb * u[b, 2]
-            gl[a, 0] += ga0
-            gl[a, 1] += ga1
-            gl[a, 2] += ga2
+                _triplet_grad(u, dd, fc, dfc, a, b0, nb, cs, dxs, ws, hT, hdT, gl)
         for a in range(m):
             p = pidx[a]
             grad[p, 0] += gl[a, 0]
@@ -594,26 +604,7 @@ def _vjp_sep(rij, offsets, type_j, n_centers, nr, na, rr, ra, ckind, akind, w_ra
                     vb = vfac[c, ty[b0 + q]]
                     HT[q] += vb * hT[q]
                     HdT[q] += vb * hdT[q]
-            inv_a = 1.0 / dd[a]
-            ga0 = 0.0
-            ga1 = 0.0
-            ga2 = 0.0
-            for q in range(nb):
-                b = b0 + q
-                cos = cs[q]
-                e_cos = HdT[q] * dxs[q] * ws[q]
-                e_ra = HT[q] * dfc[a] * fc[b]
-                e_rb = HT[q] * fc[a] * dfc[b]
-                inv_b = 1.0 / dd[b]
-                ga0 += e_cos * (u[b, 0] - cos * u[a, 0]) * inv_a + e_ra * u[a, 0]
-                ga1 += e_cos * (u[b, 1] - cos * u[a, 1]) * inv_a + e_ra * u[a, 1]
-                ga2 += e_cos * (u[b, 2] - cos * u[a, 2]) * inv_a + e_ra * u[a, 2]
-                gl[b, 0] += e_cos * (u[a, 0] - cos * u[b, 0]) * inv_b + e_rb * u[b, 0]
-                gl[b, 1] += e_cos * (u[a, 1] - cos * u[b, 1]) * inv_b + e_rb * u[b, 1]
-                gl[b, 2] += e_cos * (u[a, 2] - cos * u[b, 2]) * inv_b + e_rb * u[b, 2]
-            gl[a, 0] += ga0
-            gl[a, 1] += ga1
-            gl[a, 2] += ga2
+            _triplet_grad(u, dd, fc, dfc, a, b0, nb, cs, dxs, ws, HT, HdT, gl)
         for a in range(m):
             p = pidx[a]
             grad[p, 0] += gl[a, 0]
