@@ -40,6 +40,10 @@ def register(subparsers) -> None:
     p.add_argument("--skin", type=float, default=1.0, help="neighbour-list skin, A (default 1)")
     p.add_argument("--traj", default="md.extxyz", help="trajectory output (extxyz)")
     p.add_argument("--traj-interval", type=int, default=10, help="steps between frames")
+    p.add_argument("--store", default=None,
+                   help="also append the frames to this Zarr store (path or fsspec URL)")
+    p.add_argument("--traj-name", default=None,
+                   help="trajectory name in --store (default: the --traj file's stem)")
     p.add_argument("--thermo", default=None, help="thermo log (default: TRAJ with .thermo)")
     p.add_argument("--thermo-interval", type=int, default=10, help="steps between thermo lines")
     p.add_argument("--final", default=None, help="write the last frame (with momenta) here")
@@ -73,7 +77,13 @@ def run(args: argparse.Namespace) -> int:
     from ase.io import read, write
 
     from nnmd_kernels import Potential
-    from services.md.observers import ExtxyzTrajectory, MDFrame, ThermoLog
+    from services.md.observers import (
+        ExtxyzTrajectory,
+        MDFrame,
+        StoreTrajectory,
+        ThermoLog,
+        fan_out,
+    )
 
     spec = spec_from_args(args)
     if args.np < 1:
@@ -88,6 +98,11 @@ def run(args: argparse.Namespace) -> int:
     pot.types_of(atoms.numbers)  # unknown species: a clear error before anything runs
     traj_path = Path(args.traj)
     thermo_path = Path(args.thermo) if args.thermo else traj_path.with_suffix(".thermo")
+    store = (args.store, args.traj_name or traj_path.stem) if args.store else None
+    if store is not None:
+        from services.store.store import safe_name
+
+        safe_name(store[1], "--traj-name")
     echo = None if args.quiet else sys.stdout
 
     if args.engine == "lammps" and args.np > 1:
@@ -98,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         result = launch_lammps(args.structure, args.model, spec, args.np,
                                traj_path.parent / (traj_path.stem + "_lammps"), traj=traj_path,
                                thermo=thermo_path, ranks_per_gpu=args.ranks_per_gpu,
-                               echo_thermo=not args.quiet)
+                               echo_thermo=not args.quiet, store=store)
         if args.final:
             write(args.final, read(result["final"]), format="extxyz")
         print(f"LAMMPS on {result['mpi_size']} ranks: {spec.steps} steps in "
@@ -110,19 +125,27 @@ def run(args: argparse.Namespace) -> int:
         if echo is not None:
             echo.write(ThermoLog.HEADER)
         traj = ExtxyzTrajectory(traj_path)
+        writer = to_store = None
+        if store is not None:
+            from services.store import Store
+
+            writer = Store(store[0]).writer()
+            to_store = StoreTrajectory(writer, store[1])
         try:
             if args.engine == "native":
                 from services.md.native import run_native
 
-                state = run_native(atoms, pot, spec, thermo=thermo, traj=traj)
+                state = run_native(atoms, pot, spec, thermo=thermo, traj=fan_out(traj, to_store))
                 final = MDFrame.from_state(state)
             else:
                 from services.md.lammps import run_lammps
 
-                final, _ = run_lammps(atoms, pot, spec, thermo=thermo, traj=traj,
+                final, _ = run_lammps(atoms, pot, spec, thermo=thermo, traj=fan_out(traj, to_store),
                                       log=thermo_path.with_suffix(".lammps.log"))
         finally:
             traj.close()
+            if writer is not None:
+                writer.close()
     if args.final:
         write(args.final, final.to_atoms(), format="extxyz")
     print(f"{args.engine}: {spec.steps} steps; trajectory {traj_path}, thermo {thermo_path}")

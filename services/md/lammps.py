@@ -328,12 +328,14 @@ def run_lammps(atoms, potential, spec: MDSpec, thermo=None, traj=None, comm=None
         rank0 = eng.comm.Get_rank() == 0
         observers = [(spec.thermo_interval, thermo), (spec.traj_interval, traj)]
         observers = [(n, fn) for n, fn in observers if fn is not None]
-        t0 = time.perf_counter()
-        eng.run(0, first=True)
+        t_setup = time.perf_counter()
+        eng.run(0, first=True)  # first force call (includes any JIT compile)
         frame = eng.frame()
         if rank0:
             for _, fn in observers:
                 fn(frame)
+        t0 = time.perf_counter()
+        t_setup = t0 - t_setup
         step = 0
         # the same stops on every rank (observers exist on rank 0 only): frame() is collective
         intervals = [spec.thermo_interval, spec.traj_interval]
@@ -349,6 +351,7 @@ def run_lammps(atoms, potential, spec: MDSpec, thermo=None, traj=None, comm=None
                         fn(frame)
         wall = time.perf_counter() - t0
         info = {"ranks": eng.comm.Get_size(), "steps": spec.steps, "wall_s": wall,
+                "first_call_s": t_setup,
                 "force_calls": eng.n_calls, "force_s_rank0": eng.force_seconds}
         return frame, info
     finally:
@@ -373,12 +376,13 @@ def mpirun_executable() -> str:
 
 def launch_lammps(structure, model, spec: MDSpec, n_ranks: int, workdir, traj=None,
                   thermo=None, ranks_per_gpu: int = 2, timeout: float | None = None,
-                  echo_thermo: bool = False) -> dict:
+                  echo_thermo: bool = False, store: tuple[str, str] | None = None) -> dict:
     """Run LAMMPS on n_ranks MPI ranks in a child `mpirun`; returns the worker's result dict.
 
     structure: an ASE-readable file (last frame used; momenta used exactly), model: a
     .nnmd file. Species are checked here, before mpirun starts. Ranks map to GPUs
-    ranks_per_gpu at a time when GPUs are visible.
+    ranks_per_gpu at a time when GPUs are visible. store: (url, trajectory name) to also
+    append the frames to a Zarr store (rank 0 writes).
     """
     import json
     import subprocess
@@ -416,6 +420,7 @@ def launch_lammps(structure, model, spec: MDSpec, n_ranks: int, workdir, traj=No
         "ranks_per_gpu": ranks_per_gpu,
         "gpus": gpus,
         "echo_thermo": echo_thermo,
+        "store": {"url": store[0], "name": store[1]} if store else None,
     }
     job_path = workdir / "lammps_job.json"
     job_path.write_text(json.dumps(job, indent=1))

@@ -38,7 +38,7 @@ def main(argv=None) -> int:
 
     from nnmd_kernels import Potential
     from services.md.lammps import run_lammps
-    from services.md.observers import ExtxyzTrajectory, ThermoLog
+    from services.md.observers import ExtxyzTrajectory, ThermoLog, fan_out
     from services.md.spec import MDSpec
 
     spec = MDSpec.from_dict(job["spec"])
@@ -52,13 +52,24 @@ def main(argv=None) -> int:
         thermo = ThermoLog(thermo_file, echo=sys.stdout if job.get("echo_thermo") else None)
     if rank0 and job.get("traj"):
         traj = ExtxyzTrajectory(job["traj"])
+    store_writer = None
+    to_store = None
+    if rank0 and job.get("store"):
+        from services.md.observers import StoreTrajectory
+        from services.store import Store
+
+        store_writer = Store(job["store"]["url"]).writer()
+        to_store = StoreTrajectory(store_writer, job["store"]["name"])
     try:
-        frame, info = run_lammps(atoms, pot, spec, thermo, traj, comm=comm, log=job.get("log"))
+        frame, info = run_lammps(atoms, pot, spec, thermo, fan_out(traj, to_store), comm=comm,
+                                 log=job.get("log"))
     finally:
         if thermo_file is not None:
             thermo_file.close()
         if traj is not None:
             traj.close()
+        if store_writer is not None:
+            store_writer.close()
     gpu_of_rank = comm.gather(os.environ.get("CUDA_VISIBLE_DEVICES") if gpu is not None else None)
     if rank0:
         write(job["final"], frame.to_atoms(), format="extxyz")

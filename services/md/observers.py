@@ -129,3 +129,16 @@ class StoreTrajectory:
             step=np.array([frame.step]), time_fs=np.array([frame.time_fs]),
             energy=np.array([frame.energy]), temperature=np.array([frame.temperature]),
             velocities=frame.velocities[None])
+
+
+def fan_out(*observers):
+    """One observer calling each given one (None entries skipped); None if none given."""
+    fns = [f for f in observers if f is not None]
+    if not fns:
+        return None
+
+    def call(frame):
+        for f in fns:
+            f(frame)
+
+    return call

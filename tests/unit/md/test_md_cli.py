@@ -38,7 +38,7 @@ def test_md_command_writes_trajectory_and_thermo(inputs, tmp_path, engine):
                    "--engine", engine, "--ensemble", "nvt", "--temperature", "300", "--dt",
                    "0.5", "--steps", "10", "--traj", str(traj), "--traj-interval", "5",
                    "--thermo-interval", "5", "--final", str(tmp_path / "last.extxyz"),
-                   "--quiet"])
+                   "--store", str(tmp_path / "store"), "--quiet"])
     assert args.func(args) == 0
     frames = read(traj, index=":")
     assert [f.info["step"] for f in frames] == [0, 5, 10]
@@ -48,6 +48,11 @@ def test_md_command_writes_trajectory_and_thermo(inputs, tmp_path, engine):
     last = read(tmp_path / "last.extxyz")
     np.testing.assert_allclose(last.positions, frames[-1].positions)
     assert "momenta" in last.arrays  # a restart keeps the velocities
+    from services.store import Store
+
+    stored = Store(str(tmp_path / "store"), read_only=True).read_trajectory(engine)
+    np.testing.assert_array_equal(stored["step"], [0, 5, 10])
+    np.testing.assert_allclose(stored["positions"], [f.positions for f in frames], atol=1e-7)
 
 
 def test_md_command_errors_name_the_fix(inputs, tmp_path):

@@ -110,7 +110,7 @@ def test_two_mpi_ranks_match_native(potential, tmp_path):
     spec = MDSpec(ensemble="nve", dt_fs=1.0, steps=20, traj_interval=20, thermo_interval=10)
     result = launch_lammps(structure, model, spec, 2, tmp_path / "run",
                            traj=tmp_path / "traj.extxyz", thermo=tmp_path / "thermo.log",
-                           timeout=240)
+                           timeout=240, store=(str(tmp_path / "store"), "two_ranks"))
     assert result["mpi_size"] == 2 and result["ranks"] == 2
     frames = read(tmp_path / "traj.extxyz", index=":")
     assert [f.info["step"] for f in frames] == [0, 20]
@@ -122,6 +122,11 @@ def test_two_mpi_ranks_match_native(potential, tmp_path):
     state = run_native(atoms_in, potential, spec)
     assert np.abs(frames[-1].positions - state.positions).max() < 1e-6
     assert len((tmp_path / "thermo.log").read_text().splitlines()) == 1 + 3
+    from services.store import Store
+
+    stored = Store(str(tmp_path / "store"), read_only=True).read_trajectory("two_ranks")
+    np.testing.assert_array_equal(stored["step"], [0, 20])
+    np.testing.assert_allclose(stored["positions"][-1], state.positions, atol=1e-6)
 
 
 def test_species_missing_from_model_fail_before_lammps_starts(potential, tmp_path):
