@@ -69,10 +69,16 @@ def test_service_in_actor_and_pool(ray_session, tmp_path):
         assert len(pool) == 2 and sorted(pool.addresses) == sorted(current)
 
         # gone for good: dropped, never handed out again
+        # ray.kill returns before the process is gone: wait until its server stops answering,
+        # or the pool may (rightly) still be served by it
+        addr1 = pool.addresses[1]
         ray.kill(actors[1], no_restart=True)
+        _wait_until_down(addr1)
         assert all(pool.call(_info).url == url for _ in range(4))
         assert len(pool) == 1
+        addr0 = pool.addresses[0]
         ray.kill(actors[0], no_restart=True)
+        _wait_until_down(addr0)
         with pytest.raises(NoLiveEndpoints):
             for _ in range(3):
                 pool.call(_info)
