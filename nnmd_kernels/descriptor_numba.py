@@ -789,3 +789,46 @@ def pair_jacobian(desc, rij, pair_i, type_j, n_centers):
     p = _params(desc)
     return _pair_jacobian(np.ascontiguousarray(rij, dtype=np.float64), _offsets(pair_i, n_centers),
                           np.ascontiguousarray(type_j, dtype=np.int64), int(n_centers), *p)
+
+
+@njit(parallel=True, **_NUMBA_OPTS)
+def _jac_vjp(J, offsets, g):
+    P, F = J.shape[0], J.shape[1]
+    out = np.zeros((P, 3))
+    for i in prange(len(offsets) - 1):
+        for p in range(offsets[i], offsets[i + 1]):
+            a0 = 0.0
+            a1 = 0.0
+            a2 = 0.0
+            for f in range(F):
+                gf = g[i, f]
+                a0 += J[p, f, 0] * gf
+                a1 += J[p, f, 1] * gf
+                a2 += J[p, f, 2] * gf
+            out[p, 0] = a0
+            out[p, 1] = a1
+            out[p, 2] = a2
+    return out
+
+
+@njit(parallel=True, **_NUMBA_OPTS)
+def _jac_jvp(J, offsets, v):
+    F = J.shape[1]
+    n = len(offsets) - 1
+    out = np.zeros((n, F))
+    for i in prange(n):
+        for p in range(offsets[i], offsets[i + 1]):
+            v0, v1, v2 = v[p, 0], v[p, 1], v[p, 2]
+            for f in range(F):
+                out[i, f] += J[p, f, 0] * v0 + J[p, f, 1] * v1 + J[p, f, 2] * v2
+    return out
+
+
+def jacobian_vjp(J, pair_i, n_centers, g):
+    """With a cached pair Jacobian J (P, F, 3): dE/dr_p = J[p]^T g[i(p)], (P, 3)."""
+    return _jac_vjp(J, _offsets(pair_i, n_centers), np.ascontiguousarray(g, dtype=np.float64))
+
+
+def jacobian_jvp(J, pair_i, n_centers, v):
+    """With a cached pair Jacobian J (P, F, 3): dG_i = sum_{p of i} J[p] v_p, (N, F)."""
+    return _jac_jvp(J, _offsets(pair_i, n_centers), np.ascontiguousarray(v, dtype=np.float64))

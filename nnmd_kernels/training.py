@@ -196,12 +196,16 @@ class Batch:
     def vjp(self, g):
         """Pair gradients (P, 3) from dE/dG (N, F)."""
         if self.J is not None:
+            if hasattr(self.kern, "jacobian_vjp"):
+                return self.kern.jacobian_vjp(self.J, self.pair_i, self.N, g)
             return np.einsum("pfx,pf->px", self.J, g[self.pair_i], optimize=True)
         return self.kern.descriptors_vjp(self.desc, self.rij, self.pair_i, self.type_j, self.N, g)
 
     def jvp(self, v):
         """dG (N, F) along a pair-space direction v (P, 3)."""
         if self.J is not None:
+            if hasattr(self.kern, "jacobian_jvp"):
+                return self.kern.jacobian_jvp(self.J, self.pair_i, self.N, v)
             out = np.zeros((self.N, self.desc.n_features))
             np.add.at(out, self.pair_i, np.einsum("pfx,px->pf", self.J, v, optimize=True))
             return out
@@ -215,9 +219,9 @@ class Batch:
 
     def struct_virial(self, gp):
         """-sum_p r_p (x) g_p per structure, (S, 3, 3)."""
-        out = np.zeros((self.S, 3, 3))
-        np.add.at(out, self.struct_of_pair, -self.rij[:, :, None] * gp[:, None, :])
-        return out
+        rg = (-self.rij[:, :, None] * gp[:, None, :]).reshape(-1, 9)
+        out = np.stack([np.bincount(self.struct_of_pair, rg[:, k], self.S) for k in range(9)], axis=1)
+        return out.reshape(self.S, 3, 3)
 
 
 # ---------------------------------------------------------------------------------
@@ -368,8 +372,8 @@ class Objective:
             nets.append(ElementNetwork(tuple(ws), tuple(bs), net.activation))
         return nets
 
-    def predict(self, nets):
-        """Network-only predictions: E (S,), F (N,3), virial (S,3,3), plus caches."""
+    def predict(self, nets, virial: bool = True):
+        """Network-only predictions: E (S,), F (N,3), virial (S,3,3) or None, plus caches."""
         b, pot = self.b, self.pot
         y = np.zeros(b.N)
         g = np.zeros((b.N, b.desc.n_features))
@@ -386,20 +390,20 @@ class Objective:
             g[idx] = input_gradient(net, cache, one) / pot.feature_std[e]
         E = np.bincount(b.struct_of_atom, y, b.S)
         gp = b.vjp(g)
-        return E, b.atom_forces(gp), b.struct_virial(gp), xs
+        return E, b.atom_forces(gp), (b.struct_virial(gp) if virial else None), xs
 
     def __call__(self, theta, energy_only=False):
         """(loss, gradient, metrics)."""
         b, cfg, t = self.b, self.cfg, self.t
         nets = self.unpack(theta)
-        E, F, V, xs = self.predict(nets)
+        use_stress = cfg.stress_weight > 0 and self.smask_train.any() and not energy_only
+        E, F, V, xs = self.predict(nets, virial=use_stress)
         dE = (E - t["E"]) / b.n_atoms  # per atom
         tm = self.train
         loss_e = cfg.energy_weight * np.sum(dE[tm] ** 2) / self.n_e
         dF = np.where(self.fmask_train[:, None], F - t["F"], 0.0)
         loss_f = 0.0 if energy_only else cfg.force_weight * np.sum(dF**2) / self.n_f
         dS = np.zeros((b.S, 3, 3))
-        use_stress = cfg.stress_weight > 0 and self.smask_train.any() and not energy_only
         if use_stress:
             sigma = -V / b.volume[:, None, None]
             dS = np.where(self.smask_train[:, None, None], np.nan_to_num(sigma - t["sigma"]), 0.0)
@@ -570,7 +574,7 @@ def train(structures, cfg: TrainConfig | None = None, init: Potential | None = N
     E = np.zeros(batch.S)
     F = np.zeros((batch.N, 3))
     for mem in members:
-        e_, f_, _, _ = obj.predict(mem)
+        e_, f_, _, _ = obj.predict(mem, virial=False)
         E += e_ / len(members)
         F += f_ / len(members)
     dE = (E - targets["E"]) / batch.n_atoms
