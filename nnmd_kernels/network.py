@@ -169,8 +169,10 @@ def forward_tangent(net: ElementNetwork, x: np.ndarray, xdot: np.ndarray):
     """Primal and tangent pass: y (M, n) and ydot (M, n) = dy/dx . xdot, with the cache
     needed by `parameter_gradient`. xdot (n, F) is a direction in input space."""
     f, df, _ = activation(net.activation)
-    a = np.broadcast_to(x[None], (net.n_models, *x.shape))
-    ad = np.broadcast_to(xdot[None], (net.n_models, *xdot.shape))
+    # (1, n, F): broadcasts over the M models in matmul without stride-0 copies, which
+    # would push the weight-gradient products off BLAS
+    a = np.ascontiguousarray(x)[None]
+    ad = np.ascontiguousarray(xdot)[None]
     cache = []
     for w, b in zip(net.weights[:-1], net.biases[:-1]):
         z = a @ w + b[:, None, :]
