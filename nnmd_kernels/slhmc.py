@@ -1,0 +1,411 @@
+"""Self-learning hybrid Monte Carlo (SLHMC), exactly: pure numerics, no I/O.
+
+Nagai et al., Phys. Rev. B 102, 041124 (2020); DESIGN.md "SLHMC, exactly".
+A chain step is split where the reference (QE, EMT, ...) must be called, so that the
+caller owns all I/O:
+
+    prop = propose(state, config, force_fn)        # HMC trajectory with the NNP, or a volume move
+    prop = screen(prop, config)                    # delayed acceptance, stage 1 (optional)
+    e_ref = reference(prop.positions, prop.cell)   # caller; None when it failed
+    state, accepted = finish(state, prop, e_ref, config)
+
+Every random number is drawn from the chain's own stream (ChainState.rng_state), so a
+step re-run from a checkpoint reproduces the same proposal and the same decision.
+
+Units: positions and cell A (cell rows are lattice vectors), masses amu, velocities
+A/fs, energies eV, time fs, temperature K, pressure eV/A^3.
+
+Why the chain samples exp(-beta E_ref) however poor the NNP is:
+- HMC move: momenta p ~ Maxwell-Boltzmann (all 3N components, no centre-of-mass
+  projection: the NNP need not conserve momentum for the argument to hold); velocity
+  Verlet with any force field is reversible and volume-preserving, so accepting with
+  min(1, exp(-beta [H_ref(x', p') - H_ref(x, p)])), H_ref = E_ref + K, satisfies
+  detailed balance for exp(-beta E_ref(x)) (Duane et al. 1987 with the NNP as the
+  "shadow" force field).
+- Volume move (NPT, isotropic, scaled coordinates s = x H^-1 fixed): the target in
+  (V, s) is V^N exp(-beta [E_ref + P V]); a proposal uniform in V gives
+  min(1, exp(-beta [dE_ref + P dV] + N ln(V'/V))); a random walk in ln V adds the
+  Jacobian V, hence N + 1.
+- Delayed acceptance (Christen & Fox, J. Comput. Graph. Stat. 14, 795 (2005)): stage 1
+  accepts with a1 = min(1, r_nnp), r_nnp the same ratio with the NNP in place of the
+  reference; only then is the reference called and stage 2 accepts with
+  a2 = min(1, r_ref / r_nnp). The proposal terms (kinetic energy, P dV, N ln V'/V)
+  cancel in r_ref / r_nnp, leaving exp(-beta [(E_ref' - E_ref) - (E_nnp' - E_nnp)]).
+- A failed reference call (SCF not converged) rejects the move.
+Adapting n from the acceptance rate, and re-training the NNP from the chain's own
+history, make the chain adaptive (its kernel depends on the past); freeze both
+(`adapt=False`, no re-training) for a strictly Markov, exact production run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from nnmd_kernels.md.integrators import init as md_init
+from nnmd_kernels.md.integrators import nve
+from nnmd_kernels.md.state import kinetic_energy, make_rng, maxwell_boltzmann
+from nnmd_kernels.md.units import KB_EV_PER_K
+
+ENSEMBLES = ("nvt", "npt")
+VOLUME_PROPOSALS = ("lnV", "V")
+MOVES = ("hmc", "volume")
+
+# force_fn(positions (N, 3) A, cell (3, 3) A) -> (energy eV, forces (N, 3) eV/A, virial (3, 3) eV)
+ForceFn = Callable[[np.ndarray, np.ndarray], tuple]
+
+
+@dataclass(frozen=True)
+class SLHMCConfig:
+    """Settings of one chain. Validated here, with messages that say what to change.
+
+    n_md: initial number of NVE steps per HMC move; adapted within [n_md_min, n_md_max]
+      after every `adapt_window` HMC moves: multiplied by `adapt_factor` when the
+      window's acceptance rate is >= adapt_up, divided when <= adapt_down.
+    n_md_jitter: each trajectory length is drawn uniformly from
+      [ceil((1 - jitter) n), n] (independent of the state, so still exact); breaks the
+      resonance of a fixed n dt with a harmonic period.
+    volume_every: in NPT every k-th step is a volume move, the others HMC moves.
+    volume_step: max |d ln V| for "lnV", max |dV| in A^3 for "V".
+    """
+
+    temperature: float  # K
+    dt: float = 1.0  # fs
+    n_md: int = 20
+    n_md_min: int = 10
+    n_md_max: int = 2000
+    adapt: bool = True
+    adapt_up: float = 0.20
+    adapt_down: float = 0.05
+    adapt_window: int = 10
+    adapt_factor: float = 1.5
+    n_md_jitter: float = 0.0
+    ensemble: str = "nvt"
+    pressure: float = 0.0  # eV/A^3
+    volume_every: int = 2
+    volume_proposal: str = "lnV"
+    volume_step: float = 0.02
+    delayed_acceptance: bool = False
+
+    def __post_init__(self):
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0 K, got {self.temperature}")
+        if not self.dt > 0:
+            raise ValueError(f"dt must be > 0 fs, got {self.dt}")
+        if not 1 <= self.n_md_min <= self.n_md_max:
+            raise ValueError(f"need 1 <= n_md_min <= n_md_max, got {self.n_md_min}, "
+                             f"{self.n_md_max}")
+        if not self.n_md_min <= self.n_md <= self.n_md_max:
+            raise ValueError(f"n_md (md steps) must lie in [{self.n_md_min}, {self.n_md_max}], "
+                             f"got {self.n_md}; change --md-steps or the bounds")
+        if not 0 <= self.adapt_down < self.adapt_up <= 1:
+            raise ValueError(f"need 0 <= adapt_down < adapt_up <= 1, got {self.adapt_down}, "
+                             f"{self.adapt_up}")
+        if self.adapt_window < 1 or not self.adapt_factor > 1:
+            raise ValueError("adapt_window must be >= 1 and adapt_factor > 1")
+        if not 0 <= self.n_md_jitter < 1:
+            raise ValueError(f"n_md_jitter must be in [0, 1), got {self.n_md_jitter}")
+        if self.ensemble not in ENSEMBLES:
+            raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {self.ensemble!r}")
+        if self.volume_proposal not in VOLUME_PROPOSALS:
+            raise ValueError(f"volume_proposal must be one of {VOLUME_PROPOSALS}, "
+                             f"got {self.volume_proposal!r}")
+        if self.volume_every < 1 or not self.volume_step > 0:
+            raise ValueError("volume_every must be >= 1 and volume_step > 0")
+        if self.ensemble == "npt" and self.volume_every < 2:
+            raise ValueError("volume_every must be >= 2 in NPT (1 would never move the atoms)")
+
+    @property
+    def beta(self) -> float:
+        """1/kT, 1/eV."""
+        return 1.0 / (KB_EV_PER_K * self.temperature)
+
+
+@dataclass(frozen=True, eq=False)
+class ChainState:
+    """One chain between steps. Frozen; to_dict/from_dict give a JSON checkpoint."""
+
+    positions: np.ndarray  # (N, 3) A
+    cell: np.ndarray  # (3, 3) A, rows = lattice vectors
+    numbers: np.ndarray  # (N,) atomic numbers
+    masses: np.ndarray  # (N,) amu
+    pbc: np.ndarray  # (3,) bool
+    energy_ref: float  # eV, reference energy at `positions`
+    n_md: int  # current NVE steps per HMC move
+    step: int = 0
+    hmc_tried: int = 0
+    hmc_accepted: int = 0
+    volume_tried: int = 0
+    volume_accepted: int = 0
+    failed: int = 0  # reference failures (rejected moves)
+    screened: int = 0  # rejected at delayed-acceptance stage 1 (no reference call)
+    window_tried: int = 0  # HMC moves in the current adaptation window
+    window_accepted: int = 0
+    rng_state: dict | None = None
+
+    def replace(self, **changes) -> ChainState:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def n_atoms(self) -> int:
+        return len(self.numbers)
+
+    @property
+    def volume(self) -> float:
+        return float(abs(np.linalg.det(self.cell)))
+
+    def to_dict(self) -> dict:
+        """Plain JSON types only (lists, numbers, strings)."""
+        d = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, np.ndarray):
+                v = v.tolist()
+            d[f.name] = v
+        d["rng_state"] = json.dumps(self.rng_state)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ChainState:
+        out = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
+        for name in ("positions", "cell", "masses"):
+            out[name] = np.asarray(out[name], dtype=float)
+        out["numbers"] = np.asarray(out["numbers"], dtype=int)
+        out["pbc"] = np.asarray(out["pbc"], dtype=bool)
+        out["energy_ref"] = float(out["energy_ref"])
+        rng = out.get("rng_state")
+        out["rng_state"] = json.loads(rng) if isinstance(rng, str) else rng
+        return cls(**out)
+
+
+def init_chain(positions, numbers, masses, cell, pbc, energy_ref: float, config: SLHMCConfig,
+               seed) -> ChainState:
+    """A chain at step 0. seed: int or sequence of ints (e.g. (campaign_seed, chain_index))."""
+    x = np.array(positions, dtype=float)
+    n = len(x)
+    if x.shape != (n, 3):
+        raise ValueError(f"positions must have shape (N, 3), got {x.shape}")
+    m = np.array(masses, dtype=float)
+    if m.shape != (n,) or np.any(m <= 0):
+        raise ValueError(f"masses must be ({n},) positive amu")
+    if not np.isfinite(energy_ref):
+        raise ValueError("energy_ref of the starting structure must be finite")
+    rng = np.random.Generator(np.random.PCG64(seed))
+    return ChainState(positions=x, cell=np.array(cell, dtype=float),
+                      numbers=np.array(numbers, dtype=int), masses=m,
+                      pbc=np.broadcast_to(np.asarray(pbc, bool), (3,)).copy(),
+                      energy_ref=float(energy_ref), n_md=int(config.n_md),
+                      rng_state=rng.bit_generator.state)
+
+
+# ----------------------------------------------------------------- acceptance rules
+
+
+def hmc_log_acceptance(e_old, e_new, k_old, k_new, beta) -> float:
+    """log of exp(-beta [(E(x') + K(p')) - (E(x) + K(p))]); energies eV, beta 1/eV."""
+    return -beta * ((e_new + k_new) - (e_old + k_old))
+
+
+def volume_log_acceptance(e_old, e_new, v_old, v_new, n_atoms, pressure, beta,
+                          proposal="lnV") -> float:
+    """log of exp(-beta [dE + P dV] + N' ln(V'/V)); N' = N (uniform in V) or N + 1 (ln V)."""
+    if proposal not in VOLUME_PROPOSALS:
+        raise ValueError(f"proposal must be one of {VOLUME_PROPOSALS}, got {proposal!r}")
+    k = n_atoms + (1 if proposal == "lnV" else 0)
+    return -beta * ((e_new - e_old) + pressure * (v_new - v_old)) + k * math.log(v_new / v_old)
+
+
+def delayed_log_acceptance(log_r_ref, log_r_nnp) -> tuple[float, float]:
+    """(log a1, log a2) of delayed acceptance (Christen & Fox 2005), a = min(1, ratio).
+
+    log_r_nnp / log_r_ref: the log Metropolis-Hastings ratio of the move with the NNP /
+    the reference energies (proposal terms included). Stage 2 uses r_ref / r_nnp.
+    """
+    return min(0.0, log_r_nnp), min(0.0, log_r_ref - log_r_nnp)
+
+
+def accept(log_alpha: float, rng) -> bool:
+    """Metropolis test: True with probability min(1, exp(log_alpha))."""
+    if log_alpha >= 0.0:
+        return True
+    if not np.isfinite(log_alpha):
+        return False
+    return bool(np.log(rng.random()) < log_alpha)
+
+
+def adapt_n_md(n_md: int, rate: float, config: SLHMCConfig) -> int:
+    """Longer trajectories while the NNP is good (rate >= adapt_up), shorter when poor."""
+    if rate >= config.adapt_up:
+        n_md = math.ceil(n_md * config.adapt_factor)
+    elif rate <= config.adapt_down:
+        n_md = math.floor(n_md / config.adapt_factor)
+    return int(min(config.n_md_max, max(config.n_md_min, n_md)))
+
+
+# ----------------------------------------------------------------- one step
+
+
+@dataclass(frozen=True, eq=False)
+class Proposal:
+    """A proposed end point and everything the decision needs except E_ref there.
+
+    log_q: the log MH ratio's part that does not involve E_ref: -beta (K' - K) for HMC,
+      -beta P dV + N' ln(V'/V) for a volume move.
+    e_nnp_old / e_nnp_new: NNP energies (eV) at the start and the end, same model
+      (NaN when not computed: volume moves without delayed acceptance).
+    screened_out: rejected by delayed-acceptance stage 1 (do not call the reference).
+    """
+
+    kind: str  # "hmc" | "volume"
+    positions: np.ndarray  # (N, 3) A
+    cell: np.ndarray  # (3, 3) A
+    log_q: float
+    e_nnp_old: float
+    e_nnp_new: float
+    n_md: int  # NVE steps run (0 for a volume move)
+    rng_state: dict
+    kinetic_old: float = float("nan")  # eV
+    kinetic_new: float = float("nan")  # eV
+    screened_out: bool = False
+
+    @property
+    def log_r_nnp(self) -> float:
+        """Stage-1 log ratio: the NNP in place of the reference."""
+        return self.log_q - self.beta * (self.e_nnp_new - self.e_nnp_old)
+
+    beta: float = 0.0  # 1/eV, for log_r_nnp
+
+
+def move_kind(state: ChainState, config: SLHMCConfig) -> str:
+    """NVT: always HMC. NPT: every volume_every-th step (1-based) is a volume move."""
+    if config.ensemble == "npt" and (state.step + 1) % config.volume_every == 0:
+        return "volume"
+    return "hmc"
+
+
+def propose(state: ChainState, config: SLHMCConfig, force_fn: ForceFn,
+            energy_fn: Callable | None = None) -> Proposal:
+    """The next move's proposal. force_fn drives the NVE trajectory (the current NNP).
+
+    energy_fn(positions, cell) -> eV is used for volume moves under delayed acceptance
+    (default: force_fn's energy).
+    """
+    if move_kind(state, config) == "volume":
+        return _propose_volume(state, config, energy_fn or (lambda x, h: force_fn(x, h)[0]))
+    return _propose_hmc(state, config, force_fn)
+
+
+def _propose_hmc(state, config, force_fn) -> Proposal:
+    rng = make_rng(state.rng_state)
+    n = state.n_md
+    if config.n_md_jitter > 0:
+        lo = max(1, math.ceil((1.0 - config.n_md_jitter) * n))
+        n = int(rng.integers(lo, n + 1))
+    v = maxwell_boltzmann(state.masses, config.temperature, rng, zero_momentum=False)
+    _, step_fn = nve(force_fn, config.dt)
+    s = md_init(force_fn, state.positions, state.masses, state.numbers, state.cell, state.pbc,
+                velocities=v)
+    e0, k0 = s.energy, kinetic_energy(s.velocities, s.masses)
+    for _ in range(n):
+        s = step_fn(s)
+    k1 = kinetic_energy(s.velocities, s.masses)
+    ok = np.isfinite(s.positions).all() and np.isfinite(k1) and np.isfinite(s.energy)
+    return Proposal(kind="hmc", positions=s.positions, cell=state.cell.copy(),
+                    log_q=-config.beta * (k1 - k0) if ok else -np.inf,
+                    e_nnp_old=float(e0), e_nnp_new=float(s.energy), n_md=n,
+                    rng_state=rng.bit_generator.state, kinetic_old=k0, kinetic_new=k1,
+                    beta=config.beta)
+
+
+def _propose_volume(state, config, energy_fn) -> Proposal:
+    rng = make_rng(state.rng_state)
+    v0 = state.volume
+    u = 2.0 * rng.random() - 1.0
+    v1 = v0 * math.exp(config.volume_step * u) if config.volume_proposal == "lnV" else (
+        v0 + config.volume_step * u)
+    if v1 <= 0:  # outside the support: rejected, never sent to the reference
+        return Proposal("volume", state.positions, state.cell, -np.inf, np.nan, np.nan, 0,
+                        rng.bit_generator.state, beta=config.beta)
+    scale = (v1 / v0) ** (1.0 / 3.0)  # isotropic; scaled coordinates unchanged
+    x1, h1 = state.positions * scale, state.cell * scale
+    log_q = volume_log_acceptance(0.0, 0.0, v0, v1, state.n_atoms, config.pressure,
+                                  config.beta, config.volume_proposal)
+    e0 = e1 = np.nan
+    if config.delayed_acceptance:
+        e0, e1 = float(energy_fn(state.positions, state.cell)), float(energy_fn(x1, h1))
+    return Proposal("volume", x1, h1, log_q, e0, e1, 0, rng.bit_generator.state,
+                    beta=config.beta)
+
+
+def screen(prop: Proposal, config: SLHMCConfig) -> Proposal:
+    """Delayed acceptance stage 1 with the NNP; a no-op unless config.delayed_acceptance."""
+    if not config.delayed_acceptance:
+        return prop
+    rng = make_rng(prop.rng_state)
+    log_a1, _ = delayed_log_acceptance(0.0, prop.log_r_nnp)
+    passed = accept(log_a1, rng)
+    return dataclasses.replace(prop, screened_out=not passed, rng_state=rng.bit_generator.state)
+
+
+def needs_reference(prop: Proposal) -> bool:
+    """Whether the caller must compute E_ref at prop.positions / prop.cell."""
+    return not prop.screened_out and np.isfinite(prop.log_q)
+
+
+def finish(state: ChainState, prop: Proposal, e_ref_new: float | None,
+           config: SLHMCConfig) -> tuple[ChainState, bool]:
+    """The Metropolis decision and the next state (step + 1, counters, n adapted).
+
+    e_ref_new: the reference energy at the proposal (eV), or None when the reference
+    failed or was not called (screened out, outside the support): the move is rejected.
+    """
+    rng = make_rng(prop.rng_state)
+    beta = config.beta
+    failed = needs_reference(prop) and (e_ref_new is None or not np.isfinite(e_ref_new))
+    if e_ref_new is None or not needs_reference(prop) or failed:
+        accepted = False
+    else:
+        log_r_ref = prop.log_q - beta * (e_ref_new - state.energy_ref)
+        if config.delayed_acceptance:
+            _, log_a = delayed_log_acceptance(log_r_ref, prop.log_r_nnp)
+        else:
+            log_a = log_r_ref
+        accepted = accept(log_a, rng)
+    changes = {"step": state.step + 1, "failed": state.failed + int(failed),
+               "screened": state.screened + int(prop.screened_out),
+               "rng_state": rng.bit_generator.state}
+    if accepted:
+        changes.update(positions=np.array(prop.positions), cell=np.array(prop.cell),
+                       energy_ref=float(e_ref_new))
+    if prop.kind == "hmc":
+        wt, wa = state.window_tried + 1, state.window_accepted + int(accepted)
+        n_md = state.n_md
+        if wt >= config.adapt_window:
+            if config.adapt:
+                n_md = adapt_n_md(n_md, wa / wt, config)
+            wt, wa = 0, 0
+        changes.update(hmc_tried=state.hmc_tried + 1,
+                       hmc_accepted=state.hmc_accepted + int(accepted),
+                       window_tried=wt, window_accepted=wa, n_md=n_md)
+    else:
+        changes.update(volume_tried=state.volume_tried + 1,
+                       volume_accepted=state.volume_accepted + int(accepted))
+    return state.replace(**changes), accepted
+
+
+def step(state: ChainState, config: SLHMCConfig, force_fn: ForceFn,
+         reference_energy: Callable) -> tuple[ChainState, Proposal, float | None, bool]:
+    """One whole step with an in-process reference_energy(positions, cell) -> eV or None.
+
+    Convenience for tests and small drivers; campaign runners call the pieces.
+    Returns (new state, proposal, E_ref at the proposal or None, accepted).
+    """
+    prop = screen(propose(state, config, force_fn), config)
+    e_ref = reference_energy(prop.positions, prop.cell) if needs_reference(prop) else None
+    new, accepted = finish(state, prop, e_ref, config)
+    return new, prop, e_ref, accepted
