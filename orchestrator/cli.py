@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "orchestrator.commands.store",  # info, export, import (extxyz)
     "orchestrator.commands.serve",  # run one service as a gRPC server
     "orchestrator.commands.label",  # label, bootstrap (reference: QE, EMT, ...)
+    "orchestrator.commands.slhmc",  # slhmc, demo, report
 ]
 
 

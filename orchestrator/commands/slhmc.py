@@ -1,0 +1,278 @@
+"""`nnmd slhmc`, `nnmd demo`, `nnmd report`: a local SLHMC campaign, the embedded demo, and
+its report (CSV of every chain step, or an HTML page with plots)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+from services.reference.spec import SPEC_HELP
+
+# The demo: EMT copper, small descriptor and network so that it runs in ~1-2 minutes.
+DEMO_TRAIN = {"descriptor": {"n_radial": 12, "n_angular": 6, "r_radial": 4.5, "r_angular": 4.0},
+              "hidden": [16, 16], "max_epochs": 60, "warmup_epochs": 10,
+              "validation_fraction": 0.1}
+REPORT_FIELDS = ("campaign", "chain", "step", "move", "status", "accepted", "energy_ref",
+                 "energy_proposal", "n_md_steps", "model_version", "volume")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("slhmc", help="run (or resume) a local SLHMC campaign: bootstrap, "
+                       "train, chains with the reference, re-train",
+                       description=__doc__)
+    p.add_argument("--reference", default="emt", metavar="SPEC",
+                   help=f"the reference: {SPEC_HELP} (default emt)")
+    p.add_argument("--structure", required=True, metavar="FILE",
+                   help="starting structure, any format ASE reads")
+    p.add_argument("--store", required=True, metavar="DIR", help="Zarr store (folder or URL)")
+    p.add_argument("--campaign", default="slhmc", help="campaign name in the store")
+    p.add_argument("--chains", type=int, default=4)
+    p.add_argument("--steps", type=int, default=100, help="MC steps per chain")
+    p.add_argument("--temperature", type=float, default=300.0, help="K")
+    p.add_argument("--ensemble", choices=("nvt", "npt"), default="nvt")
+    p.add_argument("--pressure", type=float, default=0.0, help="GPa (npt)")
+    p.add_argument("--md-steps", type=int, default=20,
+                   help="initial NVE steps per HMC move (adapted within 10..2000)")
+    p.add_argument("--md-steps-min", type=int, default=10)
+    p.add_argument("--md-steps-max", type=int, default=2000)
+    p.add_argument("--dt", type=float, default=1.0, help="MD time step, fs")
+    p.add_argument("--retrain-every", type=int, default=100,
+                   help="re-train after this many new labels (0 = never)")
+    p.add_argument("--retrain-epochs", type=int, default=60)
+    p.add_argument("--bootstrap-steps", type=int, default=50,
+                   help="first-principles MD steps before the first model")
+    p.add_argument("--delayed-acceptance", action="store_true",
+                   help="screen moves with the NNP before calling the reference (exact)")
+    p.add_argument("--volume-step", type=float, default=0.02, help="max |d ln V| (npt)")
+    p.add_argument("--train-config", default=None, metavar="FILE",
+                   help="TrainConfig fields as JSON or YAML")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="export the final model here (model.nnmd, ffield.sannp)")
+    p.set_defaults(func=cmd_slhmc)
+
+    d = sub.add_parser("demo", help="the embedded demo: SLHMC on EMT copper, 4 chains, "
+                       "re-training, model + store + report.html (~2 min)")
+    d.add_argument("--out", default="nnmd-demo", metavar="DIR", help="default ./nnmd-demo")
+    d.add_argument("--steps", type=int, default=24, help="MC steps per chain (default 24)")
+    d.add_argument("--chains", type=int, default=4)
+    d.set_defaults(func=cmd_demo)
+
+    r = sub.add_parser("report", help="a campaign report: CSV of every chain step, or HTML")
+    r.add_argument("--store", required=True, metavar="DIR")
+    r.add_argument("--campaign", default=None, help="default: every SLHMC campaign in the store")
+    r.add_argument("--format", choices=("csv", "html"), default="csv")
+    r.add_argument("-o", "--output", default=None,
+                   help="file (csv default: stdout; html default: report.html)")
+    r.set_defaults(func=cmd_report)
+
+
+def _train_overrides(path):
+    if not path:
+        return {}
+    from services.trainer.run import load_config
+
+    load_config(path)  # validates the keys now, naming the bad ones
+    text = Path(path).read_text()
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        return yaml.safe_load(text) or {}
+    return json.loads(text)
+
+
+def cmd_slhmc(args) -> int:
+    from orchestrator.slhmc import CampaignConfig, run_campaign
+
+    cfg = CampaignConfig(
+        reference=args.reference, structure=args.structure, campaign=args.campaign,
+        chains=args.chains, steps=args.steps, temperature=args.temperature,
+        ensemble=args.ensemble, pressure_gpa=args.pressure, md_steps=args.md_steps,
+        md_steps_min=args.md_steps_min, md_steps_max=args.md_steps_max, dt=args.dt,
+        retrain_every=args.retrain_every, retrain_epochs=args.retrain_epochs,
+        seed=args.seed, bootstrap_steps=args.bootstrap_steps,
+        delayed_acceptance=args.delayed_acceptance, volume_step=args.volume_step,
+        train=_train_overrides(args.train_config))
+    summary = run_campaign(cfg, args.store, export_dir=args.out)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from ase.build import bulk
+
+    from orchestrator.slhmc import CampaignConfig, run_campaign
+
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    structure = out / "cu32.xyz"
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 2))  # 32 atoms
+    atoms.write(structure, format="extxyz")
+    cfg = CampaignConfig(reference="emt", structure=str(structure), campaign="demo",
+                         chains=args.chains, steps=args.steps, temperature=600.0,
+                         md_steps=10, md_steps_min=5, md_steps_max=80, dt=2.0,
+                         retrain_every=32, retrain_epochs=25, bootstrap_steps=30,
+                         bootstrap_dt=2.0, seed=0, train=DEMO_TRAIN)
+    print(f"nnmd demo: SLHMC on 32-atom fcc Cu with the EMT reference, {cfg.chains} chains x "
+          f"{cfg.steps} steps at {cfg.temperature:g} K -> {out}/", flush=True)
+    summary = run_campaign(cfg, str(out / "store"), log=lambda m: print("  " + m, flush=True),
+                           export_dir=out)
+    html = out / "report.html"
+    write_html(str(out / "store"), html, campaign="demo")
+    write_csv(str(out / "store"), out / "report.csv", campaign="demo")
+    print(f"done in {time.perf_counter() - t0:.0f} s: acceptance {summary['acceptance']:.2f}, "
+          f"{summary['labels']} labels, model v{summary['model_version']}")
+    for p in summary.get("exported", []):
+        print(f"  model: {p}")
+    print(f"  store: {out / 'store'}   (nnmd store info {out / 'store'})")
+    print(f"  report: {html}   (and report.csv)")
+    return 0
+
+
+# ------------------------------------------------------------------ report
+
+
+def campaigns(store) -> list[str]:
+    names = list(store.info().get("campaigns", {}))
+    from orchestrator.slhmc import CAMPAIGN_DOC
+
+    return [c for c in names if store.read_checkpoint(c, CAMPAIGN_DOC) is not None]
+
+
+def report_rows(store_url: str, campaign: str | None = None) -> list[dict]:
+    """One row per chain step of every chain (from the chain checkpoints)."""
+    from orchestrator.slhmc import CAMPAIGN_DOC
+    from services.store import Store
+
+    store = Store(store_url, read_only=True)
+    names = [campaign] if campaign else campaigns(store)
+    if campaign and store.read_checkpoint(campaign, CAMPAIGN_DOC) is None:
+        raise ValueError(f"--campaign {campaign}: no SLHMC campaign of that name in {store_url} "
+                         f"(found: {campaigns(store)})")
+    rows = []
+    for camp in names:
+        for chain in store.list_checkpoints(camp):
+            if chain == CAMPAIGN_DOC:
+                continue
+            doc = store.read_checkpoint(camp, chain)
+            for h in doc.get("history", []):
+                rows.append({"campaign": camp, "chain": chain, **h})
+    return rows
+
+
+def write_csv(store_url, out, campaign=None) -> int:
+    rows = report_rows(store_url, campaign)
+    f = sys.stdout if out is None else open(out, "w", newline="")  # noqa: SIM115
+    try:
+        w = csv.DictWriter(f, fieldnames=REPORT_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in REPORT_FIELDS})
+    finally:
+        if out is not None:
+            f.close()
+    return len(rows)
+
+
+def write_html(store_url, out, campaign=None) -> None:
+    import base64
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from services.store import Store
+
+    rows = report_rows(store_url, campaign)
+    store = Store(store_url, read_only=True)
+    chains = sorted({(r["campaign"], r["chain"]) for r in rows})
+
+    def png(fig) -> str:
+        buf = io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buf, format="png", dpi=90)
+        plt.close(fig)
+        return base64.b64encode(buf.getvalue()).decode()
+
+    figs = []
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for key in chains:
+        rs = [r for r in rows if (r["campaign"], r["chain"]) == key]
+        steps = np.array([r["step"] for r in rs])
+        acc = np.cumsum([r["accepted"] for r in rs]) / np.arange(1, len(rs) + 1)
+        axes[0].plot(steps, acc, label=key[1])
+        axes[1].plot(steps, [r["n_md_steps"] for r in rs], label=key[1])
+    axes[0].set(xlabel="chain step", ylabel="running acceptance rate", ylim=(0, 1.05))
+    axes[1].set(xlabel="chain step", ylabel="NVE steps per move (n)")
+    axes[0].legend(fontsize=7)
+    figs.append(("Acceptance and trajectory length per chain", png(fig)))
+
+    fig, ax = plt.subplots(figsize=(11, 4))
+    for key in chains:
+        rs = [r for r in rows if (r["campaign"], r["chain"]) == key]
+        ax.plot([r["step"] for r in rs], [r["energy_ref"] for r in rs], label=key[1])
+    ax.set(xlabel="chain step", ylabel="E_ref of the chain state (eV)")
+    ax.legend(fontsize=7)
+    figs.append(("Reference energy traces", png(fig)))
+
+    batch = store.read(campaign=campaign) if campaign else store.read()
+    src = batch.arrays["source"]
+    fig, ax = plt.subplots(figsize=(11, 3.5))
+    order = np.argsort(batch.arrays["wall_time"] * 0 + np.arange(len(src)))
+    for kind in ("aimd", "hmc"):
+        ax.plot(np.arange(len(src)), np.cumsum(src[order] == kind), label=kind)
+    ax.set(xlabel="record", ylabel="labels in the dataset")
+    ax.legend()
+    figs.append(("Dataset growth", png(fig)))
+
+    models = []
+    for v in store.model_versions():
+        g = store._group(f"models/v{v:06d}")
+        meta = dict(g.attrs).get("metadata", {})
+        if campaign is None or meta.get("campaign") == campaign:
+            models.append((v, meta))
+    if models:
+        fig, ax = plt.subplots(figsize=(11, 3.5))
+        ax.plot([m.get("n_structures", 0) for _, m in models],
+                [m.get("energy_rmse_mev_per_atom", np.nan) for _, m in models], "o-",
+                label="energy (meV/atom)")
+        ax.plot([m.get("n_structures", 0) for _, m in models],
+                [m.get("force_rmse_mev_per_angstrom", np.nan) for _, m in models], "s-",
+                label="force (meV/A)")
+        ax.set(xlabel="training structures", ylabel="training RMSE", yscale="log")
+        ax.legend()
+        figs.append(("Training error per model version", png(fig)))
+
+    n = len(rows)
+    acc = sum(r["accepted"] for r in rows) / n if n else float("nan")
+    table = "".join(f"<tr><td>v{v}</td><td>{m.get('n_structures')}</td><td>{m.get('n_labels')}</td>"
+                    f"<td>{m.get('energy_rmse_mev_per_atom', float('nan')):.2f}</td>"
+                    f"<td>{m.get('force_rmse_mev_per_angstrom', float('nan')):.0f}</td></tr>"
+                    for v, m in models)
+    body = "".join(f"<h2>{t}</h2><img src='data:image/png;base64,{b}'>" for t, b in figs)
+    html = f"""<!doctype html><html><head><meta charset="utf-8"><title>nnmd SLHMC report</title>
+<style>body{{font-family:sans-serif;max-width:1000px;margin:auto}} td,th{{padding:2px 8px}}</style>
+</head><body><h1>SLHMC report</h1>
+<p>store {store_url}; campaign {campaign or 'all'}; {len(chains)} chains, {n} chain steps,
+acceptance {acc:.2f}; {len(batch)} labelled structures
+({int((src == 'aimd').sum())} aimd, {int((src == 'hmc').sum())} hmc).</p>
+<table><tr><th>model</th><th>structures</th><th>chain labels</th><th>E RMSE meV/atom</th>
+<th>F RMSE meV/A</th></tr>{table}</table>{body}</body></html>"""
+    Path(out).write_text(html)
+
+
+def cmd_report(args) -> int:
+    if args.format == "csv":
+        write_csv(args.store, args.output, args.campaign)
+        return 0
+    out = args.output or "report.html"
+    write_html(args.store, out, args.campaign)
+    print(f"wrote {out}")
+    return 0
