@@ -120,6 +120,11 @@ class Campaign:
         self.ref_hash = settings_hash(self.backend)
         self.store = Store(store_url)
         self.writer = self.store.writer()
+        try:
+            self.resumed = self._check_resume()
+        except BaseException:
+            self.writer.close()
+            raise
         self._models: dict[int, object] = {}
         self._force_fns: dict[tuple[str, int], object] = {}
         self.stats = {"reference_calls": 0, "reference_failures": 0, "labels": 0,
@@ -293,8 +298,7 @@ class Campaign:
         from services.runtime.convert import LabelArrays, StructureArrays
         from services.store import Provenance, Record
 
-        resumed = self._check_resume()
-        self.log(("resuming" if resumed else "starting") + f" campaign '{self.cfg.campaign}' "
+        self.log(("resuming" if self.resumed else "starting") + f" campaign '{self.cfg.campaign}' "
                  f"in {self.store.url}: {self.cfg.chains} chains x {self.cfg.steps} steps, "
                  f"{self.cfg.ensemble.upper()} {self.cfg.temperature:g} K, reference "
                  f"{self.backend.name}")

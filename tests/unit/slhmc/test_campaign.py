@@ -1,0 +1,114 @@
+"""The local campaign on EMT copper: labels and checkpoints in the store, resume by replay."""
+
+import numpy as np
+import pytest
+from ase.build import bulk
+
+from orchestrator.commands.slhmc import report_rows, write_csv
+from orchestrator.slhmc import Campaign, CampaignConfig, chain_name
+from services.store import Store
+
+TINY_TRAIN = {"descriptor": {"n_radial": 6, "n_angular": 3, "r_radial": 4.5, "r_angular": 4.0},
+              "hidden": [8, 8], "max_epochs": 15, "warmup_epochs": 5}
+
+
+@pytest.fixture(scope="module")
+def cu(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cu")
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 2))
+    path = d / "cu.xyz"
+    atoms.write(path)
+    return atoms, str(path)
+
+
+def config(path, steps, **kw):
+    return CampaignConfig(reference="emt", structure=path, campaign="t", chains=2, steps=steps,
+                          temperature=500.0, md_steps=10, md_steps_min=5, dt=2.0,
+                          retrain_every=0, bootstrap_steps=6, bootstrap_dt=2.0,
+                          train=TINY_TRAIN, **kw)
+
+
+def run(cfg, url, atoms):
+    camp = Campaign(cfg, url, log=lambda m: None)
+    try:
+        summary = camp.run(atoms)
+    finally:
+        camp.close()
+    return summary
+
+
+def hmc_keys(url):
+    a = Store(url, read_only=True).read(campaign="t").arrays
+    hmc = a["source"] == "hmc"
+    return (list(zip(a["chain"][hmc].tolist(), a["step"][hmc].tolist())),
+            {"accepted": a["accepted"][hmc], "energy": a["energy"][hmc]})
+
+
+def test_label_beyond_checkpoint_is_replayed_not_duplicated(cu, tmp_path):
+    atoms, path = cu
+    url = str(tmp_path / "store")
+    run(config(path, 2), url, atoms)
+    store = Store(url, read_only=True)
+    at_two = {chain_name(c): store.read_checkpoint("t", chain_name(c)) for c in range(2)}
+    run(config(path, 3), url, atoms)
+    at_three = {n: Store(url, read_only=True).read_checkpoint("t", n) for n in at_two}
+    keys_before, _ = hmc_keys(url)
+    # a kill between the label append and the checkpoint: labels at step 3, checkpoints at 2
+    with Store(url).writer() as w:
+        for n, doc in at_two.items():
+            w.write_checkpoint("t", n, doc)
+    summary = run(config(path, 3), url, atoms)
+    assert summary["replayed"] == 2 and summary["reference_calls"] == 0
+    keys_after, arrays = hmc_keys(url)
+    assert sorted(keys_after) == sorted(keys_before)  # nothing duplicated
+    assert len(set(keys_after)) == len(keys_after) == 6
+    for n in at_two:
+        doc = Store(url, read_only=True).read_checkpoint("t", n)
+        assert [h["step"] for h in doc["history"]] == [1, 2, 3]
+        np.testing.assert_allclose(doc["state"]["positions"], at_three[n]["state"]["positions"],
+                                   atol=1e-6)
+        assert doc["history"][-1]["accepted"] == at_three[n]["history"][-1]["accepted"]
+    # the label's accepted flag is the chain's decision, and its energy the proposal's
+    rows = report_rows(url, "t")
+    assert len(rows) == 6
+    for r in rows:
+        k = keys_after.index((r["chain"], r["step"]))
+        assert bool(arrays["accepted"][k]) == r["accepted"]
+        assert arrays["energy"][k] == pytest.approx(r["energy_proposal"])
+        if r["accepted"]:
+            assert r["energy_ref"] == pytest.approx(r["energy_proposal"])
+    out = tmp_path / "r.csv"
+    assert write_csv(url, out, "t") == 6
+    header = out.read_text().splitlines()[0].split(",")
+    for col in ("chain", "step", "accepted", "energy_ref", "n_md_steps", "model_version",
+                "volume"):
+        assert col in header
+
+
+def test_resume_refuses_changed_settings(cu, tmp_path):
+    atoms, path = cu
+    url = str(tmp_path / "store")
+    run(config(path, 1), url, atoms)
+    with pytest.raises(ValueError, match="temperature"):
+        Campaign(CampaignConfig(**{**config(path, 2).__dict__, "temperature": 900.0}), url)
+
+
+def test_reference_failure_is_a_rejected_move_and_no_label(cu, tmp_path, monkeypatch):
+    from services.reference.types import Failure, FailureReason
+
+    atoms, path = cu
+    url = str(tmp_path / "store")
+    run(config(path, 1), url, atoms)
+    camp = Campaign(config(path, 3), url, log=lambda m: None)
+    monkeypatch.setattr(camp.backend, "compute", lambda lst: [
+        Failure(FailureReason.NOT_CONVERGED, "SCF not converged") for _ in lst])
+    try:
+        summary = camp.run(atoms)
+    finally:
+        camp.close()
+    assert summary["reference_failures"] == 4
+    keys, _ = hmc_keys(url)
+    assert len(keys) == 2  # only step 1's labels
+    rows = [r for r in report_rows(url, "t") if r["step"] > 1]
+    assert [r["status"] for r in rows] == ["failed"] * 4
+    assert not any(r["accepted"] for r in rows)
