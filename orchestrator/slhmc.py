@@ -68,13 +68,14 @@ class CampaignConfig:
     volume_step: float = 0.02
     train: dict = field(default_factory=dict)
     retrain_epochs: int = 60
+    reference_workers: int = 1  # reference calls at once (one backend each, e.g. one pw.x)
 
     def __post_init__(self):
         from services.store.store import safe_name
 
         safe_name(self.campaign, "campaign")
         for name, lo in (("chains", 1), ("steps", 0), ("bootstrap_steps", 1),
-                         ("retrain_every", 0), ("retrain_epochs", 1)):
+                         ("retrain_every", 0), ("retrain_epochs", 1), ("reference_workers", 1)):
             if int(getattr(self, name)) < lo:
                 raise ValueError(f"{name} must be >= {lo}, got {getattr(self, name)}"
                                  + (" (the first model is trained on the bootstrap frames)"
@@ -115,6 +116,9 @@ class Campaign:
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         try:
             self.backend = make_backend(config.reference)
+            # one backend per worker: ASE calculators are not thread-safe when shared
+            self.backends = [self.backend] + [make_backend(config.reference)
+                                              for _ in range(config.reference_workers - 1)]
         except ImportError as exc:
             raise ValueError(f"--reference {config.reference}: {exc}") from exc
         self.ref_hash = settings_hash(self.backend)
@@ -330,7 +334,7 @@ class Campaign:
                 atoms_list = [_atoms(props[n].positions, states[n].numbers, props[n].cell,
                                      states[n].pbc) for n in need]
                 t0 = time.perf_counter()
-                results = self.backend.compute(atoms_list)
+                results = self._label(atoms_list)
                 wall = (time.perf_counter() - t0) / len(need)
                 self.stats["reference_calls"] += len(need)
                 for n, r in zip(need, results):
@@ -390,6 +394,20 @@ class Campaign:
             self._progress(states, t_start)
             version = self.maybe_train()
         return self.summary(states, time.perf_counter() - t_start)
+
+    def _label(self, atoms_list) -> list:
+        """Reference outcomes in order; up to reference_workers calls run at once."""
+        k = min(len(self.backends), len(atoms_list))
+        if k <= 1:
+            return self.backend.compute(atoms_list)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(k) as ex:
+            parts = list(ex.map(lambda w: self.backends[w].compute(atoms_list[w::k]), range(k)))
+        out = [None] * len(atoms_list)
+        for w, part in enumerate(parts):
+            out[w::k] = part
+        return out
 
     def _progress(self, states, t_start) -> None:
         steps = [s.step for s in states.values()]

@@ -44,6 +44,9 @@ def register(sub) -> None:
     p.add_argument("--retrain-epochs", type=int, default=60)
     p.add_argument("--bootstrap-steps", type=int, default=50,
                    help="first-principles MD steps before the first model")
+    p.add_argument("--bootstrap-dt", type=float, default=1.0, help="bootstrap MD time step, fs")
+    p.add_argument("--reference-workers", type=int, default=1,
+                   help="reference calculations at once (e.g. pw.x runs; default 1)")
     p.add_argument("--delayed-acceptance", action="store_true",
                    help="screen moves with the NNP before calling the reference (exact)")
     p.add_argument("--volume-step", type=float, default=0.02, help="max |d ln V| (npt)")
@@ -93,7 +96,8 @@ def cmd_slhmc(args) -> int:
         ensemble=args.ensemble, pressure_gpa=args.pressure, md_steps=args.md_steps,
         md_steps_min=args.md_steps_min, md_steps_max=args.md_steps_max, dt=args.dt,
         retrain_every=args.retrain_every, retrain_epochs=args.retrain_epochs,
-        seed=args.seed, bootstrap_steps=args.bootstrap_steps,
+        seed=args.seed, bootstrap_steps=args.bootstrap_steps, bootstrap_dt=args.bootstrap_dt,
+        reference_workers=args.reference_workers,
         delayed_acceptance=args.delayed_acceptance, volume_step=args.volume_step,
         train=_train_overrides(args.train_config))
     summary = run_campaign(cfg, args.store, export_dir=args.out)
@@ -225,10 +229,9 @@ def write_html(store_url, out, campaign=None) -> None:
     batch = store.read(campaign=campaign) if campaign else store.read()
     src = batch.arrays["source"]
     fig, ax = plt.subplots(figsize=(11, 3.5))
-    order = np.argsort(batch.arrays["wall_time"] * 0 + np.arange(len(src)))
-    for kind in ("aimd", "hmc"):
-        ax.plot(np.arange(len(src)), np.cumsum(src[order] == kind), label=kind)
-    ax.set(xlabel="record", ylabel="labels in the dataset")
+    for kind in ("aimd", "hmc"):  # records are in the order they were stored
+        ax.plot(np.arange(1, len(src) + 1), np.cumsum(src == kind), label=kind)
+    ax.set(xlabel="labels stored (all sources)", ylabel="labels of this source")
     ax.legend()
     figs.append(("Dataset growth", png(fig)))
 

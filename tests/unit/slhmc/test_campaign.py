@@ -112,3 +112,19 @@ def test_reference_failure_is_a_rejected_move_and_no_label(cu, tmp_path, monkeyp
     rows = [r for r in report_rows(url, "t") if r["step"] > 1]
     assert [r["status"] for r in rows] == ["failed"] * 4
     assert not any(r["accepted"] for r in rows)
+
+
+def test_parallel_reference_workers_give_the_same_chains(cu, tmp_path):
+    atoms, path = cu
+    runs = []
+    for workers in (1, 3):
+        url = str(tmp_path / f"store{workers}")
+        cfg = CampaignConfig(**{**config(path, 2).__dict__, "chains": 3,
+                                "reference_workers": workers})
+        run(cfg, url, atoms)
+        runs.append([(r["chain"], r["step"], r["accepted"], r["energy_proposal"])
+                     for r in report_rows(url, "t")])
+    assert len(runs[0]) == 6
+    # each run trains its own first model: equal up to round-off, not bitwise
+    assert [r[:3] for r in runs[0]] == [r[:3] for r in runs[1]]
+    np.testing.assert_allclose([r[3] for r in runs[0]], [r[3] for r in runs[1]], rtol=1e-9)
