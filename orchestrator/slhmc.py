@@ -450,19 +450,32 @@ class Campaign:
         self.writer.close()
 
 
-def run_campaign(config: CampaignConfig, store_url: str, log=None, export_dir=None) -> dict:
+def read_structure(config: CampaignConfig, backend):
+    """The starting structure: --structure, or the QE input's own structure."""
     import ase.io
 
+    if not config.structure:
+        template = getattr(backend, "template", None)
+        if template is None:
+            raise ValueError("--structure is required unless --reference is qe:INPUT (then "
+                             "the structure of the QE input is used)")
+        return template.atoms.copy()
     path = Path(config.structure)
     if not path.is_file():
         raise FileNotFoundError(f"--structure {path}: no such file")
     try:
-        atoms = ase.io.read(path)
+        return ase.io.read(path)
     except Exception as exc:
         raise ValueError(f"--structure {path}: ASE cannot read it ({exc})") from exc
+
+
+def run_campaign(config: CampaignConfig, store_url: str, log=None, export_dir=None) -> dict:
+    """Run or resume a campaign to config.steps; returns a summary dict."""
+    if config.structure and not Path(config.structure).is_file():
+        raise FileNotFoundError(f"--structure {config.structure}: no such file")
     camp = Campaign(config, store_url, log)
     try:
-        summary = camp.run(atoms)
+        summary = camp.run(read_structure(config, camp.backend))
         if export_dir is not None:
             summary["exported"] = camp.export_model(export_dir)
     finally:

@@ -25,8 +25,9 @@ def register(sub) -> None:
                        description=__doc__)
     p.add_argument("--reference", default="emt", metavar="SPEC",
                    help=f"the reference: {SPEC_HELP} (default emt)")
-    p.add_argument("--structure", required=True, metavar="FILE",
-                   help="starting structure, any format ASE reads")
+    p.add_argument("--structure", default="", metavar="FILE",
+                   help="starting structure, any format ASE reads (default with qe:INPUT: "
+                        "the QE input's structure)")
     p.add_argument("--store", required=True, metavar="DIR", help="Zarr store (folder or URL)")
     p.add_argument("--campaign", default="slhmc", help="campaign name in the store")
     p.add_argument("--chains", type=int, default=4)
