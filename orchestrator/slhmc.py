@@ -69,6 +69,7 @@ class CampaignConfig:
     train: dict = field(default_factory=dict)
     retrain_epochs: int = 60
     reference_workers: int = 1  # reference calls at once (one backend each, e.g. one pw.x)
+    qe: dict = field(default_factory=dict)  # QEConfig fields (ranks, threads, timeout_s, ...)
 
     def __post_init__(self):
         from services.store.store import safe_name
@@ -114,10 +115,15 @@ class Campaign:
         self.cfg = config
         self.kcfg = config.kernel_config()
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        from services.reference.qe import QEConfig, RetryPolicy
+
+        qe_opts = dict(config.qe)
+        attempts = qe_opts.pop("attempts", None)
+        qe = QEConfig(**qe_opts, **({"retry": RetryPolicy(attempts=attempts)} if attempts else {}))
         try:
-            self.backend = make_backend(config.reference)
+            self.backend = make_backend(config.reference, qe=qe)
             # one backend per worker: ASE calculators are not thread-safe when shared
-            self.backends = [self.backend] + [make_backend(config.reference)
+            self.backends = [self.backend] + [make_backend(config.reference, qe=qe)
                                               for _ in range(config.reference_workers - 1)]
         except ImportError as exc:
             raise ValueError(f"--reference {config.reference}: {exc}") from exc

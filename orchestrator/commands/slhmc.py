@@ -54,6 +54,13 @@ def register(sub) -> None:
     p.add_argument("--train-config", default=None, metavar="FILE",
                    help="TrainConfig fields as JSON or YAML")
     p.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("Quantum ESPRESSO (qe:...)")
+    g.add_argument("--ranks", type=int, default=1, help="MPI ranks per pw.x run (default 1)")
+    g.add_argument("--threads", type=int, default=1, help="OpenMP/BLAS threads per rank")
+    g.add_argument("--timeout", type=float, default=3600.0,
+                   help="seconds before one pw.x run is killed (a failed, rejected move)")
+    g.add_argument("--attempts", type=int, default=2,
+                   help="tries per structure when the SCF does not converge (default 2)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="export the final model here (model.nnmd, ffield.sannp)")
     p.set_defaults(func=cmd_slhmc)
@@ -99,6 +106,8 @@ def cmd_slhmc(args) -> int:
         retrain_every=args.retrain_every, retrain_epochs=args.retrain_epochs,
         seed=args.seed, bootstrap_steps=args.bootstrap_steps, bootstrap_dt=args.bootstrap_dt,
         reference_workers=args.reference_workers,
+        qe={"ranks": args.ranks, "threads": args.threads, "timeout_s": args.timeout,
+            "attempts": args.attempts},
         delayed_acceptance=args.delayed_acceptance, volume_step=args.volume_step,
         train=_train_overrides(args.train_config))
     summary = run_campaign(cfg, args.store, export_dir=args.out)

@@ -128,3 +128,34 @@ def test_parallel_reference_workers_give_the_same_chains(cu, tmp_path):
     # each run trains its own first model: equal up to round-off, not bitwise
     assert [r[:3] for r in runs[0]] == [r[:3] for r in runs[1]]
     np.testing.assert_allclose([r[3] for r in runs[0]], [r[3] for r in runs[1]], rtol=1e-9)
+
+
+def test_killed_bootstrap_continues_from_its_last_frame(cu, tmp_path, monkeypatch):
+    import services.reference.aimd as aimd
+
+    atoms, path = cu
+    url = str(tmp_path / "store")
+    real = aimd.run_aimd
+
+    class Killed(Exception):
+        pass
+
+    def dies_after_three(backend, start, cfg, on_frame=None):
+        seen = []
+
+        def frame(f):
+            if len(seen) == 3:
+                raise Killed
+            seen.append(f)
+            on_frame(f)
+
+        return real(backend, start, cfg, on_frame=frame)
+
+    monkeypatch.setattr(aimd, "run_aimd", dies_after_three)
+    with pytest.raises(Killed):
+        run(config(path, 1), url, atoms)
+    monkeypatch.setattr(aimd, "run_aimd", real)
+    run(config(path, 1), url, atoms)
+    a = Store(url, read_only=True).read(campaign="t").arrays
+    steps = sorted(a["step"][a["source"] == "aimd"].tolist())
+    assert steps == list(range(7))  # bootstrap_steps + 1 frames, each once
