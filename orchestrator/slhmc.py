@@ -136,6 +136,7 @@ class Campaign:
             self.writer.close()
             raise
         self._models: dict[int, object] = {}
+        self._n_hmc: int | None = None
         self._force_fns: dict[tuple[str, int], object] = {}
         self.stats = {"reference_calls": 0, "reference_failures": 0, "labels": 0,
                       "retrainings": 0, "replayed": 0, "md_steps": 0}
@@ -223,7 +224,9 @@ class Campaign:
         return self._models[version]
 
     def _n_hmc_labels(self) -> int:
-        return int((self._campaign_records().arrays["source"] == "hmc").sum())
+        if self._n_hmc is None:  # read once; then counted as labels are appended
+            self._n_hmc = int((self._campaign_records().arrays["source"] == "hmc").sum())
+        return self._n_hmc
 
     def maybe_train(self) -> int:
         """The current model version; trains first when none exists or one is due."""
@@ -390,8 +393,10 @@ class Campaign:
                            "model_version": versions[n], "volume": new.volume,
                            "time": time.time()}
             if records:  # durable before any checkpoint that counts these steps
+                n_before = self._n_hmc_labels()
                 self.writer.append(records)
                 self.stats["labels"] += len(records)
+                self._n_hmc = n_before + len(records)
             for n in active:
                 docs[n]["state"] = new_states[n].to_dict()
                 docs[n]["history"].append(rows[n])
