@@ -6,6 +6,8 @@ import io
 import subprocess
 import sys
 
+import pytest
+
 NNMD = [sys.executable, "-m", "orchestrator.cli"]
 
 
@@ -41,3 +43,17 @@ def test_bad_input_is_named(tmp_path):
                                "--store", str(tmp_path / "st")], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 2 and "--structure" in r.stderr
+
+
+@pytest.mark.slow
+def test_full_demo(tmp_path):
+    """What `make demo` runs (about 1-1.5 min on 2 cores)."""
+    out = tmp_path / "demo"
+    r = subprocess.run(NNMD + ["demo", "--out", str(out)], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "step 24/24" in r.stdout and "model v4" in r.stdout  # 3 re-trainings
+    rows = list(csv.DictReader((out / "report.csv").open()))
+    assert len(rows) == 4 * 24
+    acc = sum(row["accepted"] == "True" for row in rows) / len(rows)
+    assert acc > 0.3  # the trained NNP proposes moves the reference accepts
