@@ -260,7 +260,12 @@ class Campaign:
                 "train_seconds": time.perf_counter() - t0,
                 "energy_rmse_mev_per_atom": 1e3 * float(m.get("all_energy_rmse", np.nan)),
                 "force_rmse_mev_per_angstrom": 1e3 * float(m.get("all_force_rmse", np.nan)),
-                "warm_start": init is not None}
+                "warm_start": init is not None,
+                # learning curve of member 0: [iteration, train E, val E, train F, val F]
+                # (RMSE, eV/atom and eV/A; NaN where absent)
+                "history": [[h.get("epoch"), *(float(h.get(k, np.nan)) for k in (
+                    "train_energy_rmse", "val_energy_rmse", "train_force_rmse",
+                    "val_force_rmse"))] for h in result.history[0]]}
         version = self.writer.publish_model(text.encode(), meta)
         self.stats["retrainings"] += 1
         self.log(f"model v{version}: energy RMSE {meta['energy_rmse_mev_per_atom']:.2f} meV/atom, "

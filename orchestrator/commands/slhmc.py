@@ -263,6 +263,20 @@ def write_html(store_url, out, campaign=None) -> None:
         ax.legend()
         figs.append(("Training error per model version", png(fig)))
 
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for v, m in models:
+            h = np.array(m.get("history") or [[np.nan] * 5], dtype=float)
+            for ax, col in ((axes[0], 1), (axes[1], 3)):
+                ax.plot(h[:, 0], 1e3 * h[:, col], label=f"v{v} train")
+                if np.isfinite(h[:, col + 1]).any():
+                    ax.plot(h[:, 0], 1e3 * h[:, col + 1], "--", label=f"v{v} val")
+        axes[0].set(xlabel="iteration", ylabel="energy RMSE (meV/atom)", yscale="log")
+        axes[1].set(xlabel="iteration", ylabel="force RMSE (meV/A)", yscale="log")
+        axes[0].legend(fontsize=6, ncol=2)
+        figs.append(("Learning curves", png(fig)))
+        figs.append(("Parity of the latest model on the stored labels",
+                     _parity_png(store, models[-1][0], batch, png, plt)))
+
     n = len(rows)
     acc = sum(r["accepted"] for r in rows) / n if n else float("nan")
     table = "".join(f"<tr><td>v{v}</td><td>{m.get('n_structures')}</td><td>{m.get('n_labels')}</td>"
@@ -279,6 +293,43 @@ acceptance {acc:.2f}; {len(batch)} labelled structures
 <table><tr><th>model</th><th>structures</th><th>chain labels</th><th>E RMSE meV/atom</th>
 <th>F RMSE meV/A</th></tr>{table}</table>{body}</body></html>"""
     Path(out).write_text(html)
+
+
+def _parity_png(store, version, batch, png, plt) -> str:
+    """Energy per atom and force components: the model against the labels."""
+    import numpy as np
+
+    from nnmd_kernels.model_file import loads
+
+    data, _ = store.load_model(version)
+    pot = loads(data, source=f"model v{version}")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    a = batch.arrays
+    for kind, marker in (("aimd", "s"), ("hmc", "o")):
+        er, ep, fr, fp = [], [], [], []
+        for k in np.flatnonzero(a["source"] == kind)[-400:]:
+            rec = batch.record(int(k))
+            s = rec.structure
+            try:
+                res = pot.compute(s.positions, s.numbers, s.cell, s.pbc)
+            except ValueError:  # other species than the model's
+                continue
+            n = len(s.numbers)
+            er.append(rec.labels.energy / n)
+            ep.append(res.energy / n)
+            if rec.labels.forces is not None:
+                fr.append(np.ravel(rec.labels.forces))
+                fp.append(np.ravel(res.forces))
+        if er:
+            axes[0].plot(er, ep, marker, ms=3, label=kind)
+        if fr:
+            axes[1].plot(np.concatenate(fr), np.concatenate(fp), marker, ms=1, label=kind)
+    for ax, what in ((axes[0], "energy (eV/atom)"), (axes[1], "force component (eV/A)")):
+        lo, hi = ax.get_xlim()
+        ax.plot([lo, hi], [lo, hi], "k-", lw=0.5)
+        ax.set(xlabel=f"reference {what}", ylabel=f"model v{version} {what}")
+        ax.legend()
+    return png(fig)
 
 
 def cmd_report(args) -> int:
