@@ -139,7 +139,10 @@ class Campaign:
         self._n_hmc: int | None = None
         self._force_fns: dict[tuple[str, int], object] = {}
         self.stats = {"reference_calls": 0, "reference_failures": 0, "labels": 0,
-                      "retrainings": 0, "replayed": 0, "md_steps": 0}
+                      "retrainings": 0, "replayed": 0, "md_steps": 0,
+                      # wall seconds by phase (the campaign's own overhead is "store")
+                      "seconds_md": 0.0, "seconds_reference": 0.0, "seconds_store": 0.0,
+                      "seconds_training": 0.0}
 
     # ------------------------------------------------------------ settings
     def _check_resume(self) -> bool:
@@ -268,6 +271,7 @@ class Campaign:
                     "val_force_rmse"))] for h in result.history[0]]}
         version = self.writer.publish_model(text.encode(), meta)
         self.stats["retrainings"] += 1
+        self.stats["seconds_training"] += time.perf_counter() - t0
         self.log(f"model v{version}: energy RMSE {meta['energy_rmse_mev_per_atom']:.2f} meV/atom, "
                  f"force RMSE {meta['force_rmse_mev_per_angstrom']:.0f} meV/A "
                  f"({meta['train_seconds']:.1f} s)")
@@ -331,6 +335,7 @@ class Campaign:
             if not active:
                 break
             props, versions, replay = {}, {}, {}
+            t_md = time.perf_counter()
             for n in active:
                 s = states[n]
                 k = pending.get((n, s.step + 1))
@@ -342,6 +347,7 @@ class Campaign:
                 ff = self._force_fn(n, v, s.numbers, s.pbc)
                 props[n] = slhmc.screen(slhmc.propose(s, self.kcfg, ff), self.kcfg)
                 self.stats["md_steps"] += props[n].n_md
+            self.stats["seconds_md"] += time.perf_counter() - t_md
             need = [n for n in active if slhmc.needs_reference(props[n]) and n not in replay]
             outcomes = {}
             if need:
@@ -349,6 +355,7 @@ class Campaign:
                                      states[n].pbc) for n in need]
                 t0 = time.perf_counter()
                 results = self._label(atoms_list)
+                self.stats["seconds_reference"] += time.perf_counter() - t0
                 wall = (time.perf_counter() - t0) / len(need)
                 self.stats["reference_calls"] += len(need)
                 for n, r in zip(need, results):
@@ -397,6 +404,7 @@ class Campaign:
                            "energy_proposal": e_ref, "n_md_steps": p.n_md,
                            "model_version": versions[n], "volume": new.volume,
                            "time": time.time()}
+            t_store = time.perf_counter()
             if records:  # durable before any checkpoint that counts these steps
                 n_before = self._n_hmc_labels()
                 self.writer.append(records)
@@ -407,6 +415,7 @@ class Campaign:
                 docs[n]["history"].append(rows[n])
                 self.writer.write_checkpoint(self.cfg.campaign, n, docs[n])
                 states[n] = new_states[n]
+            self.stats["seconds_store"] += time.perf_counter() - t_store
             self._progress(states, t_start)
             version = self.maybe_train()
         return self.summary(states, time.perf_counter() - t_start)
