@@ -301,8 +301,9 @@ class Campaign:
                 s = rec.structure
                 from ase.data import atomic_masses
 
+                cell = np.zeros((3, 3)) if s.cell is None else s.cell  # zeros: no cell
                 state = slhmc.init_chain(
-                    s.positions, s.numbers, atomic_masses[np.asarray(s.numbers)], s.cell,
+                    s.positions, s.numbers, atomic_masses[np.asarray(s.numbers)], cell,
                     s.pbc, rec.labels.energy, self.kcfg, seed=(self.cfg.seed, c))
                 doc = {"state": state.to_dict(), "history": []}
                 self.writer.write_checkpoint(self.cfg.campaign, name, doc)
@@ -475,12 +476,16 @@ class Campaign:
         self.writer.close()
 
 
-def read_structure(config: CampaignConfig, backend):
+def read_structure(config: CampaignConfig):
     """The starting structure: --structure, or the QE input's own structure."""
     import ase.io
 
     if not config.structure:
-        template = getattr(backend, "template", None)
+        from services.reference.spec import make_backend
+
+        template = None
+        if config.reference.strip().lower().startswith("qe:"):
+            template = make_backend(config.reference).template
         if template is None:
             raise ValueError("--structure is required unless --reference is qe:INPUT (then "
                              "the structure of the QE input is used)")
@@ -496,11 +501,13 @@ def read_structure(config: CampaignConfig, backend):
 
 def run_campaign(config: CampaignConfig, store_url: str, log=None, export_dir=None) -> dict:
     """Run or resume a campaign to config.steps; returns a summary dict."""
-    if config.structure and not Path(config.structure).is_file():
-        raise FileNotFoundError(f"--structure {config.structure}: no such file")
+    atoms = read_structure(config)
+    if config.ensemble == "npt" and not (np.all(atoms.pbc) and atoms.cell.rank == 3):
+        raise ValueError("--ensemble npt needs a periodic structure with a full 3-D cell "
+                         "(volume moves scale the cell); use nvt for molecules and slabs")
     camp = Campaign(config, store_url, log)
     try:
-        summary = camp.run(read_structure(config, camp.backend))
+        summary = camp.run(atoms)
         if export_dir is not None:
             summary["exported"] = camp.export_model(export_dir)
     finally:

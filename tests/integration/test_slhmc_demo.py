@@ -43,6 +43,10 @@ def test_bad_input_is_named(tmp_path):
                                "--store", str(tmp_path / "st")], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 2 and "--structure" in r.stderr
+    r = subprocess.run(NNMD + ["slhmc", "--structure", str(s), "--store", str(tmp_path / "st"),
+                               "--ensemble", "npt"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "npt needs a periodic structure" in r.stderr
+    assert not (tmp_path / "st").exists()  # refused before anything is stored
 
 
 @pytest.mark.slow
