@@ -139,7 +139,7 @@ def cmd_demo(args) -> int:
     write_html(str(out / "store"), html, campaign="demo")
     write_csv(str(out / "store"), out / "report.csv", campaign="demo")
     print(f"done in {time.perf_counter() - t0:.0f} s: acceptance {summary['acceptance']:.2f}, "
-          f"{summary['labels']} labels, model v{summary['model_version']}")
+          f"{summary['labels']} new labels this run, model v{summary['model_version']}")
     for p in summary.get("exported", []):
         print(f"  model: {p}")
     print(f"  store: {out / 'store'}   (nnmd store info {out / 'store'})")
