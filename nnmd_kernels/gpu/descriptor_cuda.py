@@ -52,6 +52,18 @@ def _angle(c, kind):
 
 
 @cuda.jit(device=True, inline=True)
+def _cheb_next(n, x, t0, t1, d0, d1):
+    """T_n(x), T_n'(x) and the recurrence state advanced; start from (1, x, 0, 1)."""
+    if n == 0:
+        return 1.0, 0.0, t0, t1, d0, d1
+    if n == 1:
+        return x, 1.0, t0, t1, d0, d1
+    tn = 2.0 * x * t1 - t0
+    dn = 2.0 * t1 + 2.0 * x * d1 - d0
+    return tn, dn, t1, tn, d1, dn
+
+
+@cuda.jit(device=True, inline=True)
 def _norm(rij, p):
     return math.sqrt(rij[p, 0] * rij[p, 0] + rij[p, 1] * rij[p, 1] + rij[p, 2] * rij[p, 2])
 
@@ -73,15 +85,10 @@ def _forward(rij, offsets, type_j, nr, na, rr, ra, ckind, akind, w_rad, wa_cnt, 
             tj = type_j[p]
             t0 = 1.0
             t1 = s
+            d0 = 0.0
+            d1 = 1.0
             for n in range(nr):
-                if n == 0:
-                    tn = 1.0
-                elif n == 1:
-                    tn = s
-                else:
-                    tn = 2.0 * s * t1 - t0
-                    t0 = t1
-                    t1 = tn
+                tn, _, t0, t1, d0, d1 = _cheb_next(n, s, t0, t1, d0, d1)
                 for c in range(cr):
                     G[i, c * nr + n] += w_rad[c, tj] * fc * tn
     if na == 0:
@@ -103,15 +110,10 @@ def _forward(rij, offsets, type_j, nr, na, rr, ra, ckind, akind, w_rad, wa_cnt, 
             ff = fa * fb
             t0 = 1.0
             t1 = x
+            d0 = 0.0
+            d1 = 1.0
             for n in range(na):
-                if n == 0:
-                    tn = 1.0
-                elif n == 1:
-                    tn = x
-                else:
-                    tn = 2.0 * x * t1 - t0
-                    t0 = t1
-                    t1 = tn
+                tn, _, t0, t1, d0, d1 = _cheb_next(n, x, t0, t1, d0, d1)
                 for k in range(wa_cnt[ta, tb]):
                     G[i, off + wa_idx[ta, tb, k] * na + n] += wa_val[ta, tb, k] * ff * tn
 
@@ -139,19 +141,7 @@ def _vjp(rij, offsets, type_j, nr, na, rr, ra, ckind, akind, w_rad, wa_cnt, wa_i
         d0 = 0.0
         d1 = 1.0
         for n in range(nr):
-            if n == 0:
-                tn = 1.0
-                dn = 0.0
-            elif n == 1:
-                tn = s
-                dn = 1.0
-            else:
-                tn = 2.0 * s * t1 - t0
-                dn = 2.0 * t1 + 2.0 * s * d1 - d0
-                t0 = t1
-                t1 = tn
-                d0 = d1
-                d1 = dn
+            tn, dn, t0, t1, d0, d1 = _cheb_next(n, s, t0, t1, d0, d1)
             h = 0.0
             for c in range(cr):
                 h += w_rad[c, tj] * dG[i, c * nr + n]
@@ -184,19 +174,7 @@ def _vjp(rij, offsets, type_j, nr, na, rr, ra, ckind, akind, w_rad, wa_cnt, wa_i
             d0 = 0.0
             d1 = 1.0
             for n in range(na):
-                if n == 0:
-                    tn = 1.0
-                    dn = 0.0
-                elif n == 1:
-                    tn = x
-                    dn = 1.0
-                else:
-                    tn = 2.0 * x * t1 - t0
-                    dn = 2.0 * t1 + 2.0 * x * d1 - d0
-                    t0 = t1
-                    t1 = tn
-                    d0 = d1
-                    d1 = dn
+                tn, dn, t0, t1, d0, d1 = _cheb_next(n, x, t0, t1, d0, d1)
                 h = 0.0
                 for k in range(wa_cnt[ta, tb]):
                     h += wa_val[ta, tb, k] * dG[i, off + wa_idx[ta, tb, k] * na + n]
@@ -234,19 +212,7 @@ def _jvp(rij, offsets, type_j, nr, na, rr, ra, ckind, akind, w_rad, wa_cnt, wa_i
         d0 = 0.0
         d1 = 1.0
         for n in range(nr):
-            if n == 0:
-                tn = 1.0
-                dn = 0.0
-            elif n == 1:
-                tn = s
-                dn = 1.0
-            else:
-                tn = 2.0 * s * t1 - t0
-                dn = 2.0 * t1 + 2.0 * s * d1 - d0
-                t0 = t1
-                t1 = tn
-                d0 = d1
-                d1 = dn
+            tn, dn, t0, t1, d0, d1 = _cheb_next(n, s, t0, t1, d0, d1)
             val = proj * (dn * (2.0 / rr) * fc + tn * dfc)
             for c in range(cr):
                 out[i, c * nr + n] += w_rad[c, tj] * val
@@ -280,19 +246,7 @@ def _jvp(rij, offsets, type_j, nr, na, rr, ra, ckind, akind, w_rad, wa_cnt, wa_i
             d0 = 0.0
             d1 = 1.0
             for n in range(na):
-                if n == 0:
-                    tn = 1.0
-                    dn = 0.0
-                elif n == 1:
-                    tn = x
-                    dn = 1.0
-                else:
-                    tn = 2.0 * x * t1 - t0
-                    dn = 2.0 * t1 + 2.0 * x * d1 - d0
-                    t0 = t1
-                    t1 = tn
-                    d0 = d1
-                    d1 = dn
+                tn, dn, t0, t1, d0, d1 = _cheb_next(n, x, t0, t1, d0, d1)
                 val = dn * k_dt + tn * k_t
                 for k in range(wa_cnt[ta, tb]):
                     out[i, off + wa_idx[ta, tb, k] * na + n] += wa_val[ta, tb, k] * val
