@@ -26,7 +26,7 @@ from grpc_reflection.v1alpha import reflection
 
 from services.runtime import registry
 from services.runtime.auth import BearerTokenInterceptor
-from services.runtime.errors import ERROR_TRAILER_KEY, ServiceError
+from services.runtime.errors import ERROR_TRAILER_KEY, InvalidArgument, ServiceError
 
 log = logging.getLogger("nnmd.runtime")
 IDEMPOTENCY_KEY = "nnmd-idempotency-key"
@@ -66,14 +66,18 @@ class ServerConfig:
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Turns a raised ServiceError into its status code with an ErrorDetail trailer."""
+    """Turns a raised ServiceError into its status code with an ErrorDetail trailer.
+
+    Also turns a request that is not a valid protobuf message of the method's input type
+    into INVALID_ARGUMENT (field "request") instead of gRPC's UNKNOWN.
+    """
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
         if handler is None:
             return handler
         kwargs = {
-            "request_deserializer": handler.request_deserializer,
+            "request_deserializer": _tolerant(handler.request_deserializer),
             "response_serializer": handler.response_serializer,
         }
         if handler.response_streaming:
@@ -81,6 +85,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
             async def stream(request, context):
                 try:
+                    if not handler.request_streaming:
+                        _raise_if_malformed(request)
+                    else:
+                        request = _checked_stream(request)
                     result = inner(request, context)
                     if inspect.isasyncgen(result):
                         async for item in result:
@@ -102,6 +110,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
         async def unary(request, context):
             try:
+                if not handler.request_streaming:
+                    _raise_if_malformed(request)
+                else:
+                    request = _checked_stream(request)
                 result = inner(request, context)
                 return await result if inspect.isawaitable(result) else result
             except ServiceError as exc:
@@ -113,6 +125,38 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             else grpc.unary_unary_rpc_method_handler
         )
         return make(unary, **kwargs)
+
+
+class _Malformed:
+    """What the tolerant deserializer hands on for bytes that do not parse."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _tolerant(deserializer):
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes):
+        try:
+            return deserializer(data)
+        except Exception as exc:  # DecodeError, invalid UTF-8 in a string field, ...
+            return _Malformed(f"{type(exc).__name__}: {exc}")
+
+    return deserialize
+
+
+def _raise_if_malformed(request) -> None:
+    if isinstance(request, _Malformed):
+        raise InvalidArgument("request", f"not a valid protobuf message ({request.reason})",
+                              "send a serialized message of the method's request type")
+
+
+async def _checked_stream(requests):
+    async for request in requests:
+        _raise_if_malformed(request)
+        yield request
 
 
 async def _abort(context, exc: ServiceError):
