@@ -42,13 +42,58 @@ _INITIAL_ATOMS = 8192
 
 def safe_name(name: str, field: str) -> str:
     """A name used inside store keys (campaign, chain, trajectory): no path tricks."""
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+    # fullmatch: re.match with "$" would let a trailing newline through ("a\n").
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
         raise InvalidArgument(
             field,
             f"{name!r} is not a valid name",
             "use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit",
         )
     return name
+
+
+def check_store_url(url: str, field: str, roots: Sequence[str] | None = None) -> str:
+    """A store URL that arrived over the network, checked before anything opens it.
+
+    Always refused: empty, NUL or other control characters, more than 4096 characters.
+    With ``roots`` (a server's ``--store-root`` folders or URL prefixes), the URL must
+    name a store inside one of them: a local path must resolve (symlinks and ``..``
+    followed) to a root or below it, an fsspec URL must start with a root URL
+    followed by ``/``. ``roots`` None = any store the server can reach (trusted clients).
+    """
+    hint = "send the URL of a store on this server"
+    if not isinstance(url, str) or not url:
+        raise InvalidArgument(field, "is empty", hint)
+    if len(url) > 4096:
+        raise InvalidArgument(field, f"is {len(url)} characters long (limit 4096)", hint)
+    if any(ord(c) < 32 or ord(c) == 127 for c in url):
+        raise InvalidArgument(field, "contains a NUL or control character", hint)
+    remote = "://" in url and not url.startswith("file://")
+    if not remote:
+        try:
+            path = Path(url.removeprefix("file://")).expanduser().resolve()
+        except (RuntimeError, OSError, ValueError) as exc:  # "~nobody", loops, bad names
+            raise InvalidArgument(field, f"{url!r} is not a usable path ({exc})", hint) from None
+    if roots is None:
+        return url
+    allowed = ", ".join(str(r) for r in roots) or "none"
+    if remote:
+        for root in roots:
+            root = str(root).rstrip("/")
+            if "://" in root and not root.startswith("file://") and (
+                url.rstrip("/") == root or url.startswith(root + "/")) and "/../" not in url + "/":
+                return url
+        raise InvalidArgument(field, f"{url!r} is outside the stores this server serves",
+                              f"use a store under {allowed}")
+    for root in roots:
+        root = str(root)
+        if "://" in root and not root.startswith("file://"):
+            continue
+        base = Path(root.removeprefix("file://")).expanduser().resolve()
+        if path == base or path.is_relative_to(base):
+            return url
+    raise InvalidArgument(field, f"{url!r} is outside the stores this server serves",
+                          f"use a store under {allowed}")
 
 
 # ---------------------------------------------------------------- records
