@@ -29,6 +29,7 @@ from services.runtime.convert import (
 )
 from services.runtime.errors import InvalidArgument
 from services.runtime.server import IdempotencyCache
+from services.store.store import check_store_url, safe_name
 
 ENGINES = ("native", "lammps")
 ENSEMBLES = {  # nnmd.v1.Ensemble -> (MDSpec.ensemble, thermostat, anisotropic)
@@ -90,10 +91,17 @@ class _Stopped(Exception):
 
 
 class MDServicer(md_pb2_grpc.MDServicer):
+    """max_atoms: atoms per structure; max_steps: steps per segment and per production run
+    (None = no limit); store_roots: folders (or URL prefixes) that model and trajectory
+    stores must be in (None = any store this server can reach)."""
+
     def __init__(self, backend: str = "auto", max_atoms: int | None = None,
-                 workers: int = 2) -> None:
+                 workers: int = 2, max_steps: int | None = None,
+                 store_roots: list[str] | None = None) -> None:
         self.backend = backend
         self._limits = Limits(max_atoms=max_atoms) if max_atoms else Limits()
+        self.max_steps = max_steps
+        self.store_roots = list(store_roots) if store_roots is not None else None
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="md")
         self._models: dict = {}  # (url, version) -> Potential
         self._writers: dict = {}  # store URL -> StoreWriter (this servicer writes its trajectories)
@@ -108,6 +116,7 @@ class MDServicer(md_pb2_grpc.MDServicer):
         url = ref.store.url
         if not url:
             raise InvalidArgument(f"{field}.store.url", "empty", "name the store that holds the model")
+        check_store_url(url, f"{field}.store.url", self.store_roots)
         with self._lock:
             store = Store(url, read_only=True)
             versions = store.model_versions()
@@ -128,6 +137,12 @@ class MDServicer(md_pb2_grpc.MDServicer):
 
     def _structure(self, msg, field):
         return to_atoms(structure_from_proto(msg, self._limits, field))
+
+    def _check_steps(self, n, field):
+        if self.max_steps is not None and n > self.max_steps:
+            raise InvalidArgument(field, f"{n} steps is more than this server's limit "
+                                  f"{self.max_steps}", "run fewer steps per call (or raise "
+                                  "the server's --max-steps)")
 
     @staticmethod
     def _engine(name, field="engine"):
@@ -157,6 +172,7 @@ class MDServicer(md_pb2_grpc.MDServicer):
                                       "use a model trained on these elements") from None
             if seg.n_steps < 1:
                 raise InvalidArgument(f"segments[{k}].n_steps", "0", "run at least one step")
+            self._check_steps(seg.n_steps, f"segments[{k}].n_steps")
             structures.append(atoms)
             steps.append(int(seg.n_steps))
 
@@ -182,6 +198,9 @@ class MDServicer(md_pb2_grpc.MDServicer):
         if not request.trajectory.store.url or not request.trajectory.name:
             raise InvalidArgument("trajectory", "store url and name are required",
                                   "name where the frames go")
+        check_store_url(request.trajectory.store.url, "trajectory.store.url", self.store_roots)
+        safe_name(request.trajectory.name, "trajectory.name")
+        self._check_steps(request.n_steps, "n_steps")
         try:
             spec = MDSpec(ensemble=ens, thermostat=thermostat, anisotropic=aniso,
                           dt_fs=request.timestep_fs, steps=int(request.n_steps),
@@ -254,10 +273,18 @@ class MDServicer(md_pb2_grpc.MDServicer):
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", help="kernel backend: auto | numba | numpy")
     p.add_argument("--md-workers", type=int, default=2, help="runs served at once")
+    p.add_argument("--max-atoms", type=int, default=None, help="atoms per structure (default "
+                   "$NNMD_MAX_ATOMS or 1,000,000)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="MD steps per segment and per production run (default: no limit)")
+    p.add_argument("--store-root", action="append", default=None, metavar="DIR",
+                   help="folder (or URL prefix) that model and trajectory stores must be in; "
+                        "repeatable (default: any)")
 
 
 def _options_from_args(args) -> dict:
-    return {"backend": args.backend, "workers": args.md_workers}
+    return {"backend": args.backend, "workers": args.md_workers, "max_atoms": args.max_atoms,
+            "max_steps": args.max_steps, "store_roots": args.store_root}
 
 
 registry.register(

@@ -35,6 +35,7 @@ from services.runtime.convert import (
 )
 from services.runtime.errors import InvalidArgument
 from services.runtime.server import IdempotencyCache, idempotency_key
+from services.store.store import check_store_url
 
 FAILURES_TRAILER = "nnmd-failures"
 SOURCES = {1: "aimd", 2: "hmc", 3: "mc", 4: "import"}  # nnmd.v1.SourceKind
@@ -69,7 +70,8 @@ class ReferenceServicer(reference_pb2_grpc.ReferenceServicer):
                  threads: int = 1, timeout_s: float = 3600.0, attempts: int = 2,
                  keep_scratch: str = "failed", scratch: str | None = None,
                  max_atoms: int | None = None, worker_cpus: float | None = None,
-                 backend: ReferenceBackend | None = None) -> None:
+                 backend: ReferenceBackend | None = None, max_structures: int | None = None,
+                 store_roots: list[str] | None = None) -> None:
         self.spec = reference
         self.qe = QEConfig(ranks=ranks, threads=threads, timeout_s=timeout_s,
                            retry=RetryPolicy(attempts=attempts), keep=keep_scratch,
@@ -83,6 +85,8 @@ class ReferenceServicer(reference_pb2_grpc.ReferenceServicer):
 
             self.pool = WorkerPool(reference, workers, self.qe, num_cpus=worker_cpus)
         self._limits = Limits(max_atoms=max_atoms) if max_atoms else Limits()
+        self.max_structures = max_structures  # None = no limit per request
+        self.store_roots = list(store_roots) if store_roots is not None else None
         self._executor = ThreadPoolExecutor(max_workers=max(4, 4 * workers),
                                             thread_name_prefix="reference")
         self._local = asyncio.Semaphore(1)  # in-process: one calculation at a time
@@ -103,6 +107,10 @@ class ReferenceServicer(reference_pb2_grpc.ReferenceServicer):
             return await loop.run_in_executor(self._executor, self.compute, atoms_list)
 
     async def Compute(self, request, context):
+        if self.max_structures is not None and len(request.structures) > self.max_structures:
+            raise InvalidArgument("structures", f"{len(request.structures)} structures is more "
+                                  f"than the limit {self.max_structures} per request",
+                                  "split the request")
         atoms_list = [to_atoms(structure_from_proto(s, self._limits, f"structures[{i}]"))
                       for i, s in enumerate(request.structures)]
         props = set(request.properties) or {"energy", "forces"}
@@ -112,6 +120,7 @@ class ReferenceServicer(reference_pb2_grpc.ReferenceServicer):
                                       f"use any of {', '.join(PROPERTIES)}")
         url = request.destination.url if request.HasField("destination") else ""
         if url:
+            check_store_url(url, "destination.url", self.store_roots)
             if idempotency_key(context) is None:
                 raise InvalidArgument("destination", "appending to a store needs an "
                                       "idempotency key", "send metadata from "
@@ -190,12 +199,21 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attempts", type=int, default=2, help="tries per structure")
     p.add_argument("--keep-scratch", choices=("never", "failed", "always"), default="failed")
     p.add_argument("--scratch", default=None, help="folder for scratch folders")
+    p.add_argument("--max-atoms", type=int, default=None, help="atoms per structure (default "
+                   "$NNMD_MAX_ATOMS or 1,000,000)")
+    p.add_argument("--max-structures", type=int, default=None,
+                   help="structures per request (default: no limit)")
+    p.add_argument("--store-root", action="append", default=None, metavar="DIR",
+                   help="folder (or URL prefix) that destination stores must be in; repeatable "
+                        "(default: any)")
 
 
 def _options_from_args(args) -> dict:
     return {"reference": args.reference, "workers": args.workers, "ranks": args.ranks,
             "threads": args.threads, "timeout_s": args.timeout, "attempts": args.attempts,
-            "keep_scratch": args.keep_scratch, "scratch": args.scratch}
+            "keep_scratch": args.keep_scratch, "scratch": args.scratch,
+            "max_atoms": args.max_atoms, "max_structures": args.max_structures,
+            "store_roots": args.store_root}
 
 
 def _close(servicers) -> None:
