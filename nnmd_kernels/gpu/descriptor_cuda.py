@@ -19,12 +19,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import cuda
+from numba import config, cuda
 
 from ..descriptor import SIN_THETA_MIN, ChebyshevDescriptor
 from ..descriptor_numba import _sparse_angular_weights
 
-THREADS = 128
+# The simulator runs one Python thread per CUDA thread: small blocks waste fewer on idle threads.
+THREADS = 32 if config.ENABLE_CUDASIM else 128
 
 
 @cuda.jit(device=True, inline=True)
