@@ -23,6 +23,8 @@ stands in for the reference call: the label is used, not duplicated.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
 import sys
 import time
@@ -40,7 +42,8 @@ GPA_TO_EV_PER_A3 = 1.0e4 / EV_PER_A3_TO_BAR  # 1 GPa = 1e4 bar
 
 # settings that must not change when a campaign resumes
 _FIXED_ON_RESUME = ("reference", "chains", "temperature", "ensemble", "pressure_gpa", "dt",
-                    "seed", "bootstrap_steps", "delayed_acceptance", "volume_proposal")
+                    "seed", "bootstrap_steps", "delayed_acceptance", "volume_proposal",
+                    "chain_groups")
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,9 @@ class CampaignConfig:
     retrain_epochs: int = 60
     reference_workers: int = 1  # reference calls at once (one backend each, e.g. one pw.x)
     qe: dict = field(default_factory=dict)  # QEConfig fields (ranks, threads, timeout_s, ...)
+    # chain groups with their own conditions: ({count, temperature, ensemble, pressure_gpa,
+    # md_steps?}, ...); empty = `chains` chains at temperature/ensemble/pressure_gpa
+    chain_groups: tuple = ()
 
     def __post_init__(self):
         from services.store.store import safe_name
@@ -83,19 +89,67 @@ class CampaignConfig:
                                     if name == "bootstrap_steps" else ""))
         if not self.bootstrap_dt > 0:
             raise ValueError(f"bootstrap_dt must be > 0 fs, got {self.bootstrap_dt}")
-        self.kernel_config()  # validates temperature, dt, md steps, ensemble, volume moves
+        if self.chain_groups:
+            object.__setattr__(self, "chain_groups", tuple(dict(g) for g in self.chain_groups))
+            total = sum(int(g["count"]) for g in self.chain_groups)
+            if total != self.chains:
+                raise ValueError(f"chains ({self.chains}) must equal the sum of the chain "
+                                 f"groups' counts ({total})")
+        for c in range(self.chains if self.chain_groups else 1):
+            self.kernel_config(c)  # validates temperature, dt, md steps, ensemble, volume moves
 
-    def kernel_config(self) -> slhmc.SLHMCConfig:
+    def chain_conditions(self, c: int) -> dict:
+        """Temperature (K), ensemble, pressure (GPa) and md_steps of chain c."""
+        out = {"temperature": self.temperature, "ensemble": self.ensemble,
+               "pressure_gpa": self.pressure_gpa, "md_steps": self.md_steps}
+        first = 0
+        for g in self.chain_groups:
+            if first <= c < first + int(g["count"]):
+                out.update({k: g[k] for k in out if k in g})
+                break
+            first += int(g["count"])
+        return out
+
+    def kernel_config(self, c: int = 0) -> slhmc.SLHMCConfig:
+        cond = self.chain_conditions(c)
         return slhmc.SLHMCConfig(
-            temperature=self.temperature, dt=self.dt, n_md=self.md_steps,
-            n_md_min=min(self.md_steps_min, self.md_steps),
-            n_md_max=max(self.md_steps_max, self.md_steps), ensemble=self.ensemble,
-            pressure=self.pressure_gpa * GPA_TO_EV_PER_A3, volume_proposal=self.volume_proposal,
+            temperature=cond["temperature"], dt=self.dt, n_md=cond["md_steps"],
+            n_md_min=min(self.md_steps_min, cond["md_steps"]),
+            n_md_max=max(self.md_steps_max, cond["md_steps"]), ensemble=cond["ensemble"],
+            pressure=cond["pressure_gpa"] * GPA_TO_EV_PER_A3,
+            volume_proposal=self.volume_proposal,
             volume_step=self.volume_step, delayed_acceptance=self.delayed_acceptance)
 
 
 def chain_name(c: int) -> str:
     return f"chain{c:03d}"
+
+
+class LocalReference:
+    """``await compute(atoms) -> Outcome`` over in-process backends, one call each at a time
+    (each in a thread of its own, so pw.x runs side by side)."""
+
+    def __init__(self, backends) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._backends = list(backends)
+        self._idle: asyncio.Queue | None = None
+        self._pool = ThreadPoolExecutor(len(self._backends), thread_name_prefix="reference")
+
+    async def compute(self, atoms):
+        if self._idle is None:
+            self._idle = asyncio.Queue()
+            for b in self._backends:
+                self._idle.put_nowait(b)
+        backend = await self._idle.get()
+        try:
+            loop = asyncio.get_running_loop()
+            return (await loop.run_in_executor(self._pool, backend.compute, [atoms]))[0]
+        finally:
+            self._idle.put_nowait(backend)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
 
 
 def _atoms(positions, numbers, cell, pbc):
@@ -108,12 +162,17 @@ class Campaign:
     """Runs (or resumes) one campaign in this process; `run()` steps every chain to `steps`."""
 
     def __init__(self, config: CampaignConfig, store_url: str,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, *, wait_for_model: bool = True,
+                 make_backends: bool = True):
         from services.reference.spec import make_backend, settings_hash
         from services.store import Store
 
         self.cfg = config
         self.kcfg = config.kernel_config()
+        self.kcfgs = {chain_name(c): config.kernel_config(c) for c in range(config.chains)}
+        # True: chains wait at their next step while a due re-training runs (the source's
+        # rhythm; reproducible label counts); False: they go on with the current model
+        self.wait_for_model = wait_for_model
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         from services.reference.qe import QEConfig, RetryPolicy
 
@@ -123,8 +182,10 @@ class Campaign:
         try:
             self.backend = make_backend(config.reference, qe=qe)
             # one backend per worker: ASE calculators are not thread-safe when shared
+            # (a coordinator that calls remote reference services makes only the first)
             self.backends = [self.backend] + [make_backend(config.reference, qe=qe)
-                                              for _ in range(config.reference_workers - 1)]
+                                              for _ in range(config.reference_workers - 1)
+                                              if make_backends]
         except ImportError as exc:
             raise ValueError(f"--reference {config.reference}: {exc}") from exc
         self.ref_hash = settings_hash(self.backend)
@@ -142,7 +203,11 @@ class Campaign:
                       "retrainings": 0, "replayed": 0, "md_steps": 0,
                       # wall seconds by phase (the campaign's own overhead is "store")
                       "seconds_md": 0.0, "seconds_reference": 0.0, "seconds_store": 0.0,
-                      "seconds_training": 0.0}
+                      "seconds_training": 0.0, "seconds_loop_cpu": 0.0, "chain_steps": 0}
+        self.version = 0
+        self.bootstrap_backend = None  # the backend of the AIMD bootstrap (default: backend)
+        self._trained_at = 0  # chain labels the current model was trained with
+        self._t0 = time.perf_counter()
 
     # ------------------------------------------------------------ settings
     def _check_resume(self) -> bool:
@@ -154,7 +219,8 @@ class Campaign:
             return False
         old = doc["config"]
         for key in _FIXED_ON_RESUME:
-            if old.get(key) != mine[key]:
+            if json.loads(json.dumps(old.get(key, [] if key == "chain_groups" else None))) \
+                    != json.loads(json.dumps(mine[key])):
                 raise ValueError(
                     f"campaign '{self.cfg.campaign}' in the store was started with "
                     f"{key}={old.get(key)!r}, not {mine[key]!r}: resume with the same "
@@ -199,7 +265,7 @@ class Campaign:
                 source="aimd", accepted=True, reference_settings_hash=self.ref_hash,
                 wall_time=float(frame.info.get("ref_wall_s", float("nan"))))))
 
-        run = run_aimd(self.backend, start, AIMDConfig(
+        run = run_aimd(self.bootstrap_backend or self.backend, start, AIMDConfig(
             temperature_K=self.cfg.temperature, steps=steps, timestep_fs=self.cfg.bootstrap_dt,
             seed=self.cfg.seed + have), on_frame=write)
         if run.failure is not None and have + len(run.frames) < 2:
@@ -241,6 +307,7 @@ class Campaign:
         n_hmc = self._n_hmc_labels()
         if models:
             version, meta = models[-1]
+            self._trained_at = int(meta.get("n_labels", 0))
             due = self.cfg.retrain_every and n_hmc - int(meta.get("n_labels", 0)) >= \
                 self.cfg.retrain_every
             if not due:
@@ -270,6 +337,7 @@ class Campaign:
                     "train_energy_rmse", "val_energy_rmse", "train_force_rmse",
                     "val_force_rmse"))] for h in result.history[0]]}
         version = self.writer.publish_model(text.encode(), meta)
+        self._trained_at = n_hmc
         self.stats["retrainings"] += 1
         self.stats["seconds_training"] += time.perf_counter() - t0
         self.log(f"model v{version}: energy RMSE {meta['energy_rmse_mev_per_atom']:.2f} meV/atom, "
@@ -304,7 +372,7 @@ class Campaign:
                 cell = np.zeros((3, 3)) if s.cell is None else s.cell  # zeros: no cell
                 state = slhmc.init_chain(
                     s.positions, s.numbers, atomic_masses[np.asarray(s.numbers)], cell,
-                    s.pbc, rec.labels.energy, self.kcfg, seed=(self.cfg.seed, c))
+                    s.pbc, rec.labels.energy, self.kcfgs[name], seed=(self.cfg.seed, c))
                 doc = {"state": state.to_dict(), "history": []}
                 self.writer.write_checkpoint(self.cfg.campaign, name, doc)
             docs[name] = doc
@@ -317,125 +385,187 @@ class Campaign:
         return {(str(a["chain"][k]), int(a["step"][k])): k
                 for k in np.flatnonzero(a["source"] == "hmc")}, batch
 
-    def run(self, atoms) -> dict:
+    def run(self, atoms, **kwargs) -> dict:
+        """Run (or resume) every chain to `steps` in this process; see run_async."""
+        return asyncio.run(self.run_async(atoms, **kwargs))
+
+    async def run_async(self, atoms, *, reference=None, stop: asyncio.Event | None = None,
+                        on_event: Callable[[dict], None] | None = None) -> dict:
+        """Every chain as its own asyncio task; returns the summary.
+
+        reference: an object with ``async compute(atoms) -> Outcome`` (default: this
+        campaign's backends in threads, `reference_workers` at once; the coordinator passes
+        a pool of Ray-hosted reference services reached over gRPC). stop: set it to end
+        the campaign after each chain's current step (it resumes later from the store).
+        on_event(dict): "step" and "model_published" events, called on the event loop.
+        Per chain, a step's label is durable before its checkpoint, so a kill anywhere
+        loses nothing and counts nothing twice (module docstring).
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._stop = stop or asyncio.Event()
+        self._emit = on_event or (lambda event: None)
+        own_ref = reference is None
+        self._ref = reference or LocalReference(self.backends)
+        self._failure: BaseException | None = None
+        self.log(("resuming" if self.resumed else "starting") + f" campaign '{self.cfg.campaign}' "
+                 f"in {self.store.url}: {self.cfg.chains} chains x {self.cfg.steps} steps, "
+                 f"{self._conditions_text()}, reference {self.backend.name}")
+        await asyncio.to_thread(self.bootstrap, atoms)
+        self.version = await asyncio.to_thread(self.maybe_train)
+        docs = await asyncio.to_thread(self.init_chains)
+        states = {n: slhmc.ChainState.from_dict(d["state"]) for n, d in docs.items()}
+        pending, pending_batch = await asyncio.to_thread(self._pending_labels)
+        self._model_ready = asyncio.Event()
+        self._model_ready.set()
+        self._training: asyncio.Task | None = None
+        self._round = min(s.step for s in states.values())
+        # one MD thread: the numba kernels are parallel inside; store calls block until
+        # durable, so they get threads of their own (the writer batches them: group commit)
+        self._md_pool = ThreadPoolExecutor(1, thread_name_prefix="md")
+        self._io_pool = ThreadPoolExecutor(min(64, len(states) + 2), thread_name_prefix="store")
+        t_start, cpu_start = time.perf_counter(), time.thread_time()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for n in states:
+                    tg.create_task(self._chain(n, states, docs, pending, pending_batch))
+            while self._training is not None:
+                await self._training
+            if self._failure is not None:
+                raise self._failure
+            if not self._stop.is_set():
+                self.version = await asyncio.to_thread(self.maybe_train)
+        finally:
+            self.stats["seconds_loop_cpu"] += time.thread_time() - cpu_start
+            self._md_pool.shutdown(wait=True)
+            self._io_pool.shutdown(wait=True)
+            if own_ref:
+                self._ref.close()
+        return self.summary(states, time.perf_counter() - t_start)
+
+    def _conditions_text(self) -> str:
+        conds = {(c["ensemble"], c["temperature"], c["pressure_gpa"])
+                 for c in map(self.cfg.chain_conditions, range(self.cfg.chains))}
+        return ", ".join(f"{e.upper()} {t:g} K" + (f" {p:g} GPa" if e == "npt" else "")
+                         for e, t, p in sorted(conds))
+
+    def _propose(self, name: str, version: int, state, kcfg):
+        ff = self._force_fn(name, version, state.numbers, state.pbc)
+        return slhmc.screen(slhmc.propose(state, kcfg, ff), kcfg)
+
+    def _retrain_due(self) -> bool:
+        return bool(self.cfg.retrain_every) and \
+            self._n_hmc_labels() - self._trained_at >= self.cfg.retrain_every
+
+    def _labels_added(self) -> None:
+        if self._training is None and self._failure is None and self._retrain_due():
+            self._model_ready.clear()
+            self._training = asyncio.get_running_loop().create_task(self._retrain())
+
+    async def _retrain(self) -> None:
+        try:
+            version = await asyncio.to_thread(self.maybe_train)
+            if version != self.version:
+                self.version = version
+                self._emit({"kind": "model_published", "model_version": version,
+                            "time": time.time()})
+        except BaseException as exc:  # the campaign fails; chains stop at their next step
+            self._failure = exc
+            self._stop.set()
+        finally:
+            self._training = None
+            self._model_ready.set()
+        if self._failure is None and not self._stop.is_set():
+            self._labels_added()  # labels that arrived during the training
+
+    async def _chain(self, n, states, docs, pending, pending_batch) -> None:
         from services.runtime.convert import LabelArrays, StructureArrays
         from services.store import Provenance, Record
 
-        self.log(("resuming" if self.resumed else "starting") + f" campaign '{self.cfg.campaign}' "
-                 f"in {self.store.url}: {self.cfg.chains} chains x {self.cfg.steps} steps, "
-                 f"{self.cfg.ensemble.upper()} {self.cfg.temperature:g} K, reference "
-                 f"{self.backend.name}")
-        self.bootstrap(atoms)
-        version = self.maybe_train()
-        docs = self.init_chains()
-        states = {n: slhmc.ChainState.from_dict(d["state"]) for n, d in docs.items()}
-        pending, pending_batch = self._pending_labels()
-        t_start = time.perf_counter()
-        while True:
-            active = [n for n, s in states.items() if s.step < self.cfg.steps]
-            if not active:
-                break
-            props, versions, replay = {}, {}, {}
-            t_md = time.perf_counter()
-            for n in active:
-                s = states[n]
-                k = pending.get((n, s.step + 1))
-                v = version
-                if k is not None:  # labelled before a kill: replay with its model
-                    rec = pending_batch.record(k)
-                    v, replay[n] = rec.provenance.model_version, rec
-                versions[n] = v
-                ff = self._force_fn(n, v, s.numbers, s.pbc)
-                props[n] = slhmc.screen(slhmc.propose(s, self.kcfg, ff), self.kcfg)
-                self.stats["md_steps"] += props[n].n_md
-            self.stats["seconds_md"] += time.perf_counter() - t_md
-            need = [n for n in active if slhmc.needs_reference(props[n]) and n not in replay]
-            outcomes = {}
-            if need:
-                atoms_list = [_atoms(props[n].positions, states[n].numbers, props[n].cell,
-                                     states[n].pbc) for n in need]
+        loop = asyncio.get_running_loop()
+        kcfg = self.kcfgs[n]
+        while states[n].step < self.cfg.steps and not self._stop.is_set():
+            if self.wait_for_model:
+                await self._model_ready.wait()
+                if self._stop.is_set():
+                    break
+            s = states[n]
+            v, rec = self.version, None
+            k = pending.get((n, s.step + 1))
+            if k is not None:  # labelled before a kill: replay with its model
+                rec = pending_batch.record(k)
+                v = rec.provenance.model_version
+            t0 = time.perf_counter()
+            p = await loop.run_in_executor(self._md_pool, self._propose, n, v, s, kcfg)
+            self.stats["seconds_md"] += time.perf_counter() - t0
+            self.stats["md_steps"] += p.n_md
+            e_ref, status, outcome, wall = None, "screened" if p.screened_out else "rejected", \
+                None, float("nan")
+            if rec is not None:
+                if not np.allclose(rec.structure.positions, p.positions, atol=1e-6):
+                    self.log(f"{n} step {s.step + 1}: the replayed proposal differs from "
+                             "the stored label by > 1e-6 A; using the stored label")
+                    p = replace(p, positions=rec.structure.positions, cell=rec.structure.cell)
+                e_ref = rec.labels.energy
+                self.stats["replayed"] += 1
+            elif slhmc.needs_reference(p):
                 t0 = time.perf_counter()
-                results = self._label(atoms_list)
-                self.stats["seconds_reference"] += time.perf_counter() - t0
-                wall = (time.perf_counter() - t0) / len(need)
-                self.stats["reference_calls"] += len(need)
-                for n, r in zip(need, results):
-                    outcomes[n] = (r, wall)
-            records, new_states, rows = [], {}, {}
-            for n in active:
-                s, p = states[n], props[n]
-                e_ref, status = None, "screened" if p.screened_out else "rejected"
-                if n in replay:
-                    rec = replay[n]
-                    if not np.allclose(rec.structure.positions, p.positions, atol=1e-6):
-                        self.log(f"{n} step {s.step + 1}: the replayed proposal differs from "
-                                 "the stored label by > 1e-6 A; using the stored label")
-                        p = replace(p, positions=rec.structure.positions,
-                                    cell=rec.structure.cell)
-                    e_ref = rec.labels.energy
-                    self.stats["replayed"] += 1
-                elif n in outcomes:
-                    r, wall = outcomes[n]
-                    if r.ok:
-                        e_ref = r.energy
-                    else:
-                        status = "failed"
-                        self.stats["reference_failures"] += 1
-                        self.log(f"{n} step {s.step + 1}: reference failed ({r}); move rejected")
-                new, accepted = slhmc.finish(s, p, e_ref, self.kcfg)
-                if e_ref is not None:
-                    status = "accepted" if accepted else "rejected"
-                if n in replay and bool(replay[n].provenance.accepted) != accepted:
-                    self.log(f"{n} step {new.step}: replayed decision differs from the stored "
-                             "label's (non-deterministic MD?); keeping the replayed one")
-                if n in outcomes and outcomes[n][0].ok:
-                    r, wall = outcomes[n]
-                    records.append(Record(
-                        StructureArrays(positions=np.array(p.positions),
-                                        numbers=np.asarray(s.numbers, np.int32),
-                                        cell=np.array(p.cell), pbc=np.asarray(s.pbc, bool),
-                                        id=f"{self.cfg.campaign}/{n}/{new.step}"),
-                        LabelArrays(energy=float(r.energy), forces=r.forces, stress=r.stress),
-                        Provenance(campaign=self.cfg.campaign, chain=n, step=new.step,
-                                   source="hmc", model_version=versions[n], accepted=accepted,
-                                   reference_settings_hash=self.ref_hash, wall_time=wall)))
-                new_states[n] = new
-                rows[n] = {"step": new.step, "move": p.kind, "status": status,
-                           "accepted": bool(accepted), "energy_ref": new.energy_ref,
-                           "energy_proposal": e_ref, "n_md_steps": p.n_md,
-                           "model_version": versions[n], "volume": new.volume,
-                           "time": time.time()}
-            t_store = time.perf_counter()
-            if records:  # durable before any checkpoint that counts these steps
-                n_before = self._n_hmc_labels()
-                self.writer.append(records)
-                self.stats["labels"] += len(records)
-                self._n_hmc = n_before + len(records)
-            for n in active:
-                docs[n]["state"] = new_states[n].to_dict()
-                docs[n]["history"].append(rows[n])
-                self.writer.write_checkpoint(self.cfg.campaign, n, docs[n])
-                states[n] = new_states[n]
-            self.stats["seconds_store"] += time.perf_counter() - t_store
-            self._progress(states, t_start)
-            version = self.maybe_train()
-        return self.summary(states, time.perf_counter() - t_start)
+                outcome = await self._ref.compute(
+                    _atoms(p.positions, s.numbers, p.cell, s.pbc))
+                wall = time.perf_counter() - t0
+                self.stats["seconds_reference"] += wall
+                self.stats["reference_calls"] += 1
+                if outcome.ok:
+                    e_ref = outcome.energy
+                else:
+                    status = "failed"
+                    self.stats["reference_failures"] += 1
+                    self.log(f"{n} step {s.step + 1}: reference failed ({outcome}); move "
+                             "rejected")
+            new, accepted = slhmc.finish(s, p, e_ref, kcfg)
+            if e_ref is not None:
+                status = "accepted" if accepted else "rejected"
+            if rec is not None and bool(rec.provenance.accepted) != accepted:
+                self.log(f"{n} step {new.step}: replayed decision differs from the stored "
+                         "label's (non-deterministic MD?); keeping the replayed one")
+            row = {"step": new.step, "move": p.kind, "status": status,
+                   "accepted": bool(accepted), "energy_ref": new.energy_ref,
+                   "energy_proposal": e_ref, "n_md_steps": p.n_md, "model_version": v,
+                   "volume": new.volume, "temperature": kcfg.temperature, "time": time.time()}
+            t0 = time.perf_counter()
+            if outcome is not None and outcome.ok:  # durable before the checkpoint counts it
+                record = Record(
+                    StructureArrays(positions=np.array(p.positions),
+                                    numbers=np.asarray(s.numbers, np.int32),
+                                    cell=np.array(p.cell), pbc=np.asarray(s.pbc, bool),
+                                    id=f"{self.cfg.campaign}/{n}/{new.step}"),
+                    LabelArrays(energy=float(outcome.energy), forces=outcome.forces,
+                                stress=outcome.stress),
+                    Provenance(campaign=self.cfg.campaign, chain=n, step=new.step,
+                               source="hmc", model_version=v, accepted=accepted,
+                               reference_settings_hash=self.ref_hash,
+                               wall_time=float(outcome.info.get("wall_s", wall))))
+                await loop.run_in_executor(self._io_pool, self.writer.append, [record])
+                self.stats["labels"] += 1
+                self._n_hmc = self._n_hmc_labels() + 1
+            docs[n]["state"] = new.to_dict()
+            docs[n]["history"].append(row)
+            await loop.run_in_executor(self._io_pool, self.writer.write_checkpoint,
+                                       self.cfg.campaign, n, docs[n])
+            self.stats["seconds_store"] += time.perf_counter() - t0
+            states[n] = new
+            self.stats["chain_steps"] += 1
+            tried = new.hmc_tried + new.volume_tried
+            self._emit({"kind": "step", "chain": n, **row, "acceptance_rate":
+                        (new.hmc_accepted + new.volume_accepted) / tried if tried else math.nan})
+            if outcome is not None and outcome.ok:
+                self._labels_added()
+            low = min(st.step for st in states.values())
+            if low > self._round:
+                self._round = low
+                self._progress(states)
 
-    def _label(self, atoms_list) -> list:
-        """Reference outcomes in order; up to reference_workers calls run at once."""
-        k = min(len(self.backends), len(atoms_list))
-        if k <= 1:
-            return self.backend.compute(atoms_list)
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(k) as ex:
-            parts = list(ex.map(lambda w: self.backends[w].compute(atoms_list[w::k]), range(k)))
-        out = [None] * len(atoms_list)
-        for w, part in enumerate(parts):
-            out[w::k] = part
-        return out
-
-    def _progress(self, states, t_start) -> None:
+    def _progress(self, states) -> None:
         steps = [s.step for s in states.values()]
         tried = sum(s.hmc_tried + s.volume_tried for s in states.values())
         acc = sum(s.hmc_accepted + s.volume_accepted for s in states.values())
@@ -443,7 +573,8 @@ class Campaign:
         e = np.mean([s.energy_ref / s.n_atoms for s in states.values()])
         self.log(f"step {min(steps)}/{self.cfg.steps}: acceptance {acc / max(tried, 1):.2f}, "
                  f"n_md {min(n_md)}-{max(n_md)}, <E_ref> {e:.4f} eV/atom, "
-                 f"labels {self.stats['labels']}, {time.perf_counter() - t_start:.0f} s")
+                 f"labels {self.stats['labels']}, model v{self.version}, "
+                 f"{time.perf_counter() - self._t0:.0f} s")
 
     def summary(self, states, seconds) -> dict:
         tried = sum(s.hmc_tried + s.volume_tried for s in states.values())
@@ -502,7 +633,8 @@ def read_structure(config: CampaignConfig):
 def run_campaign(config: CampaignConfig, store_url: str, log=None, export_dir=None) -> dict:
     """Run or resume a campaign to config.steps; returns a summary dict."""
     atoms = read_structure(config)
-    if config.ensemble == "npt" and not (np.all(atoms.pbc) and atoms.cell.rank == 3):
+    npt = any(config.chain_conditions(c)["ensemble"] == "npt" for c in range(config.chains))
+    if npt and not (np.all(atoms.pbc) and atoms.cell.rank == 3):
         raise ValueError("--ensemble npt needs a periodic structure with a full 3-D cell "
                          "(volume moves scale the cell); use nvt for molecules and slabs")
     camp = Campaign(config, store_url, log)

@@ -72,8 +72,13 @@ def start_service_actor(
     max_restarts: int = 3,
     name: str | None = None,
     timeout_s: float = 60.0,
-) -> tuple[Any, str]:
+    count: int = 1,
+    many: bool = False,
+) -> Any:
     """Starts ``service`` in a new actor; returns (actor handle, address).
+
+    With ``count`` > 1 (or ``many``), starts that many actors at once and returns a list
+    of (actor, address); Ray places each by its resources (spread over the nodes).
 
     The token travels as an actor argument (inside the Ray cluster, never over
     the service's own port) and is never logged.
@@ -88,15 +93,22 @@ def start_service_actor(
         "max_message_bytes": max_message_bytes,
     }
     ServerConfig(**config)  # validate here, with a clear error, not inside the actor
-    actor = ServiceActor.options(
-        num_cpus=num_cpus,
-        num_gpus=num_gpus,
-        resources=resources or {},
-        max_restarts=max_restarts,
-        max_task_retries=-1 if max_restarts else 0,
-        name=name,
-    ).remote(service, dict(options or {}), config)
-    return actor, ray.get(actor.address.remote(), timeout=timeout_s)
+    actors = [
+        ServiceActor.options(
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            resources=resources or {},
+            max_restarts=max_restarts,
+            max_task_retries=-1 if max_restarts else 0,
+            name=name if count == 1 else None,
+        ).remote(service, dict(options or {}), config)
+        for _ in range(count)
+    ]
+    # all start at once; their addresses are awaited together
+    addresses = ray.get([a.address.remote() for a in actors], timeout=timeout_s)
+    if count == 1 and not many:
+        return actors[0], addresses[0]
+    return list(zip(actors, addresses))
 
 
 class NoLiveEndpoints(RuntimeError):

@@ -16,12 +16,14 @@ class CampaignState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CAMPAIGN_STATE_STOPPING: _ClassVar[CampaignState]
     CAMPAIGN_STATE_FINISHED: _ClassVar[CampaignState]
     CAMPAIGN_STATE_FAILED: _ClassVar[CampaignState]
+    CAMPAIGN_STATE_STOPPED: _ClassVar[CampaignState]
 CAMPAIGN_STATE_UNSPECIFIED: CampaignState
 CAMPAIGN_STATE_PENDING: CampaignState
 CAMPAIGN_STATE_RUNNING: CampaignState
 CAMPAIGN_STATE_STOPPING: CampaignState
 CAMPAIGN_STATE_FINISHED: CampaignState
 CAMPAIGN_STATE_FAILED: CampaignState
+CAMPAIGN_STATE_STOPPED: CampaignState
 
 class StartRequest(_message.Message):
     __slots__ = ("config_json", "store", "campaign")

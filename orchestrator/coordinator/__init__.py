@@ -1,0 +1,1 @@
+"""The coordinator: campaign specs, the campaign runner, executors and the gRPC service."""

@@ -1,0 +1,230 @@
+"""One campaign's life: build it from a spec, run it on an event loop, report on it.
+
+Shared by `nnmd campaign run SPEC` (in the foreground) and the Coordinator service
+(many campaigns on the server's event loop). The chains are asyncio tasks
+(orchestrator.slhmc.Campaign.run_async); the reference runs in local threads
+(executor "local") or in a pool of Ray actors that serve the Reference gRPC service
+(executor "ray", spread over the cluster's nodes by their resources). NNP MD proposals
+and re-training run in threads of this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+
+from orchestrator.coordinator.spec import CampaignSpec
+
+STATES = ("pending", "running", "stopping", "finished", "stopped", "failed")
+TERMINAL = ("finished", "stopped", "failed")
+
+
+class _SyncBackend:
+    """A sync ``compute(atoms_list)`` over an async pool, for the (threaded) bootstrap."""
+
+    def __init__(self, pool, loop, name: str) -> None:
+        self._pool, self._loop, self.name = pool, loop, name
+
+    def compute(self, atoms_list):
+        futures = [asyncio.run_coroutine_threadsafe(self._pool.compute(a), self._loop)
+                   for a in atoms_list]
+        return [f.result() for f in futures]
+
+
+class CampaignRun:
+    """A campaign from a validated spec. ``await run()``; ``stop()``; ``status()``; events."""
+
+    def __init__(self, spec: CampaignSpec, log: Callable[[str], None] | None = None,
+                 history: int = 10000) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.state = "pending"
+        self.message = ""
+        self.summary: dict | None = None
+        self.campaign = None
+        self._log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+        self._stop = asyncio.Event()
+        self._subscribers: list[asyncio.Queue] = []
+        self.events: collections.deque = collections.deque(maxlen=history)
+        self.started = time.time()
+        self.pool = None
+
+    # ------------------------------------------------------------ events
+    def log(self, msg: str) -> None:
+        self.message = msg
+        self._log(msg)
+
+    def _publish(self, event: dict) -> None:
+        event = {"campaign": self.name, "time": time.time(), **event}
+        self.events.append(event)
+        for q in list(self._subscribers):
+            if q.full():  # a slow watcher loses its oldest events, never blocks the chains
+                q.get_nowait()
+            q.put_nowait(event)
+
+    def subscribe(self, maxsize: int = 10000) -> asyncio.Queue:
+        q: asyncio.Queue = asyncio.Queue(maxsize)
+        self._subscribers.append(q)
+        if self.state in TERMINAL:
+            q.put_nowait(self._state_event())
+            q.put_nowait(None)
+        return q
+
+    def unsubscribe(self, q) -> None:
+        if q in self._subscribers:
+            self._subscribers.remove(q)
+
+    def _state_event(self) -> dict:
+        return {"campaign": self.name, "kind": "state", "state": self.state,
+                "message": self.message, "time": time.time()}
+
+    def _set_state(self, state: str, message: str = "") -> None:
+        self.state = state
+        if message:
+            self.message = message
+        self._publish({"kind": "state", "state": state, "message": self.message})
+        if state in TERMINAL:
+            for q in list(self._subscribers):
+                q.put_nowait(None)
+
+    # ------------------------------------------------------------ control
+    def stop(self) -> str:
+        if self.state in ("pending", "running"):
+            self._set_state("stopping", "stopping after each chain's current step")
+            self._stop.set()
+        return self.state
+
+    async def run(self) -> dict:
+        from orchestrator.slhmc import Campaign, read_structure
+
+        spec, cfg = self.spec, self.spec.config
+        loop = asyncio.get_running_loop()
+        executor = spec.resolved_executor()
+        try:
+            self._set_state("running", f"starting ({executor} executor)")
+            atoms = await asyncio.to_thread(read_structure, cfg)
+            reference = None
+            if executor == "ray":
+                reference = await asyncio.to_thread(self._ray_pool)
+            self.campaign = await asyncio.to_thread(
+                Campaign, cfg, spec.store, self.log, wait_for_model=spec.wait_for_model,
+                make_backends=executor == "local")
+            if reference is not None:
+                self.campaign.bootstrap_backend = _SyncBackend(reference, loop,
+                                                               self.campaign.backend.name)
+            try:
+                self.summary = await self.campaign.run_async(
+                    atoms, reference=reference, stop=self._stop, on_event=self._publish)
+            finally:
+                await asyncio.to_thread(self.campaign.close)
+            self.summary["executor"] = executor
+            if reference is not None:
+                self.summary["reference_workers"] = reference.addresses
+            done = all(v >= cfg.steps for v in self.summary["steps"].values())
+            self._set_state("finished" if done else "stopped",
+                            f"{'finished' if done else 'stopped'}: acceptance "
+                            f"{self.summary['acceptance']:.2f}, {self.summary['labels']} labels, "
+                            f"model v{self.summary['model_version']}")
+            return self.summary
+        except asyncio.CancelledError:
+            self._set_state("stopped", "cancelled")
+            raise
+        except BaseException as exc:
+            self._set_state("failed", f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            if self.pool is not None:
+                self.pool.close()
+
+    def _ray_pool(self):
+        import ray
+
+        from orchestrator.coordinator.executors import RayReferencePool
+
+        if not ray.is_initialized():
+            ray.init(address=os.environ.get("RAY_ADDRESS") or None, namespace="nnmd",
+                     ignore_reinit_error=True, log_to_driver=False)
+        r = self.spec.reference_resources
+        self.pool = RayReferencePool(self.spec.config.reference, r.workers,
+                                     qe=self.spec.config.qe, num_cpus=r.num_cpus,
+                                     resources=r.resources, max_restarts=r.max_restarts)
+        self.log(f"reference: {r.workers} Ray worker(s) serving {self.spec.config.reference} "
+                 f"at {', '.join(self.pool.addresses)}")
+        return self.pool
+
+    # ------------------------------------------------------------ status
+    def status(self) -> dict:
+        """The campaign's state and its chains', from memory while it runs."""
+        camp = self.campaign
+        out = status_from_store(self.spec.store, self.name) if camp is None else None
+        if out is None:
+            out = {"campaign": self.name, "chains": [], "n_labels": 0, "model_version": 0}
+            if camp is not None:
+                out["n_labels"] = int(camp._n_hmc or 0)
+                out["model_version"] = int(camp.version)
+                for ev in _latest_steps(self.events).values():
+                    out["chains"].append(_chain_row(ev))
+        out.update(state=self.state, message=self.message, store=self.spec.store)
+        return out
+
+
+def _latest_steps(events) -> dict:
+    last: dict = {}
+    for ev in events:
+        if ev.get("kind") == "step":
+            last[ev["chain"]] = ev
+    return dict(sorted(last.items()))
+
+
+def _chain_row(ev: dict) -> dict:
+    return {"chain": ev["chain"], "step": int(ev["step"]),
+            "acceptance_rate": float(ev.get("acceptance_rate", math.nan)),
+            "n_md_steps": int(ev.get("n_md_steps", 0)),
+            "model_version": int(ev.get("model_version", 0)),
+            "temperature_k": float(ev.get("temperature", math.nan))}
+
+
+def status_from_store(store_url: str, campaign: str) -> dict | None:
+    """A campaign's status as its store holds it (None when the store does not know it)."""
+    from orchestrator.slhmc import CAMPAIGN_DOC
+    from services.store import Store
+
+    try:
+        store = Store(store_url, read_only=True)
+        doc = store.read_checkpoint(campaign, CAMPAIGN_DOC)
+    except Exception:  # noqa: BLE001 - no store, or not an nnmd store: unknown campaign
+        return None
+    if doc is None:
+        return None
+    cfg = doc.get("config", {})
+    chains = []
+    for name in store.list_checkpoints(campaign):
+        if name == CAMPAIGN_DOC:
+            continue
+        d = store.read_checkpoint(campaign, name) or {}
+        st = d.get("state", {})
+        tried = st.get("hmc_tried", 0) + st.get("volume_tried", 0)
+        acc = st.get("hmc_accepted", 0) + st.get("volume_accepted", 0)
+        hist = d.get("history") or [{}]
+        chains.append({"chain": name, "step": int(st.get("step", 0)),
+                       "acceptance_rate": acc / tried if tried else math.nan,
+                       "n_md_steps": int(st.get("n_md", 0)),
+                       "model_version": int(hist[-1].get("model_version", 0) or 0),
+                       "temperature_k": float(hist[-1].get("temperature",
+                                                           cfg.get("temperature", math.nan)))})
+    batch = store.read(campaign=campaign)
+    n_labels = int((batch.arrays["source"] == "hmc").sum()) if len(batch) else 0
+    versions = [v for v in store.model_versions()
+                if (dict(store._group(f"models/v{v:06d}").attrs).get("metadata") or {})
+                .get("campaign") == campaign]
+    steps = int(cfg.get("steps", 0))
+    done = bool(chains) and len(chains) >= int(cfg.get("chains", 0)) and \
+        all(c["step"] >= steps for c in chains)
+    return {"campaign": campaign, "state": "finished" if done else "stopped",
+            "chains": chains, "n_labels": n_labels,
+            "model_version": versions[-1] if versions else 0, "message": "", "store": store_url}

@@ -1,0 +1,293 @@
+"""Campaign specs: a YAML (or dict) that says what to run, validated before anything runs.
+
+    name: cu-emt-demo              # campaign name in the store (letters, digits, . _ -)
+    reference: emt                 # emt | qe:inputs/si.pwi | tblite | chgnet | ase:pkg.mod:f
+    structure: cu-fcc-32.xyz       # any file ASE reads (default with qe:INPUT: its structure)
+    store: nnmd-store              # Zarr store: folder or fsspec URL
+    chains: 4                      # or groups: [{count: 2, temperature: 600}, {count: 2, ...}]
+    steps: 100                     # MC steps per chain
+    temperature: 800.0             # K (per group if groups give it)
+    ensemble: nvt                  # nvt | npt
+    pressure: 0.0                  # GPa (npt)
+    md_steps: 20, dt: 1.0, retrain_every: 100, bootstrap_steps: 50, seed: 0, ...
+    train: {...}                   # TrainConfig fields
+    qe: {ranks: 1, threads: 1, timeout_s: 3600, attempts: 2}
+    executor: auto                 # local | ray | auto (ray when RAY_ADDRESS is set)
+    resources:
+      reference: {workers: 2, num_cpus: 1, ranks: 1, resources: {qe: 0.01}}
+      trainer: {num_gpus: 0}
+      md: {num_gpus: 0}
+
+Relative paths (structure, qe:INPUT, a relative store folder) are relative to the spec
+file's folder. Every error names the field (``spec field 'chains[1].temperature': ...``)
+and says what to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.slhmc import CampaignConfig
+
+# spec key -> CampaignConfig field (when the names differ)
+_RENAMED = {"name": "campaign", "pressure": "pressure_gpa"}
+_CONFIG_FIELDS = {f.name for f in dataclasses.fields(CampaignConfig)} - {"chain_groups"}
+_TOP_LEVEL = ({k for k in _CONFIG_FIELDS} - set(_RENAMED.values())) | set(_RENAMED) | {
+    "pressure_gpa", "store", "executor", "resources", "wait_for_model", "description"}
+_GROUP_KEYS = {"count", "temperature", "ensemble", "pressure", "pressure_gpa", "md_steps"}
+_RESOURCE_KEYS = {
+    "reference": {"workers", "num_cpus", "ranks", "threads", "resources", "max_restarts"},
+    "trainer": {"num_gpus", "num_cpus", "resources"},
+    "md": {"num_gpus", "num_cpus", "resources", "workers"},
+}
+EXECUTORS = ("auto", "local", "ray")
+
+
+class SpecError(ValueError):
+    """A bad campaign spec; ``field`` is the dotted path of the offending entry."""
+
+    def __init__(self, field_path: str, reason: str, hint: str = "") -> None:
+        self.field, self.reason, self.hint = field_path, reason, hint
+        super().__init__(f"spec field '{field_path}': {reason}" + (f"; {hint}" if hint else ""))
+
+
+@dataclass(frozen=True)
+class ReferenceResources:
+    workers: int = 1  # reference calculations at once
+    num_cpus: float | None = None  # Ray CPUs per worker (default ranks x threads)
+    resources: dict = field(default_factory=dict)  # Ray custom resources per worker
+    max_restarts: int = 3
+
+
+@dataclass(frozen=True)
+class CampaignSpec:
+    """A validated spec: the campaign's settings plus where and how it runs."""
+
+    config: CampaignConfig
+    store: str
+    executor: str = "auto"
+    reference_resources: ReferenceResources = ReferenceResources()
+    trainer_resources: dict = field(default_factory=dict)
+    md_resources: dict = field(default_factory=dict)
+    wait_for_model: bool = True
+    raw: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def name(self) -> str:
+        return self.config.campaign
+
+    def resolved_executor(self) -> str:
+        if self.executor != "auto":
+            return self.executor
+        try:
+            import ray
+
+            if ray.is_initialized():
+                return "ray"
+        except ImportError:  # pragma: no cover - ray is a dependency
+            return "local"
+        return "ray" if os.environ.get("RAY_ADDRESS") else "local"
+
+
+def _suggest(key: str, known) -> str:
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    return f"did you mean '{close[0]}'?" if close else "known fields: " + ", ".join(sorted(known))
+
+
+def _check_keys(d: dict, known: set, where: str) -> None:
+    for key in d:
+        if not isinstance(key, str):
+            raise SpecError(f"{where}{key!r}", "field names must be strings")
+        if key not in known:
+            raise SpecError(f"{where}{key}", "unknown field", _suggest(key, known))
+
+
+def _number(d: dict, key: str, where: str, kind=float, lo=None, strict=False):
+    value = d[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(f"{where}{key}", f"must be a number, got {value!r}")
+    if kind is int and int(value) != value:
+        raise SpecError(f"{where}{key}", f"must be a whole number, got {value!r}")
+    value = kind(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise SpecError(f"{where}{key}", f"must be finite, got {value!r}")
+    if lo is not None and (value <= lo if strict else value < lo):
+        raise SpecError(f"{where}{key}", f"must be {'>' if strict else '>='} {lo}, got {value!r}")
+    return value
+
+
+_NUMERIC = {  # key: (type, lower bound, strict)
+    "chains": (int, 1, False), "steps": (int, 0, False), "temperature": (float, 0, True),
+    "pressure": (float, None, False), "pressure_gpa": (float, None, False),
+    "md_steps": (int, 1, False), "md_steps_min": (int, 1, False),
+    "md_steps_max": (int, 1, False), "dt": (float, 0, True), "retrain_every": (int, 0, False),
+    "retrain_epochs": (int, 1, False), "seed": (int, None, False),
+    "bootstrap_steps": (int, 1, False), "bootstrap_dt": (float, 0, True),
+    "volume_step": (float, 0, True), "reference_workers": (int, 1, False),
+}
+
+
+def _relative(path: str, base: Path | None) -> str:
+    if not path or base is None or "://" in path or Path(path).is_absolute():
+        return path
+    return str((base / path).resolve())
+
+
+def parse_spec(spec: dict | str | os.PathLike, *, store: str | None = None,
+               base_dir: str | os.PathLike | None = None) -> CampaignSpec:
+    """A CampaignSpec from a dict (as parsed from YAML) or a YAML file path.
+
+    store: overrides the spec's store. base_dir: folder for relative paths (default: the
+    spec file's folder, or none for a dict).
+    """
+    base = Path(base_dir).resolve() if base_dir is not None else None
+    if isinstance(spec, (str, os.PathLike)):
+        import yaml
+
+        path = Path(spec)
+        if not path.is_file():
+            raise SpecError("spec", f"no file {path}", "give the path of a campaign YAML")
+        try:
+            spec = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise SpecError("spec", f"{path} is not valid YAML ({exc})") from None
+        base = base or path.resolve().parent
+    if not isinstance(spec, dict):
+        raise SpecError("spec", f"must be a mapping of fields, got {type(spec).__name__}",
+                        "e.g. {name: demo, reference: emt, structure: cu.xyz}")
+    raw = dict(spec)
+    _check_keys(raw, _TOP_LEVEL, "")
+    for key in ("name", "reference"):
+        if key not in raw:
+            raise SpecError(key, "missing", "every spec needs a name and a reference")
+    for key in ("name", "reference", "structure", "store", "ensemble", "executor",
+                "volume_proposal"):
+        if key in raw and not isinstance(raw[key], str):
+            raise SpecError(key, f"must be a string, got {raw[key]!r}")
+    kw: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in ("store", "executor", "resources", "wait_for_model", "description"):
+            continue
+        if key == "chains" and isinstance(value, list):
+            continue
+        if key in _NUMERIC:
+            kind, lo, strict = _NUMERIC[key]
+            value = _number(raw, key, "", kind, lo, strict)
+        elif key in ("delayed_acceptance",) and not isinstance(value, bool):
+            raise SpecError(key, f"must be true or false, got {value!r}")
+        elif key in ("train", "qe") and not isinstance(value, dict):
+            raise SpecError(key, f"must be a mapping, got {value!r}")
+        kw[_RENAMED.get(key, key)] = value
+    if "pressure" in raw and "pressure_gpa" in raw:
+        raise SpecError("pressure", "given twice (pressure and pressure_gpa)", "keep one")
+    from services.store.store import safe_name
+
+    try:
+        safe_name(kw["campaign"], "name")
+    except ValueError as exc:
+        raise SpecError("name", str(exc), "use letters, digits, '.', '_' or '-'") from None
+    ref = kw["reference"].strip()
+    if ref.lower().startswith("qe:"):
+        kw["reference"] = "qe:" + _relative(ref[3:], base)
+    kw["structure"] = _relative(kw.get("structure", ""), base)
+    if kw["structure"] and not Path(kw["structure"]).is_file():
+        raise SpecError("structure", f"no file {kw['structure']}",
+                        "give a structure file (relative paths are relative to the spec)")
+
+    groups = raw.get("chains")
+    if isinstance(groups, list):
+        kw["chain_groups"] = tuple(_groups(groups, raw))
+        kw["chains"] = sum(g["count"] for g in kw["chain_groups"])
+
+    res = raw.get("resources", {}) or {}
+    if not isinstance(res, dict):
+        raise SpecError("resources", f"must be a mapping, got {res!r}")
+    _check_keys(res, set(_RESOURCE_KEYS), "resources.")
+    for svc, d in res.items():
+        if not isinstance(d, dict):
+            raise SpecError(f"resources.{svc}", f"must be a mapping, got {d!r}")
+        _check_keys(d, _RESOURCE_KEYS[svc], f"resources.{svc}.")
+        for key in d:
+            if key == "resources":
+                if not isinstance(d[key], dict) or not all(
+                        isinstance(k, str) and isinstance(v, (int, float))
+                        and not isinstance(v, bool) and v >= 0 for k, v in d[key].items()):
+                    raise SpecError(f"resources.{svc}.resources", "must map resource names "
+                                    "to amounts >= 0", "e.g. {qe: 0.01}")
+            else:
+                kind = int if key in ("workers", "ranks", "threads", "max_restarts") else float
+                _number(d, key, f"resources.{svc}.", kind,
+                        1 if key in ("workers", "ranks", "threads") else 0)
+    rref = dict(res.get("reference", {}))
+    qe = dict(kw.get("qe", {}))
+    for key in ("ranks", "threads"):
+        if key in rref:
+            qe.setdefault(key, int(rref.pop(key)))
+    if qe:
+        kw["qe"] = qe
+    workers = int(rref.pop("workers", kw.get("reference_workers", 1)))
+    kw["reference_workers"] = workers
+    ref_res = ReferenceResources(workers=workers, **rref)
+
+    executor = raw.get("executor", "auto")
+    if executor not in EXECUTORS:
+        raise SpecError("executor", f"must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    wait = raw.get("wait_for_model", True)
+    if not isinstance(wait, bool):
+        raise SpecError("wait_for_model", f"must be true or false, got {wait!r}")
+    try:
+        config = CampaignConfig(**kw)
+    except TypeError as exc:  # a QE/train option the config does not know
+        raise SpecError("spec", str(exc)) from None
+    except ValueError as exc:
+        msg = str(exc)
+        key = next((k for k in sorted(_TOP_LEVEL | _CONFIG_FIELDS, key=len, reverse=True)
+                    if msg.startswith(k) or f"--{k.replace('_', '-')}" in msg), "spec")
+        raise SpecError(key, msg) from None
+    if "train" in kw:
+        from services.trainer.run import TrainConfig
+
+        try:
+            TrainConfig.from_dict(kw["train"])
+        except (TypeError, ValueError) as exc:
+            raise SpecError("train", str(exc), "see docs/training.md for the fields") from None
+    store_url = store or raw.get("store") or os.environ.get("NNMD_STORE") or "nnmd-store"
+    if store is None and raw.get("store"):
+        store_url = _relative(store_url, base)
+    return CampaignSpec(config=config, store=str(store_url), executor=executor,
+                        reference_resources=ref_res,
+                        trainer_resources=dict(res.get("trainer", {})),
+                        md_resources=dict(res.get("md", {})), wait_for_model=wait, raw=raw)
+
+
+def _groups(groups: list, raw: dict) -> list[dict]:
+    if not groups:
+        raise SpecError("chains", "an empty list", "give a count, or groups with a count each")
+    out = []
+    for i, g in enumerate(groups):
+        where = f"chains[{i}]."
+        if not isinstance(g, dict):
+            raise SpecError(f"chains[{i}]", f"must be a mapping, got {g!r}",
+                            "e.g. {count: 4, temperature: 800}")
+        _check_keys(g, _GROUP_KEYS, where)
+        if "count" not in g:
+            raise SpecError(f"{where}count", "missing", "how many chains in this group")
+        d = {"count": _number(g, "count", where, int, 1)}
+        d["temperature"] = _number(g, "temperature", where, float, 0, True) \
+            if "temperature" in g else float(raw.get("temperature", 300.0))
+        ens = g.get("ensemble", raw.get("ensemble", "nvt"))
+        if ens not in ("nvt", "npt"):
+            raise SpecError(f"{where}ensemble", f"must be nvt or npt, got {ens!r}")
+        d["ensemble"] = ens
+        p = g.get("pressure", g.get("pressure_gpa", raw.get("pressure", raw.get("pressure_gpa",
+                                                                                  0.0))))
+        d["pressure_gpa"] = _number({"pressure": p}, "pressure", where)
+        if "md_steps" in g:
+            d["md_steps"] = _number(g, "md_steps", where, int, 1)
+        out.append(d)
+    return out
