@@ -10,6 +10,8 @@ eV; stress = -virial / V in ASE's convention, eV/A^3).
 Three interchangeable backends compute the descriptor: "numba" (fast, parallel;
 chosen by "auto"), "numpy" (the readable reference) and, for whole-structure
 energies only, "naive" (an O(N^2) oracle with explicit loops; tests only).
+"cuda" (gpu/potential_cuda.py) runs neighbours, descriptor, networks and forces on a
+GPU; "auto" picks it when CuPy sees a device, and never imports CuPy otherwise.
 """
 
 from __future__ import annotations
@@ -25,7 +27,18 @@ from .elements import SYMBOLS, atomic_number
 from .neighbors import NeighborList, check_min_distance, neighbor_pairs, validate_geometry
 from .network import ElementNetwork, forward, input_gradient
 
-BACKENDS = ("auto", "numba", "numpy", "naive")
+BACKENDS = ("auto", "numba", "numpy", "naive", "cuda")
+
+
+def _use_cuda(backend: str) -> bool:
+    """backend "cuda", or "auto" on a machine where CuPy sees a GPU (gpu/potential_cuda.py)."""
+    if backend == "cuda":
+        return True
+    if backend != "auto":
+        return False
+    from .gpu.device import gpu_available
+
+    return gpu_available()
 
 
 def _kernels(backend: str):
@@ -165,6 +178,10 @@ class Potential:
         pair_i (P,) sorted, < n_centers; pair_j (P,) < N; rij (P, 3) = R_j - R_i, A.
         Energies are those of the n_centers centres; pair_grad includes every pair.
         """
+        if _use_cuda(backend):
+            from .gpu import potential_cuda
+
+            return potential_cuda.compute_pairs(self, types, pair_i, pair_j, rij, n_centers, forces=forces)
         kern = _kernels(backend if backend != "naive" else "numpy")
         desc = self.descriptor
         types = np.asarray(types, dtype=np.int64)
@@ -208,6 +225,10 @@ class Potential:
         types = self.types_of(numbers)
         if len(types) != len(pos):
             raise ValueError(f"numbers has {len(types)} entries but positions has {len(pos)} atoms")
+        if _use_cuda(backend):
+            from .gpu import potential_cuda
+
+            return potential_cuda.compute(self, positions, numbers, cell, pbc, neighbors=neighbors, forces=forces)
         if backend == "naive":
             from .naive import naive_energies
 
