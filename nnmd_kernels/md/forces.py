@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from nnmd_kernels.gpu.device import gpu_available
 from nnmd_kernels.neighbors import NeighborList
 
 
@@ -16,6 +17,12 @@ def potential_force_fn(potential, numbers, pbc=(True, True, True), skin=1.0, bac
     """
     numbers = np.asarray(numbers)
     potential.types_of(numbers)  # unknown species -> a clear ValueError now
+    if backend == "cuda" or (backend == "auto" and gpu_available()):
+        # neighbours and forces on the GPU, numpy in and out for these integrators;
+        # nnmd_kernels.gpu.md keeps the whole step on the device
+        from nnmd_kernels.gpu.md import device_force_fn
+
+        return device_force_fn(potential, numbers, pbc, skin, host=True)
     pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
     neighbors = NeighborList(potential.cutoff, skin=skin)
 
