@@ -36,6 +36,7 @@ import numpy as np
 
 from nnmd_kernels import slhmc
 from nnmd_kernels.md.units import EV_PER_A3_TO_BAR
+from services.runtime import faults
 
 CAMPAIGN_DOC = "campaign"  # checkpoint key holding the campaign's settings
 GPA_TO_EV_PER_A3 = 1.0e4 / EV_PER_A3_TO_BAR  # 1 GPa = 1e4 bar
@@ -323,6 +324,7 @@ class Campaign:
         self.log(f"training on {len(structures)} labels ({n_hmc} from chains)"
                  + (" (warm start)" if init is not None else "") + " ...")
         result = train(structures, tc, init=init)
+        faults.point("training")
         text, digest = dumps(result.potential)
         m = result.metrics
         meta = {"campaign": self.cfg.campaign, "n_labels": n_hmc,
@@ -510,8 +512,10 @@ class Campaign:
                 self.stats["replayed"] += 1
             elif slhmc.needs_reference(p):
                 t0 = time.perf_counter()
+                faults.point("before_reference")
                 outcome = await self._ref.compute(
                     _atoms(p.positions, s.numbers, p.cell, s.pbc))
+                faults.point("after_reference")
                 wall = time.perf_counter() - t0
                 self.stats["seconds_reference"] += wall
                 self.stats["reference_calls"] += 1
@@ -546,6 +550,7 @@ class Campaign:
                                reference_settings_hash=self.ref_hash,
                                wall_time=float(outcome.info.get("wall_s", wall))))
                 await loop.run_in_executor(self._io_pool, self.writer.append, [record])
+                faults.point("after_append")
                 self.stats["labels"] += 1
                 self._n_hmc = self._n_hmc_labels() + 1
             docs[n]["state"] = new.to_dict()

@@ -29,6 +29,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import FsspecStore, LocalStore
 
+from services.runtime import faults
 from services.runtime.convert import LabelArrays, StructureArrays, stress_3x3
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.store import schema
@@ -566,6 +567,7 @@ class StoreWriter:
             if arr.shape[0] < need:
                 arr.resize((max(need, 2 * arr.shape[0]), *arr.shape[1:]))
             arr[lo:hi] = cols[f.name]
+        faults.point("store_write")
         # Commit last: readers see the new rows only now.
         self._group.attrs[schema.COMMITTED_ATTR] = {"S": n1, "A": a1}
         self._n, self._a = n1, a1

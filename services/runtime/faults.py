@@ -1,0 +1,40 @@
+"""Fault injection for the fault suite (tests/integration/faults): inert unless asked.
+
+``NNMD_FAULT=POINT[:N]`` makes this process SIGKILL itself the N-th time (default 1st) it
+reaches ``point(POINT)``: a crash at an exact place of a step, with no chance to clean
+up, as a power cut or the OOM killer would leave it. Points in the code:
+``before_reference``, ``after_reference`` (a chain's reference call),
+``store_write`` (inside a store append, after the array rows are written and before the
+commit), ``after_append`` (a label durable, its chain not yet checkpointed),
+``training`` (a re-training done, its model not yet published).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+_lock = threading.Lock()
+_counts: dict[str, int] = {}
+
+
+def _target() -> tuple[str, int] | None:
+    spec = os.environ.get("NNMD_FAULT", "").strip()
+    if not spec:
+        return None
+    name, _, n = spec.partition(":")
+    return name, int(n or 1)
+
+
+_TARGET = _target()
+
+
+def point(name: str) -> None:
+    """A place where the fault suite may kill this process."""
+    if _TARGET is None or _TARGET[0] != name:
+        return
+    with _lock:
+        _counts[name] = _counts.get(name, 0) + 1
+        if _counts[name] >= _TARGET[1]:
+            os.kill(os.getpid(), signal.SIGKILL)

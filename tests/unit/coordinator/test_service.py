@@ -1,0 +1,123 @@
+"""The Python client drives campaigns on a separately started coordinator process.
+
+`nnmd serve coordinator` runs as its own process (with a token); the client starts a
+campaign, watches its events to the end, reads its status, exports its model, and gets
+standard status codes for what is wrong: INVALID_ARGUMENT naming the spec field,
+NOT_FOUND for an unknown campaign, UNAUTHENTICATED without the token.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import grpc
+import pytest
+
+from nnmd_kernels import Potential
+from orchestrator.client import Client
+from services.runtime.errors import error_detail
+from services.store import Store
+
+TOKEN = "coordinator-test-token"
+
+
+@pytest.fixture
+def coordinator(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("NNMD_TOKEN", "RAY_ADDRESS")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "serve", "coordinator", "--port", "0",
+         "--token-file", str(token_file), "--store", str(tmp_path / "default-store"),
+         "--executor", "local"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert "listening on" in line, proc.stderr.read()
+        yield line.rsplit(" ", 1)[1].strip()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = proc.wait()
+        err = proc.stderr.read()
+        proc.stdout.close()
+        proc.stderr.close()
+        assert rc == 0, err[-3000:]
+        assert TOKEN not in err
+
+
+def test_client_drives_a_campaign(coordinator, tiny_spec, tmp_path):
+    with Client(coordinator, token=TOKEN) as client:
+        cid = client.start(tiny_spec)
+        assert cid == "tiny"
+        assert client.start(tiny_spec) == cid  # running already: the same campaign
+        events = list(client.watch(cid, timeout_s=600))
+        kinds = [e["kind"] for e in events]
+        assert kinds[-1] == "state" and events[-1]["state"] == "finished", events[-3:]
+        steps = [e for e in events if e["kind"] == "step"]
+        assert sorted((e["chain"], e["step"]) for e in steps) == \
+            [(f"chain00{c}", s) for c in range(2) for s in (1, 2, 3)]
+        assert "model_published" in kinds  # re-trained after 4 chain labels
+
+        st = client.status(cid)
+        assert st["state"] == "finished"
+        assert [c["step"] for c in st["chains"]] == [3, 3]
+        assert st["model_version"] >= 2
+        batch = Store(tiny_spec["store"], read_only=True).read(campaign="tiny")
+        hmc = batch.arrays["source"] == "hmc"
+        assert st["n_labels"] == int(hmc.sum()) == 6  # EMT never fails: one label a step
+        keys = list(zip(batch.arrays["chain"][hmc], batch.arrays["step"][hmc]))
+        assert len(set(keys)) == len(keys)
+
+        out = client.export_model(cid, tmp_path / "exported.nnmd")
+        pot = Potential.load(out)
+        assert pot.species == ("Cu",)
+        sannp = client.export_model(cid, tmp_path / "ffield.sannp", format="sannp")
+        assert os.path.getsize(sannp) > 0
+
+        # a second start of the finished campaign resumes it: nothing more to do, same labels
+        assert client.start(tiny_spec) == cid
+        events = list(client.watch(cid, timeout_s=600))
+        assert events[-1]["state"] == "finished"
+        again = Store(tiny_spec["store"], read_only=True).read(campaign="tiny")
+        assert int((again.arrays["source"] == "hmc").sum()) == 6
+
+
+def test_stop_and_errors(coordinator, tiny_spec):
+    with Client(coordinator, token=TOKEN) as client:
+        with pytest.raises(grpc.RpcError) as info:
+            client.start({**tiny_spec, "chains": 0})
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error_detail(info.value).field == "config.chains"
+        with pytest.raises(grpc.RpcError) as info:
+            client.start({**tiny_spec, "temprature": 3})
+        assert error_detail(info.value).field == "config.temprature"
+        assert "temperature" in info.value.details()
+
+        for call in (client.status, client.stop, lambda c: list(client.watch(c))):
+            with pytest.raises(grpc.RpcError) as info:
+                call("no-such-campaign")
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.RpcError) as info:
+            client.status("../../etc")
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+        cid = client.start({**tiny_spec, "name": "long", "steps": 500})
+        for ev in client.watch(cid, timeout_s=600):
+            if ev["kind"] == "step":
+                break
+        assert client.stop(cid) in ("stopping", "stopped")
+        events = list(client.watch(cid, timeout_s=300))
+        assert events[-1]["state"] == "stopped"
+        st = client.status(cid)
+        assert st["state"] == "stopped" and all(c["step"] < 500 for c in st["chains"])
+
+    with Client(coordinator, token="wrong") as bad, pytest.raises(grpc.RpcError) as info:
+        bad.status("tiny")
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
