@@ -322,11 +322,16 @@ class CellIndex:
         delta = r * self.recip
         lo = np.floor((s - delta) / self.width).astype(np.int64)  # (p, 3)
         hi = np.floor((s + delta) / self.width).astype(np.int64)
-        blocks = []
-        for a, b in zip(lo, hi):
-            g = np.meshgrid(*(np.arange(a[k], b[k] + 1) for k in range(3)), indexing="ij")
-            blocks.append(np.stack(g, -1).reshape(-1, 3))
-        t = np.unique(np.concatenate(blocks), axis=0)  # unwrapped bins: one per (bin, image)
+        half = _KEY_BASE // 2
+        keys = []
+        for a, b in zip(lo + half, hi + half):  # flat keys of the unwrapped bins per point
+            ka = np.arange(a[0], b[0] + 1)[:, None, None] * _KEY_BASE
+            kb = np.arange(a[1], b[1] + 1)[None, :, None]
+            kc = np.arange(a[2], b[2] + 1)[None, None, :]
+            keys.append(((ka + kb) * _KEY_BASE + kc).ravel())
+        keys = np.unique(np.concatenate(keys))  # one per (bin, image)
+        t = np.stack([keys // _KEY_BASE**2, (keys // _KEY_BASE) % _KEY_BASE,
+                      keys % _KEY_BASE], axis=1) - half
         w = np.where(self.pbc, t % self.n_bins, t)
         shift = np.where(self.pbc, (t - w) // self.n_bins, 0)
         sites, rows, counts = [], [], []

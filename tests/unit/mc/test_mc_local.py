@@ -55,7 +55,7 @@ def test_local_delta_equals_full_recomputation(pot, geometry, move):
     assert abs(st.energy - ref.energy) < TOL
     ws = mc.workspace_for(st, cfg, energy)
     n_acc = 0
-    for _ in range(25):
+    for _ in range(15):
         new = mc.step(st, cfg, energy, ws)
         ref_new = full(pot, new)
         # dE of the local update against the difference of two full evaluations
@@ -65,8 +65,8 @@ def test_local_delta_equals_full_recomputation(pot, geometry, move):
         assert np.all(new.energies[~real] == 0)
         n_acc += new.accepted[move] > st.accepted[move]
         st, ref = new, ref_new
-    assert st.tried[move] == 25
-    assert n_acc >= 5  # the comparison covered accepted moves, not only rejections
+    assert st.tried[move] == 15
+    assert n_acc >= 4  # the comparison covered accepted moves, not only rejections
     if move != "translate":  # composition is conserved
         assert sorted(st.numbers) == sorted(numbers)
 
