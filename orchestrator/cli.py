@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "orchestrator.commands.serve",  # run one service as a gRPC server
     "orchestrator.commands.label",  # label, bootstrap (reference: QE, EMT, ...)
     "orchestrator.commands.slhmc",  # slhmc, demo, report
+    "orchestrator.commands.mc",  # Metropolis MC with a model; unknown structures
     "orchestrator.commands.campaign",  # campaign run/start/status/watch/stop/export
 ]
 
