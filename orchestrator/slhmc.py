@@ -298,14 +298,19 @@ class Campaign:
             self._n_hmc = int((self._campaign_records().arrays["source"] == "hmc").sum())
         return self._n_hmc
 
-    def maybe_train(self) -> int:
-        """The current model version; trains first when none exists or one is due."""
+    def maybe_train(self, n_labels: int | None = None) -> int:
+        """The current model version; trains first when none exists or one is due.
+
+        n_labels: the chain-label count the training is for (default: all counted so far);
+        a running campaign passes the count at which it became due, so that re-trainings
+        fall every `retrain_every` labels even while chains append during a training.
+        """
         from nnmd_kernels.model_file import dumps
         from nnmd_kernels.training import TrainConfig, train
         from services.trainer.data import read_store
 
         models = self._campaign_models()
-        n_hmc = self._n_hmc_labels()
+        n_hmc = self._n_hmc_labels() if n_labels is None else int(n_labels)
         if models:
             version, meta = models[-1]
             self._trained_at = int(meta.get("n_labels", 0))
@@ -462,11 +467,12 @@ class Campaign:
     def _labels_added(self) -> None:
         if self._training is None and self._failure is None and self._retrain_due():
             self._model_ready.clear()
-            self._training = asyncio.get_running_loop().create_task(self._retrain())
+            self._training = asyncio.get_running_loop().create_task(
+                self._retrain(self._n_hmc_labels()))
 
-    async def _retrain(self) -> None:
+    async def _retrain(self, n_labels: int) -> None:
         try:
-            version = await asyncio.to_thread(self.maybe_train)
+            version = await asyncio.to_thread(self.maybe_train, n_labels)
             if version != self.version:
                 self.version = version
                 self._emit({"kind": "model_published", "model_version": version,

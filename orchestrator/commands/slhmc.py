@@ -70,6 +70,9 @@ def register(sub) -> None:
     d.add_argument("--out", default="nnmd-demo", metavar="DIR", help="default ./nnmd-demo")
     d.add_argument("--steps", type=int, default=24, help="MC steps per chain (default 24)")
     d.add_argument("--chains", type=int, default=4)
+    d.add_argument("--executor", choices=("ray", "local"), default="ray",
+                   help="ray (default): the reference runs in Ray actors serving it over "
+                        "gRPC on a local Ray instance; local: threads in this process")
     d.set_defaults(func=cmd_demo)
 
     r = sub.add_parser("report", help="a campaign report: CSV of every chain step, or HTML")
@@ -118,7 +121,7 @@ def cmd_slhmc(args) -> int:
 def cmd_demo(args) -> int:
     from ase.build import bulk
 
-    from orchestrator.slhmc import CampaignConfig, run_campaign
+    from orchestrator.slhmc import CampaignConfig
 
     t0 = time.perf_counter()
     out = Path(args.out)
@@ -133,8 +136,7 @@ def cmd_demo(args) -> int:
                          bootstrap_dt=2.0, seed=0, train=DEMO_TRAIN)
     print(f"nnmd demo: SLHMC on 32-atom fcc Cu with the EMT reference, {cfg.chains} chains x "
           f"{cfg.steps} steps at {cfg.temperature:g} K -> {out}/", flush=True)
-    summary = run_campaign(cfg, str(out / "store"), log=lambda m: print("  " + m, flush=True),
-                           export_dir=out)
+    summary = _run_demo(cfg, str(out / "store"), args.executor, out)
     html = out / "report.html"
     write_html(str(out / "store"), html, campaign="demo")
     write_csv(str(out / "store"), out / "report.csv", campaign="demo")
@@ -145,6 +147,32 @@ def cmd_demo(args) -> int:
     print(f"  store: {out / 'store'}   (nnmd store info {out / 'store'})")
     print(f"  report: {html}   (and report.csv)")
     return 0
+
+
+def _run_demo(cfg, store_url: str, executor: str, out: Path) -> dict:
+    """The demo through the coordinator's runner: chains as asyncio tasks, the reference
+    in 2 Ray actors serving it over gRPC (a local Ray instance) or in local threads."""
+    import asyncio
+    import os
+
+    from orchestrator.commands.campaign import _export_local
+    from orchestrator.coordinator.runner import CampaignRun
+    from orchestrator.coordinator.spec import CampaignSpec, ReferenceResources
+
+    if executor == "ray":
+        import ray
+
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+        if not ray.is_initialized():
+            print("  starting a local Ray instance ...", flush=True)
+            ray.init(address=os.environ.get("RAY_ADDRESS") or "local", namespace="nnmd",
+                     include_dashboard=False, log_to_driver=False, configure_logging=False)
+    spec = CampaignSpec(config=cfg, store=store_url, executor=executor,
+                        reference_resources=ReferenceResources(workers=2, num_cpus=0.5))
+    run = CampaignRun(spec, log=lambda m: print("  " + m, flush=True))
+    summary = asyncio.run(run.run())
+    summary["exported"] = _export_local(spec, out)
+    return summary
 
 
 # ------------------------------------------------------------------ report
