@@ -42,6 +42,7 @@ import bisect
 import dataclasses
 import json
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -74,11 +75,17 @@ class LocalEnergy(Protocol):
 
 
 class NNPEnergy:
-    """The NNP (nnmd_kernels.potential.Potential) as a LocalEnergy, through compute_pairs."""
+    """The NNP (nnmd_kernels.potential.Potential) as a LocalEnergy, through compute_pairs.
 
-    def __init__(self, potential, backend: str = "auto"):
+    serial_below: evaluations of fewer centres run the numba kernels on one thread; a
+    local update is ~100 centres, too little work to pay for waking a thread pool (on a
+    busy machine that costs more than the work itself).
+    """
+
+    def __init__(self, potential, backend: str = "auto", serial_below: int = 512):
         self.potential = potential
         self.backend = backend
+        self.serial_below = int(serial_below)
         self.cutoff = float(potential.cutoff)
 
     def energies(self, numbers_c, positions_c, pair_i, numbers_j, rij) -> np.ndarray:
@@ -87,8 +94,28 @@ class NNPEnergy:
         # Centres first, then one "ghost" entry per pair for its neighbour's type.
         types = np.concatenate([pot.types_of(numbers_c), pot.types_of(numbers_j)])
         pair_j = m + np.arange(len(pair_i), dtype=np.int64)
-        res = pot.compute_pairs(types, pair_i, pair_j, rij, m, forces=False, backend=self.backend)
+        with _threads(1 if m < self.serial_below else None):
+            res = pot.compute_pairs(types, pair_i, pair_j, rij, m, forces=False,
+                                    backend=self.backend)
         return res.energies
+
+
+@contextmanager
+def _threads(n):
+    """numba's thread count for the calling thread, n (None = unchanged)."""
+    try:
+        import numba
+    except ImportError:
+        numba = None
+    if n is None or numba is None:
+        yield
+        return
+    old = numba.get_num_threads()
+    numba.set_num_threads(min(n, old))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(old)
 
 
 # ---------------------------------------------------------------- configuration
