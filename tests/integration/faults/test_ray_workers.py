@@ -15,7 +15,6 @@ import pytest
 from orchestrator.coordinator.runner import CampaignRun
 from orchestrator.coordinator.spec import parse_spec
 from services.store import Store
-from tests.unit.coordinator.conftest import tiny_spec  # noqa: F401 - a fixture
 
 
 @pytest.mark.timeout(600)
