@@ -20,6 +20,14 @@ energies e0 by least squares on composition. The networks then learn the rest.
 
 Arrays live in one flat "batch" over all structures: atoms concatenated, pairs
 with global indices (sorted by centre), so one kernel call serves the whole set.
+
+Where the arrays live (TrainConfig.device): "cpu", or "cuda" (gpu/training_cuda.py):
+the same Objective with xp = CuPy on a GPU (numpy in numba's CUDA simulator) for the
+networks, the loss and the reductions, and the per-iteration descriptor products (the
+VJP of energies, the JVP of the force-loss direction) as numba.cuda kernels on the
+cached Jacobian. Setup (neighbours, descriptors, Jacobian, baseline fit,
+standardisation) runs on the CPU once; the optimiser gets theta and the gradient as
+numpy vectors (one small copy each way per iteration).
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import numpy as np
 from .baseline import PairBaseline, design_matrix_row, pair_terms
 from .descriptor import ChebyshevDescriptor
 from .elements import atomic_number, symbol
+from .gpu.device import to_host
 from .neighbors import check_min_distance, neighbor_pairs, validate_geometry
 from .network import ElementNetwork, forward, forward_tangent, input_gradient, parameter_gradient
 from .potential import Potential, _kernels
@@ -50,6 +59,20 @@ class Structure:
     forces: np.ndarray | None = None
     stress: np.ndarray | None = None
     name: str = ""
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(device: str) -> str:
+    """"cpu" or "cuda"; "auto" is cuda only where CuPy sees a GPU (never the simulator)."""
+    if device == "auto":
+        from .gpu.device import gpu_available
+
+        return "cuda" if gpu_available() else "cpu"
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES} (got {device!r})")
+    return device
 
 
 @dataclass(frozen=True)
@@ -81,8 +104,11 @@ class TrainConfig:
     jacobian_budget_gb: float = 2.0
     seed: int = 0
     backend: str = "auto"
+    device: str = "auto"  # "cpu", "cuda", or "auto": cuda when gpu.device.gpu_available()
 
     def __post_init__(self):
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES} (got {self.device!r})")
         if self.optimizer not in ("lbfgs", "adam"):
             raise ValueError(f"optimizer must be 'lbfgs' or 'adam' (got {self.optimizer!r})")
         if self.n_models < 1:
@@ -153,7 +179,7 @@ class Batch:
     """All structures as one flat set of atoms and pairs, with descriptors (and Jacobian)."""
 
     def __init__(self, structures, desc: ChebyshevDescriptor, cutoff: float, budget_gb: float,
-                 backend: str = "auto"):
+                 backend: str = "auto", device: str = "cpu"):
         self.desc = desc
         self.kern = _kernels(backend)
         sp = desc.species
@@ -192,9 +218,20 @@ class Batch:
             self.J = self.kern.pair_jacobian(desc, self.rij, self.pair_i, self.type_j, self.N)
         self.jacobian_gb = need
         self.by_element = [np.flatnonzero(self.types == e) for e in range(desc.n_species)]
+        # x: the arrays the Objective reads, where its arithmetic runs (self on the CPU)
+        self.device = resolve_device(device)
+        self.xp = np
+        self.x = self
+        if self.device == "cuda":
+            from .gpu.training_cuda import DeviceBatch
+
+            self.x = DeviceBatch(self)
+            self.xp = self.x.xp
 
     def vjp(self, g):
         """Pair gradients (P, 3) from dE/dG (N, F)."""
+        if self.x is not self:
+            return self.x.vjp(g)
         if self.J is not None:
             if hasattr(self.kern, "jacobian_vjp"):
                 return self.kern.jacobian_vjp(self.J, self.pair_i, self.N, g)
@@ -203,6 +240,8 @@ class Batch:
 
     def jvp(self, v):
         """dG (N, F) along a pair-space direction v (P, 3)."""
+        if self.x is not self:
+            return self.x.jvp(v)
         if self.J is not None:
             if hasattr(self.kern, "jacobian_jvp"):
                 return self.kern.jacobian_jvp(self.J, self.pair_i, self.N, v)
@@ -211,16 +250,26 @@ class Batch:
             return out
         return self.kern.descriptors_jvp(self.desc, self.rij, self.pair_i, self.type_j, self.N, v)
 
+    def _where(self, a):
+        """(xp, arrays) where `a` lives: host arrays for numpy input, else the device copies."""
+        if self.xp is np or isinstance(a, np.ndarray):
+            return np, self
+        return self.xp, self.x
+
     def atom_forces(self, gp):
-        F = np.empty((self.N, 3))
+        xp, x = self._where(gp)
+        F = xp.empty((self.N, 3))
         for k in range(3):
-            F[:, k] = np.bincount(self.pair_i, gp[:, k], self.N) - np.bincount(self.pair_j, gp[:, k], self.N)
+            F[:, k] = (xp.bincount(x.pair_i, weights=gp[:, k], minlength=self.N)
+                       - xp.bincount(x.pair_j, weights=gp[:, k], minlength=self.N))
         return F
 
     def struct_virial(self, gp):
         """-sum_p r_p (x) g_p per structure, (S, 3, 3)."""
-        rg = (-self.rij[:, :, None] * gp[:, None, :]).reshape(-1, 9)
-        out = np.stack([np.bincount(self.struct_of_pair, rg[:, k], self.S) for k in range(9)], axis=1)
+        xp, x = self._where(gp)
+        rg = (-x.rij[:, :, None] * gp[:, None, :]).reshape(-1, 9)
+        out = xp.stack([xp.bincount(x.struct_of_pair, weights=rg[:, k], minlength=self.S) for k in range(9)],
+                       axis=1)
         return out.reshape(self.S, 3, 3)
 
 
@@ -340,27 +389,40 @@ def baseline_terms(batch: Batch, baseline: PairBaseline | None):
 # Loss and gradient
 # ---------------------------------------------------------------------------------
 class Objective:
-    """Loss and analytic gradient of one ensemble member (M = 1 networks) on a Batch."""
+    """Loss and analytic gradient of one ensemble member (M = 1 networks) on a Batch.
+
+    One algorithm for both devices: arrays come from batch.x and ops from batch.xp
+    (numpy on the CPU, where batch.x is the batch itself and nothing is copied)."""
 
     def __init__(self, batch: Batch, pot: Potential, targets: dict, cfg: TrainConfig, train_mask: np.ndarray):
         self.b = batch
+        self.xp = xp = batch.xp
         self.pot = pot
         self.cfg = cfg
-        self.t = targets
-        self.train = train_mask  # (S,) bool
-        fm = targets["fmask"] & train_mask[batch.struct_of_atom]
+        self.t = {k: xp.asarray(v) for k, v in targets.items()}
+        self.train = xp.asarray(train_mask)  # (S,) bool
+        fm = self.t["fmask"] & self.train[batch.x.struct_of_atom]
         self.fmask_train = fm
         self.n_e = max(int(train_mask.sum()), 1)
         self.n_f = max(3 * int(fm.sum()), 1)
-        smask = targets["smask"] & train_mask
+        smask = self.t["smask"] & self.train
         self.smask_train = smask
         self.n_s = max(9 * int(smask.sum()), 1)
+        self.use_stress = cfg.stress_weight > 0 and bool(smask.any())
+        self.feature_mean = xp.asarray(pot.feature_mean)
+        self.feature_std = xp.asarray(pot.feature_std)
+        self._tangent = forward_tangent
+        if batch.x is not batch:
+            from .gpu.training_cuda import forward_tangent as device_tangent
+
+            self._tangent = lambda net, x, xdot: device_tangent(net, x, xdot, xp)
 
     # flat parameter vector <-> networks
     def pack(self, nets) -> np.ndarray:
         return np.concatenate([a[0].ravel() for net in nets for w, b in zip(net.weights, net.biases) for a in (w, b)])
 
     def unpack(self, theta):
+        """Networks viewing theta (numpy theta: host networks; an xp theta: networks on its device)."""
         nets, k = [], 0
         for net in self.pot.networks:
             ws, bs = [], []
@@ -372,87 +434,98 @@ class Objective:
             nets.append(ElementNetwork(tuple(ws), tuple(bs), net.activation))
         return nets
 
+    def _on_device(self, nets):
+        if self.xp is np:
+            return nets
+        xp = self.xp
+        return [ElementNetwork(tuple(xp.asarray(w) for w in n.weights), tuple(xp.asarray(b) for b in n.biases),
+                               n.activation) for n in nets]
+
     def predict(self, nets, virial: bool = True):
-        """Network-only predictions: E (S,), F (N,3), virial (S,3,3) or None, plus caches."""
-        b, pot = self.b, self.pot
-        y = np.zeros(b.N)
-        g = np.zeros((b.N, b.desc.n_features))
+        """Network-only predictions: E (S,), F (N,3), virial (S,3,3) or None, plus caches (xp arrays)."""
+        b, xp = self.b, self.xp
+        x_b = b.x
+        nets = self._on_device(nets)
+        y = xp.zeros(b.N)
+        g = xp.zeros((b.N, b.desc.n_features))
         xs = []
-        one = np.ones(1)
+        one = xp.ones(1)
         for e, net in enumerate(nets):
-            idx = b.by_element[e]
-            x = (b.G[idx] - pot.feature_mean[e]) / pot.feature_std[e]
+            idx = x_b.by_element[e]
+            x = (x_b.G[idx] - self.feature_mean[e]) / self.feature_std[e]
             xs.append(x)
             if idx.size == 0:
                 continue
             ye, cache = forward(net, x)
             y[idx] = ye[0]
-            g[idx] = input_gradient(net, cache, one) / pot.feature_std[e]
-        E = np.bincount(b.struct_of_atom, y, b.S)
+            g[idx] = input_gradient(net, cache, one) / self.feature_std[e]
+        E = xp.bincount(x_b.struct_of_atom, weights=y, minlength=b.S)
         gp = b.vjp(g)
         return E, b.atom_forces(gp), (b.struct_virial(gp) if virial else None), xs
 
     def __call__(self, theta, energy_only=False):
-        """(loss, gradient, metrics)."""
-        b, cfg, t = self.b, self.cfg, self.t
-        nets = self.unpack(theta)
-        use_stress = cfg.stress_weight > 0 and self.smask_train.any() and not energy_only
+        """(loss, gradient, metrics); theta and the gradient are numpy vectors."""
+        b, cfg, t, xp = self.b, self.cfg, self.t, self.xp
+        x_b = b.x
+        th = xp.asarray(theta)
+        nets = self.unpack(th)
+        use_stress = self.use_stress and not energy_only
         E, F, V, xs = self.predict(nets, virial=use_stress)
-        dE = (E - t["E"]) / b.n_atoms  # per atom
+        dE = (E - t["E"]) / x_b.n_atoms  # per atom
         tm = self.train
-        loss_e = cfg.energy_weight * np.sum(dE[tm] ** 2) / self.n_e
-        dF = np.where(self.fmask_train[:, None], F - t["F"], 0.0)
-        loss_f = 0.0 if energy_only else cfg.force_weight * np.sum(dF**2) / self.n_f
-        dS = np.zeros((b.S, 3, 3))
+        loss_e = cfg.energy_weight * xp.sum(dE[tm] ** 2) / self.n_e
+        dF = xp.where(self.fmask_train[:, None], F - t["F"], 0.0)
+        loss_f = 0.0 if energy_only else cfg.force_weight * xp.sum(dF**2) / self.n_f
+        dS = xp.zeros((b.S, 3, 3))
         if use_stress:
-            sigma = -V / b.volume[:, None, None]
-            dS = np.where(self.smask_train[:, None, None], np.nan_to_num(sigma - t["sigma"]), 0.0)
-        loss_s = cfg.stress_weight * np.sum(dS**2) / self.n_s if use_stress else 0.0
-        loss_l2 = cfg.l2 * float(theta @ theta)
+            sigma = -V / x_b.volume[:, None, None]
+            dS = xp.where(self.smask_train[:, None, None], xp.nan_to_num(sigma - t["sigma"]), 0.0)
+        loss_s = cfg.stress_weight * xp.sum(dS**2) / self.n_s if use_stress else 0.0
+        loss_l2 = cfg.l2 * float(th @ th)
         # reverse pass: dL/dy per atom (energy), and the tangent direction (forces, stress)
-        dy_atom = (2 * cfg.energy_weight / self.n_e) * np.where(tm, dE / b.n_atoms, 0.0)[b.struct_of_atom]
+        dy_atom = (2 * cfg.energy_weight / self.n_e) * xp.where(tm, dE / x_b.n_atoms, 0.0)[x_b.struct_of_atom]
         u = None
         if not energy_only and (cfg.force_weight > 0 or use_stress):
             cF = 2 * cfg.force_weight / self.n_f
-            v = cF * (dF[b.pair_i] - dF[b.pair_j])
+            v = cF * (dF[x_b.pair_i] - dF[x_b.pair_j])
             if use_stress:
                 cS = 2 * cfg.stress_weight / self.n_s
-                ds = np.nan_to_num(dS / b.volume[:, None, None])[b.struct_of_pair]
-                v = v + cS * np.einsum("pba,pb->pa", ds, b.rij)
+                ds = xp.nan_to_num(dS / x_b.volume[:, None, None])[x_b.struct_of_pair]
+                v = v + cS * xp.einsum("pba,pb->pa", ds, x_b.rij)
             u = b.jvp(v)
         grads = []
         for e, net in enumerate(nets):
-            idx = b.by_element[e]
+            idx = x_b.by_element[e]
             if idx.size == 0:
-                grads.extend([(np.zeros_like(w), np.zeros_like(bb)) for w, bb in zip(net.weights, net.biases)])
+                grads.extend([(xp.zeros_like(w), xp.zeros_like(bb)) for w, bb in zip(net.weights, net.biases)])
                 continue
             x = xs[e]
             dy = dy_atom[idx][None]
             if u is not None:
-                xdot = u[idx] / self.pot.feature_std[e]
-                _, _, cache = forward_tangent(net, x, xdot)
-                gw, gb = parameter_gradient(net, cache, dy, np.ones((1, len(idx))))
+                xdot = u[idx] / self.feature_std[e]
+                _, _, cache = self._tangent(net, x, xdot)
+                gw, gb = parameter_gradient(net, cache, dy, xp.ones((1, len(idx))))
             else:
-                _, _, cache = forward_tangent(net, x, np.zeros_like(x))
+                _, _, cache = self._tangent(net, x, xp.zeros_like(x))
                 gw, gb = parameter_gradient(net, cache, dy, None)
             grads.extend(zip(gw, gb))
-        grad = np.concatenate([a[0].ravel() for w, bb in grads for a in (w, bb)]) + 2 * cfg.l2 * theta
+        grad = xp.concatenate([a[0].ravel() for w, bb in grads for a in (w, bb)]) + 2 * cfg.l2 * th
         metrics = self.metrics(dE, F, E, V)
-        return loss_e + loss_f + loss_s + loss_l2, grad, metrics
+        return float(loss_e + loss_f + loss_s + loss_l2), to_host(grad), metrics
 
     def metrics(self, dE, F, E, V):
-        t, b = self.t, self.b
+        t, b, xp = self.t, self.b, self.xp
         out = {}
         for name, mask in (("train", self.train), ("val", ~self.train)):
-            if not mask.any():
+            if not bool(mask.any()):
                 continue
-            fm = t["fmask"] & mask[b.struct_of_atom]
-            out[f"{name}_energy_rmse"] = float(np.sqrt(np.mean(dE[mask] ** 2)))
-            out[f"{name}_energy_mae"] = float(np.mean(np.abs(dE[mask])))
-            if fm.any():
+            fm = t["fmask"] & mask[b.x.struct_of_atom]
+            out[f"{name}_energy_rmse"] = float(xp.sqrt(xp.mean(dE[mask] ** 2)))
+            out[f"{name}_energy_mae"] = float(xp.mean(xp.abs(dE[mask])))
+            if bool(fm.any()):
                 d = (F - t["F"])[fm]
-                out[f"{name}_force_rmse"] = float(np.sqrt(np.mean(d**2)))
-                out[f"{name}_force_mae"] = float(np.mean(np.abs(d)))
+                out[f"{name}_force_rmse"] = float(xp.sqrt(xp.mean(d**2)))
+                out[f"{name}_force_mae"] = float(xp.mean(xp.abs(d)))
         return out
 
 
@@ -499,7 +572,7 @@ def train(structures, cfg: TrainConfig | None = None, init: Potential | None = N
     desc = init.descriptor if init is not None else ChebyshevDescriptor(species, **cfg.descriptor)
     cutoff = init.cutoff if init is not None else desc.cutoff
     t0 = time.perf_counter()
-    batch = Batch(structures, desc, cutoff, cfg.jacobian_budget_gb, cfg.backend)
+    batch = Batch(structures, desc, cutoff, cfg.jacobian_budget_gb, cfg.backend, cfg.device)
     energies = np.array([s.energy for s in structures])
     forces = np.concatenate([s.forces if s.forces is not None else np.full((len(s.positions), 3), np.nan)
                              for s in structures])
@@ -571,17 +644,18 @@ def train(structures, cfg: TrainConfig | None = None, init: Potential | None = N
     # ensemble metrics over all structures (no train/val split: members differ)
     all_mask = np.ones(batch.S, dtype=bool)
     obj = Objective(batch, replace(final), targets, cfg, all_mask)
-    E = np.zeros(batch.S)
-    F = np.zeros((batch.N, 3))
+    E = obj.xp.zeros(batch.S)
+    F = obj.xp.zeros((batch.N, 3))
     for mem in members:
         e_, f_, _, _ = obj.predict(mem, virial=False)
         E += e_ / len(members)
         F += f_ / len(members)
-    dE = (E - targets["E"]) / batch.n_atoms
+    dE = (E - obj.t["E"]) / batch.x.n_atoms
     metrics = {k.replace("train_", "all_"): v for k, v in obj.metrics(dE, F, E, None).items()}
     metrics["n_dropped_outliers"] = len(dropped)
     metrics["jacobian_cached"] = batch.J is not None
     metrics["jacobian_gb"] = batch.jacobian_gb
+    metrics["device"] = batch.device
     return TrainResult(final, history, metrics, dropped)
 
 
