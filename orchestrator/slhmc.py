@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from nnmd_kernels.md.units import EV_PER_A3_TO_BAR
 from services.runtime import faults
 
 CAMPAIGN_DOC = "campaign"  # checkpoint key holding the campaign's settings
+SMALL_CELL_ATOMS = 256  # below this, MD proposals run one numba thread each, side by side
 GPA_TO_EV_PER_A3 = 1.0e4 / EV_PER_A3_TO_BAR  # 1 GPa = 1e4 bar
 
 # settings that must not change when a campaign resumes
@@ -427,9 +429,13 @@ class Campaign:
         self._model_ready.set()
         self._training: asyncio.Task | None = None
         self._round = min(s.step for s in states.values())
-        # one MD thread: the numba kernels are parallel inside; store calls block until
+        # MD: for big cells one thread (the numba kernels are parallel inside); for small
+        # ones a thread per core, each running the (nogil) kernels on one thread, since a
+        # parallel region costs more than a few dozen atoms do. Store calls block until
         # durable, so they get threads of their own (the writer batches them: group commit)
-        self._md_pool = ThreadPoolExecutor(1, thread_name_prefix="md")
+        self._small = max(s.n_atoms for s in states.values()) < SMALL_CELL_ATOMS
+        self._md_pool = ThreadPoolExecutor((os.cpu_count() or 1) if self._small else 1,
+                                           thread_name_prefix="md")
         self._io_pool = ThreadPoolExecutor(min(64, len(states) + 2), thread_name_prefix="store")
         t_start, cpu_start = time.perf_counter(), time.thread_time()
         try:
@@ -457,6 +463,10 @@ class Campaign:
                          for e, t, p in sorted(conds))
 
     def _propose(self, name: str, version: int, state, kcfg):
+        if self._small:
+            import numba
+
+            numba.set_num_threads(1)  # this MD thread only
         ff = self._force_fn(name, version, state.numbers, state.pbc)
         return slhmc.screen(slhmc.propose(state, kcfg, ff), kcfg)
 
