@@ -43,6 +43,16 @@ class FailedPrecondition(ServiceError, ValueError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class DataCorruption(FailedPrecondition):
+    """Stored data is damaged (checksum mismatch, undecodable or missing chunk).
+
+    A FailedPrecondition subclass, so callers that already refuse on
+    FailedPrecondition refuse here too; the status code is DATA_LOSS.
+    """
+
+    code = grpc.StatusCode.DATA_LOSS
+
+
 def error_detail(exc: grpc.RpcError):
     """The ErrorDetail attached to a failed call, or None."""
     from services.proto.nnmd.v1 import common_pb2
