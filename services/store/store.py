@@ -31,8 +31,8 @@ from zarr.storage import FsspecStore, LocalStore
 
 from services.runtime import faults
 from services.runtime.convert import LabelArrays, StructureArrays, stress_3x3
-from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.store import schema
+from services.runtime.errors import DataCorruption, FailedPrecondition, InvalidArgument, NotFound
+from services.store import integrity, schema
 
 DEFAULT_STORE_URL = os.environ.get("NNMD_STORE", "nnmd-store")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -329,16 +329,27 @@ class Store:
         g = self._group(schema.STRUCTURES_GROUP)
         if g is None or stop == start:
             return StructureBatch(start, _empty_arrays())
-        offsets = g["offsets"][start : stop + 1]
+        per_record = integrity.identity_records()
+        offsets = self._rows(g["offsets"], start, stop + 1, per_record)
         lo, hi = int(offsets[0]), int(offsets[-1])
+        per_atom = integrity.rows_to_records(offsets, start)
         arrays = {"offsets": offsets - lo}
         for f in schema.STRUCTURE_FIELDS:
             if f.name == "offsets":
                 continue
-            arr = g[f.name]
-            sel = slice(lo, hi) if f.dims[0] == "A" else slice(start, stop)
-            arrays[f.name] = arr[sel]
+            if f.dims[0] == "A":
+                arrays[f.name] = self._rows(g[f.name], lo, hi, per_atom, "atom rows")
+            else:
+                arrays[f.name] = self._rows(g[f.name], start, stop, per_record)
         return StructureBatch(start, arrays)
+
+    def _rows(self, arr, lo: int, hi: int, records=None, unit: str = "rows") -> np.ndarray:
+        """Rows [lo, hi) of ``arr``; DataCorruption if a chunk holding them is damaged."""
+        return integrity.read_rows(self.zstore, self.url, arr, lo, hi, arr.path, records, unit)
+
+    def check(self) -> integrity.CheckReport:
+        """Reads every committed chunk of every array; see :func:`integrity.check_store`."""
+        return integrity.check_store(self)
 
     # ------------------------------------------------------------ models
     def model_versions(self) -> list[int]:
@@ -360,9 +371,13 @@ class Store:
             )
         g = self._group(schema.model_group(version))
         meta = dict(g.attrs)
-        data = g["file"][: meta["size"]].tobytes()
+        data = self._rows(g["file"], 0, int(meta["size"]), unit="bytes").tobytes()
         if hashlib.sha256(data).hexdigest() != meta["sha256"]:
-            raise FailedPrecondition("model.version", f"model {version} fails its checksum")
+            raise DataCorruption(
+                "model.version",
+                f"model {version} fails its sha256 checksum",
+                integrity.recovery_hint(self.url) + ", or publish the model again",
+            )
         return data, meta["metadata"]
 
     # ------------------------------------------------------------ checkpoints
@@ -400,11 +415,13 @@ class Store:
                 "trajectory.name", f"no trajectory {name!r}", f"known: {self.trajectories()}"
             )
         n = int(g.attrs.get(schema.COMMITTED_ATTR, {"F": 0})["F"])
-        stop = n if stop is None else min(stop, n)
-        out = {"numbers": g["numbers"][:]}
+        stop = n if stop is None else min(int(stop), n)
+        start = max(0, min(int(start), stop))
+        numbers = g["numbers"]
+        out = {"numbers": self._rows(numbers, 0, numbers.shape[0], unit="atoms")}
         for f in schema.TRAJECTORY_FIELDS:
             if f.name != "numbers":
-                out[f.name] = g[f.name][start:stop]
+                out[f.name] = self._rows(g[f.name], start, stop, unit="frames")
         return out
 
     # ------------------------------------------------------------ summary
@@ -413,8 +430,10 @@ class Store:
         out = {"url": self.url, "schema": schema.SCHEMA_VERSION, "structures": n, "atoms": a}
         if n:
             g = self._group(schema.STRUCTURES_GROUP)
-            out["campaigns"] = dict(sorted(Counter(g["campaign"][:n].tolist()).items()))
-            out["labelled_energy"] = int(np.isfinite(g["energy"][:n]).sum())
+            per_record = integrity.identity_records()
+            campaigns = self._rows(g["campaign"], 0, n, per_record)
+            out["campaigns"] = dict(sorted(Counter(campaigns.tolist()).items()))
+            out["labelled_energy"] = int(np.isfinite(self._rows(g["energy"], 0, n, per_record)).sum())
         out["models"] = self.model_versions()
         out["trajectories"] = {t: len(self.read_trajectory(t)["step"]) for t in self.trajectories()}
         return out
@@ -487,7 +506,7 @@ class StoreWriter:
         self._arrays = {}
         for f in schema.STRUCTURE_FIELDS:
             if f.name in g:
-                self._arrays[f.name] = g[f.name]
+                self._arrays[f.name] = integrity.writable(g[f.name])
                 continue
             counts = {"S": _INITIAL_STRUCTURES, "A": _INITIAL_ATOMS}
             shape = schema.shape_of(f, counts)
@@ -498,6 +517,8 @@ class StoreWriter:
                 chunks=(chunk0, *shape[1:]),
                 dtype=_zarr_dtype(f),
                 fill_value=f.fill,
+                compressors=integrity.COMPRESSORS,
+                config=integrity.ARRAY_CONFIG,
                 attributes={"unit": f.unit, "doc": f.doc, "dims": list(map(str, f.dims))},
             )
         self._group = g
@@ -558,15 +579,17 @@ class StoreWriter:
         cols = _columns(records, a0)
         for f in schema.STRUCTURE_FIELDS:
             arr = self._arrays[f.name]
-            if f.name == "offsets":
-                need, lo, hi = n1 + 1, n0 + 1, n1 + 1
+            if f.name == "offsets":  # offsets[0] is written with the first record
+                need, lo, hi, done = n1 + 1, n0 + 1, n1 + 1, n0 + 1 if n0 else 0
             elif f.dims[0] == "A":
-                need, lo, hi = a1, a0, a1
+                need, lo, hi, done = a1, a0, a1, a0
             else:
-                need, lo, hi = n1, n0, n1
+                need, lo, hi, done = n1, n0, n1, n0
             if arr.shape[0] < need:
                 arr.resize((max(need, 2 * arr.shape[0]), *arr.shape[1:]))
-            arr[lo:hi] = cols[f.name]
+            integrity.write_rows(
+                self.store.zstore, self.store.url, arr, lo, hi, cols[f.name], done, arr.path
+            )
         faults.point("store_write")
         # Commit last: readers see the new rows only now.
         self._group.attrs[schema.COMMITTED_ATTR] = {"S": n1, "A": a1}
@@ -588,6 +611,8 @@ class StoreWriter:
                 chunks=(schema.MODEL_BYTES_CHUNK,),
                 dtype="uint8",
                 fill_value=0,
+                compressors=integrity.COMPRESSORS,
+                config=integrity.ARRAY_CONFIG,
             )
             if raw.size:
                 arr[: raw.size] = raw
@@ -659,11 +684,14 @@ class StoreWriter:
                         chunks=chunks,
                         dtype=f.dtype,
                         fill_value=f.fill,
+                        compressors=integrity.COMPRESSORS,
+                        config=integrity.ARRAY_CONFIG,
                         attributes={"unit": f.unit, "doc": f.doc},
                     )
-                g["numbers"][:] = numbers
+                integrity.writable(g["numbers"])[:] = numbers
                 g.attrs[schema.COMMITTED_ATTR] = {"F": 0}
-            if not np.array_equal(g["numbers"][:], numbers):
+            old = g["numbers"]
+            if not np.array_equal(self.store._rows(old, 0, old.shape[0], unit="atoms"), numbers):
                 raise InvalidArgument(
                     "numbers", f"trajectory {name!r} has other atoms", "use a new trajectory name"
                 )
@@ -672,13 +700,16 @@ class StoreWriter:
             for f in schema.TRAJECTORY_FIELDS:
                 if f.name == "numbers":
                     continue
-                arr = g[f.name]
+                arr = integrity.writable(g[f.name])
                 if arr.shape[0] < f1:
                     arr.resize((max(f1, 2 * arr.shape[0]), *arr.shape[1:]))
                 value = given[f.name]
                 if value is None:
                     value = np.full((nf, *arr.shape[1:]), f.fill, dtype=f.dtype)
-                arr[f0:f1] = np.asarray(value, dtype=f.dtype).reshape((nf, *arr.shape[1:]))
+                value = np.asarray(value, dtype=f.dtype).reshape((nf, *arr.shape[1:]))
+                integrity.write_rows(
+                    self.store.zstore, self.store.url, arr, f0, f1, value, f0, arr.path
+                )
             g.attrs[schema.COMMITTED_ATTR] = {"F": f1}
             return f1
 
