@@ -1,4 +1,5 @@
-"""`nnmd store info|export|import`: look into a Zarr store, move data in and out as extxyz."""
+"""`nnmd store info|check|export|import`: look into a Zarr store, check its chunks, move data
+in and out as extxyz."""
 
 from __future__ import annotations
 
@@ -24,6 +25,15 @@ def register(subparsers) -> None:
     common(q)
     q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(func=_info)
+
+    q = sub.add_parser(
+        "check",
+        help="read every committed chunk; list damaged ones (exit 1) or report clean (exit 0)",
+    )
+    q.add_argument("dir", nargs="?", default=None, help="store folder or URL (default: --store)")
+    common(q)
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.set_defaults(func=_check)
 
     q = sub.add_parser("export", help="write labelled structures to an extxyz file")
     common(q)
@@ -58,6 +68,31 @@ def _info(args) -> int:
     for name, n in info["trajectories"].items():
         print(f"trajectory   {name}: {n} frames")
     return 0
+
+
+def _check(args) -> int:
+    from services.store.integrity import recovery_hint
+    from services.store.store import Store
+
+    url = args.dir or args.store
+    report = Store(url, read_only=True).check()
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+        return 0 if report.ok else 1
+    print(f"store        {url}: {report.arrays} arrays, {report.chunks} committed chunks read")
+    if report.unchecksummed:
+        print(
+            f"no checksums {len(report.unchecksummed)} arrays written before per-chunk crc32c "
+            "(only undecodable chunks are found there): " + ", ".join(report.unchecksummed)
+        )
+    if report.ok:
+        print("clean        no damaged chunks")
+        return 0
+    print(f"DAMAGED      {len(report.damage)} chunk(s):")
+    for d in report.damage:
+        print(f"  {d.array}: {d.describe()}")
+    print(f"to recover: {recovery_hint(url)}")
+    return 1
 
 
 def _export(args) -> int:
