@@ -193,13 +193,21 @@ class DevicePotential:
 _DEVICE_COPIES: dict = {}
 
 
+def _forget(ref, key) -> None:
+    """Drops a collected potential's device copies (only its own entry: ids are reused;
+    the dict is None while the interpreter shuts down)."""
+    copies = _DEVICE_COPIES
+    if copies is not None and copies.get(key, (None,))[0] is ref:
+        copies.pop(key, None)
+
+
 def device_potential(potential, xp=None) -> DevicePotential:
     """The potential's device copy, made once per (immutable) potential and array module."""
     xp = default_xp() if xp is None else xp
     key = id(potential)
     entry = _DEVICE_COPIES.get(key)
     if entry is None or entry[0]() is not potential:
-        entry = (weakref.ref(potential, lambda _r, k=key: _DEVICE_COPIES.pop(k, None)), {})
+        entry = (weakref.ref(potential, lambda r, k=key: _forget(r, k)), {})
         _DEVICE_COPIES[key] = entry
     copies = entry[1]
     if xp.__name__ not in copies:
