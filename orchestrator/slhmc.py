@@ -79,6 +79,9 @@ class CampaignConfig:
     # chain groups with their own conditions: ({count, temperature, ensemble, pressure_gpa,
     # md_steps?}, ...); empty = `chains` chains at temperature/ensemble/pressure_gpa
     chain_groups: tuple = ()
+    # Metropolis explorers beside the chains (orchestrator.explorer.ExplorerConfig fields);
+    # empty = none
+    mc: dict = field(default_factory=dict)
 
     def __post_init__(self):
         from services.store.store import safe_name
@@ -100,6 +103,9 @@ class CampaignConfig:
                                  f"groups' counts ({total})")
         for c in range(self.chains if self.chain_groups else 1):
             self.kernel_config(c)  # validates temperature, dt, md steps, ensemble, volume moves
+        from orchestrator.explorer import explorer_config
+
+        explorer_config(self.mc)  # validates the explorers' settings
 
     def chain_conditions(self, c: int) -> dict:
         """Temperature (K), ensemble, pressure (GPa) and md_steps of chain c."""
@@ -176,6 +182,10 @@ class Campaign:
         # True: chains wait at their next step while a due re-training runs (the source's
         # rhythm; reproducible label counts); False: they go on with the current model
         self.wait_for_model = wait_for_model
+        from orchestrator.explorer import explorer_config
+
+        self.xcfg = explorer_config(config.mc)
+        self._hists: dict[int, object] = {}
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         from services.reference.qe import QEConfig, RetryPolicy
 
@@ -206,7 +216,8 @@ class Campaign:
                       "retrainings": 0, "replayed": 0, "md_steps": 0,
                       # wall seconds by phase (the campaign's own overhead is "store")
                       "seconds_md": 0.0, "seconds_reference": 0.0, "seconds_store": 0.0,
-                      "seconds_training": 0.0, "seconds_loop_cpu": 0.0, "chain_steps": 0}
+                      "seconds_training": 0.0, "seconds_loop_cpu": 0.0, "chain_steps": 0,
+                      "seconds_mc": 0.0, "mc_labels": 0}
         self.version = 0
         self.bootstrap_backend = None  # the backend of the AIMD bootstrap (default: backend)
         self._trained_at = 0  # chain labels the current model was trained with
@@ -296,8 +307,10 @@ class Campaign:
         return self._models[version]
 
     def _n_hmc_labels(self) -> int:
+        """Labels of the chains and explorers (sources hmc and mc) so far."""
         if self._n_hmc is None:  # read once; then counted as labels are appended
-            self._n_hmc = int((self._campaign_records().arrays["source"] == "hmc").sum())
+            src = self._campaign_records().arrays["source"]
+            self._n_hmc = int(((src == "hmc") | (src == "mc")).sum())
         return self._n_hmc
 
     def maybe_train(self, n_labels: int | None = None) -> int:
@@ -442,6 +455,8 @@ class Campaign:
             async with asyncio.TaskGroup() as tg:
                 for n in states:
                     tg.create_task(self._chain(n, states, docs, pending, pending_batch))
+                for e in range(self.xcfg.explorers if self.xcfg else 0):
+                    tg.create_task(self._explorer(e, atoms, pending_batch))
             while self._training is not None:
                 await self._training
             if self._failure is not None:
@@ -585,6 +600,91 @@ class Campaign:
             if low > self._round:
                 self._round = low
                 self._progress(states)
+
+    def _histograms(self, version: int):
+        """Descriptor histograms of model `version` over the data it was trained on."""
+        if version not in self._hists:
+            from orchestrator.explorer import histograms
+
+            meta = dict(self._campaign_models()).get(version, {})
+            batch = self._campaign_records()
+            n = int(meta.get("n_structures", len(batch)))
+            self._hists[version] = histograms(self.model(version), batch.take(np.arange(
+                min(n, len(batch)))), self.xcfg.bins, self.xcfg.max_structures,
+                self.cfg.seed + version)
+        return self._hists[version]
+
+    async def _explorer(self, e: int, atoms, stored_batch) -> None:
+        """Rounds of Metropolis MC with the current model; unknown structures labelled."""
+        from orchestrator.explorer import acceptance, explore_round, explorer_name
+        from services.runtime.convert import LabelArrays, StructureArrays
+        from services.store import Provenance, Record
+
+        loop = asyncio.get_running_loop()
+        xc, name, camp = self.xcfg, explorer_name(e), self.cfg.campaign
+        a = stored_batch.arrays
+        stored = {int(k) for k in a["step"][(a["source"] == "mc") & (a["chain"] == name)]}
+        doc = await loop.run_in_executor(self._io_pool, self.store.read_checkpoint, camp, name)
+        if doc is None:
+            doc = {"kind": "mc", "round": 0, "started": -1, "model_version": 0,
+                   "positions": atoms.positions.tolist(), "history": []}
+        numbers = np.asarray(atoms.numbers)
+        cell, pbc = np.array(atoms.cell[:]), np.asarray(atoms.pbc, bool)
+        while doc["round"] < xc.rounds and not self._stop.is_set():
+            if self.wait_for_model:
+                await self._model_ready.wait()
+                if self._stop.is_set():
+                    break
+            r = doc["round"]
+            if doc["started"] != r:  # a new round: its model is fixed now (for a replay)
+                doc.update(started=r, model_version=self.version)
+                await loop.run_in_executor(self._io_pool, self.writer.write_checkpoint, camp,
+                                           name, doc)
+            v = int(doc["model_version"])
+            t0 = time.perf_counter()
+            hist = await loop.run_in_executor(self._md_pool, self._histograms, v)
+            state, found = await loop.run_in_executor(
+                self._md_pool, explore_round, self.model(v), hist, xc,
+                np.asarray(doc["positions"], float).reshape(-1, 3), numbers, cell, pbc,
+                (self.cfg.seed, 7919 + e, r), r * xc.steps)
+            self.stats["seconds_mc"] += time.perf_counter() - t0
+            todo = [f for f in found if f[0] not in stored]
+            outcomes = await asyncio.gather(*(
+                self._ref.compute(_atoms(pos, numbers, cell, pbc)) for _, pos, _ in todo))
+            self.stats["reference_calls"] += len(todo)
+            records = []
+            for (k, pos, _reasons), out in zip(todo, outcomes):
+                if not out.ok:
+                    self.stats["reference_failures"] += 1
+                    self.log(f"{name} step {k}: reference failed ({out}); not stored")
+                    continue
+                records.append(Record(
+                    StructureArrays(positions=np.array(pos), numbers=numbers.astype(np.int32),
+                                    cell=cell.copy(), pbc=pbc.copy(), id=f"{camp}/{name}/{k}"),
+                    LabelArrays(energy=float(out.energy), forces=out.forces, stress=out.stress),
+                    Provenance(campaign=camp, chain=name, step=int(k), source="mc",
+                               model_version=v, accepted=True,
+                               reference_settings_hash=self.ref_hash,
+                               wall_time=float(out.info.get("wall_s", float("nan"))))))
+            if records:  # durable before the checkpoint that counts the round
+                await loop.run_in_executor(self._io_pool, self.writer.append, records)
+                stored |= {int(rec.provenance.step) for rec in records}
+                self._n_hmc = self._n_hmc_labels() + len(records)
+                self.stats["labels"] += len(records)
+                self.stats["mc_labels"] += len(records)
+            row = {"round": r + 1, "model_version": v, "mc_steps": (r + 1) * xc.steps,
+                   "acceptance": acceptance(state), "unknown": len(found),
+                   "labelled": len(records), "energy_per_atom": state.energy / state.n_atoms,
+                   "time": time.time()}
+            doc.update(round=r + 1, positions=state.positions.tolist())
+            doc["history"].append(row)
+            await loop.run_in_executor(self._io_pool, self.writer.write_checkpoint, camp,
+                                       name, doc)
+            self.log(f"{name} round {r + 1}/{xc.rounds}: acceptance {row['acceptance']:.2f}, "
+                     f"{len(found)} unknown structures, {len(records)} labelled (model v{v})")
+            self._emit({"kind": "mc_round", "chain": name, "step": r + 1, **row})
+            if records:
+                self._labels_added()
 
     def _progress(self, states) -> None:
         steps = [s.step for s in states.values()]

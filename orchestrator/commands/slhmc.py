@@ -201,6 +201,8 @@ def report_rows(store_url: str, campaign: str | None = None) -> list[dict]:
             if chain == CAMPAIGN_DOC:
                 continue
             doc = store.read_checkpoint(camp, chain)
+            if doc.get("kind") == "mc":  # a Metropolis explorer's rounds, not chain steps
+                continue
             for h in doc.get("history", []):
                 rows.append({"campaign": camp, "chain": chain, **h})
     return rows

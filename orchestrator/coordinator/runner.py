@@ -207,6 +207,8 @@ def status_from_store(store_url: str, campaign: str) -> dict | None:
         if name == CAMPAIGN_DOC:
             continue
         d = store.read_checkpoint(campaign, name) or {}
+        if d.get("kind") == "mc":  # a Metropolis explorer, not a chain
+            continue
         st = d.get("state", {})
         tried = st.get("hmc_tried", 0) + st.get("volume_tried", 0)
         acc = st.get("hmc_accepted", 0) + st.get("volume_accepted", 0)

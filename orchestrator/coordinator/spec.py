@@ -180,7 +180,7 @@ def parse_spec(spec: dict | str | os.PathLike, *, store: str | None = None,
             value = _number(raw, key, "", kind, lo, strict)
         elif key in ("delayed_acceptance",) and not isinstance(value, bool):
             raise SpecError(key, f"must be true or false, got {value!r}")
-        elif key in ("train", "qe") and not isinstance(value, dict):
+        elif key in ("train", "qe", "mc") and not isinstance(value, dict):
             raise SpecError(key, f"must be a mapping, got {value!r}")
         kw[_RENAMED.get(key, key)] = value
     if "pressure" in raw and "pressure_gpa" in raw:
@@ -248,6 +248,9 @@ def parse_spec(spec: dict | str | os.PathLike, *, store: str | None = None,
         msg = str(exc)
         key = next((k for k in sorted(_TOP_LEVEL | _CONFIG_FIELDS, key=len, reverse=True)
                     if msg.startswith(k) or f"--{k.replace('_', '-')}" in msg), "spec")
+        first = msg.split(" ", 1)[0].rstrip(":")
+        if key in ("mc",) and first.startswith(key + "."):
+            key = first  # e.g. mc.steps
         raise SpecError(key, msg) from None
     if "train" in kw:
         from services.trainer.run import TrainConfig

@@ -85,3 +85,17 @@ def test_not_a_mapping_and_bad_yaml(tmp_path):
 def test_unknown_field_suggests_the_right_name(tiny_spec):
     with pytest.raises(SpecError, match="did you mean 'temperature'"):
         parse_spec({**tiny_spec, "temprature": 500})
+
+
+def test_explorer_settings_are_checked(tiny_spec):
+    spec = parse_spec({**tiny_spec, "mc": {"explorers": 2, "rounds": 2, "steps": 100,
+                                           "every": 20, "temperature": 1500}})
+    assert spec.config.mc["explorers"] == 2
+    for bad, field in (({"steps": 0}, "mc.steps"), ({"steps": 100, "every": 500}, "mc.every"),
+                       ({"colour": 1}, "mc.colour"), ({"temperature": -1}, "mc.temperature")):
+        with pytest.raises(SpecError) as info:
+            parse_spec({**tiny_spec, "mc": bad})
+        assert info.value.field == field, str(info.value)
+    with pytest.raises(SpecError) as info:
+        parse_spec({**tiny_spec, "mc": [1]})
+    assert info.value.field == "mc"
