@@ -220,6 +220,7 @@ class Campaign:
                       "seconds_mc": 0.0, "mc_labels": 0}
         self.version = 0
         self.bootstrap_backend = None  # the backend of the AIMD bootstrap (default: backend)
+        self.train_fn = None  # train(structures, config, init=) elsewhere (default: here)
         self._trained_at = 0  # chain labels the current model was trained with
         self._t0 = time.perf_counter()
 
@@ -343,7 +344,8 @@ class Campaign:
         t0 = time.perf_counter()
         self.log(f"training on {len(structures)} labels ({n_hmc} from chains)"
                  + (" (warm start)" if init is not None else "") + " ...")
-        result = train(structures, tc, init=init)
+        # train_fn: this process by default; on Ray a task with the trainer's resources
+        result = (self.train_fn or train)(structures, tc, init=init)
         faults.point("training")
         text, digest = dumps(result.potential)
         m = result.metrics

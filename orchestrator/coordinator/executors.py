@@ -189,3 +189,32 @@ class _Trailer:
 
     def trailing_metadata(self):
         return self._md
+
+
+def ray_trainer(resources: dict | None = None, max_retries: int = 3):
+    """train(structures, config, init=) as a Ray task with the trainer's resources
+    (``num_gpus``, ``num_cpus``, custom ``resources``), so re-training runs on a GPU node;
+    a task whose worker dies is retried (max_retries) and the campaign waits for it."""
+    import ray
+
+    from services.runtime import faults
+
+    res = dict(resources or {})
+    opts = {"num_cpus": float(res.get("num_cpus", 1)), "num_gpus": float(res.get("num_gpus", 0)),
+            "resources": dict(res.get("resources", {})), "max_retries": max_retries}
+    env = faults.environment()
+    if env:  # the fault suite's variables reach the trainer's worker too
+        opts["runtime_env"] = {"env_vars": env}
+
+    @ray.remote
+    def _train(structures, config, init):
+        from nnmd_kernels.training import train
+
+        result = train(structures, config, init=init)
+        faults.point("trainer_task")
+        return result
+
+    def train_fn(structures, config, init=None):
+        return ray.get(_train.options(**opts).remote(structures, config, init))
+
+    return train_fn

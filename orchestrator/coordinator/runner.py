@@ -115,8 +115,11 @@ class CampaignRun:
                 Campaign, cfg, spec.store, self.log, wait_for_model=spec.wait_for_model,
                 make_backends=executor == "local")
             if reference is not None:
+                from orchestrator.coordinator.executors import ray_trainer
+
                 self.campaign.bootstrap_backend = _SyncBackend(reference, loop,
                                                                self.campaign.backend.name)
+                self.campaign.train_fn = ray_trainer(spec.trainer_resources)
             try:
                 self.summary = await self.campaign.run_async(
                     atoms, reference=reference, stop=self._stop, on_event=self._publish)

@@ -52,10 +52,16 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     executor (a spec's own `executor` wins); max_campaigns: running at once."""
 
     def __init__(self, store: str = "nnmd-store", executor: str = "auto",
-                 max_campaigns: int = 16, base_dir: str | None = None) -> None:
+                 max_campaigns: int = 16, base_dir: str | None = None,
+                 store_roots: list[str] | None = None, allow_code: bool = False) -> None:
         if executor not in EXECUTORS:
             raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
         self.store = store
+        # None = any store this server can reach; else campaigns' stores must lie below
+        self.store_roots = list(store_roots) if store_roots is not None else None
+        # specs that name programs or Python code to run (a custom pw.x, mpirun, an
+        # ase:module:factory reference) execute them on this server: off unless asked for
+        self.allow_code = allow_code
         self.executor = executor
         self.max_campaigns = max_campaigns
         self.base_dir = base_dir
@@ -95,12 +101,16 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             raw["name"] = _check_name(request.campaign, "campaign")
         raw.setdefault("executor", self.executor)
         store = request.store.url if request.HasField("store") and request.store.url else None
+        self._check_code(raw)
         try:
             spec = await asyncio.to_thread(
                 parse_spec, raw, store=store or (None if raw.get("store") else self.store),
                 base_dir=self.base_dir)
         except SpecError as exc:
             raise InvalidArgument(f"config.{exc.field}", exc.reason, exc.hint) from None
+        from services.store.store import check_store_url
+
+        check_store_url(spec.store, "store.url" if store else "config.store", self.store_roots)
 
         async def start():
             old = self.runs.get(spec.name)
@@ -120,6 +130,21 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
 
         name = await self._idempotency.run(context, start)
         return coordinator_pb2.StartResponse(campaign=name)
+
+    def _check_code(self, raw: dict) -> None:
+        if self.allow_code:
+            return
+        hint = "serve the coordinator with --allow-code to let specs run programs of their own"
+        ref = raw.get("reference")
+        if isinstance(ref, str) and ref.strip().lower().startswith("ase:"):
+            raise InvalidArgument("config.reference", "an ase:module:factory reference runs "
+                                  "Python code of the client's choosing on this server", hint)
+        qe = raw.get("qe")
+        if isinstance(qe, dict):
+            for key in ("pw", "mpirun", "extra_mpirun_args"):
+                if key in qe:
+                    raise InvalidArgument(f"config.qe.{key}", "names a program (or its "
+                                          "arguments) to run on this server", hint)
 
     def _done(self, name: str, task: asyncio.Task) -> None:
         if task.cancelled():
@@ -169,6 +194,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         if not request.destination:
             raise InvalidArgument("destination", "empty",
                                   "a path (on the coordinator's host) or an fsspec URL")
+        from services.store.store import check_store_url
+
+        check_store_url(request.destination, "destination", self.store_roots)
         run = self._run_of(name)
         store = run.spec.store if run is not None else self.store
         version, dest = await asyncio.to_thread(self._export, name, store, int(request.version),
@@ -256,11 +284,18 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where reference calls run: local threads, or Ray actors (auto: Ray "
                         "when RAY_ADDRESS is set)")
     p.add_argument("--max-campaigns", type=int, default=16, help="campaigns running at once")
+    p.add_argument("--store-root", action="append", default=None, metavar="DIR",
+                   help="campaign stores must lie in this folder (or URL prefix); repeatable "
+                        "(default: any store this server can reach)")
+    p.add_argument("--allow-code", action="store_true",
+                   help="let specs name programs or code to run here (qe.pw, qe.mpirun, "
+                        "ase:module:factory references); off by default")
 
 
 def _options_from_args(args) -> dict:
     return {"store": args.store, "executor": args.executor,
-            "max_campaigns": args.max_campaigns}
+            "max_campaigns": args.max_campaigns, "store_roots": args.store_root,
+            "allow_code": args.allow_code}
 
 
 async def _close(servicers) -> None:

@@ -6,7 +6,12 @@ up, as a power cut or the OOM killer would leave it. Points in the code:
 ``before_reference``, ``after_reference`` (a chain's reference call),
 ``store_write`` (inside a store append, after the array rows are written and before the
 commit), ``after_append`` (a label durable, its chain not yet checkpointed),
-``training`` (a re-training done, its model not yet published).
+``training`` (a re-training done, its model not yet published), ``trainer_task`` (the
+same, inside the Ray task that trains when the campaign runs on Ray).
+``NNMD_FAULT_ONCE=PATH`` makes the fault fire only while PATH does not exist (it is
+created just before the kill), so a process that Ray restarts or a task it retries, which
+inherits the same environment, is not killed again. The coordinator passes both variables
+on to the Ray tasks it starts (the trainer), so the suite can kill those too.
 """
 
 from __future__ import annotations
@@ -37,4 +42,16 @@ def point(name: str) -> None:
     with _lock:
         _counts[name] = _counts.get(name, 0) + 1
         if _counts[name] >= _TARGET[1]:
+            once = os.environ.get("NNMD_FAULT_ONCE")
+            if once:
+                try:
+                    with open(once, "x"):
+                        pass
+                except FileExistsError:
+                    return  # fired already (in this process or an earlier one)
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def environment() -> dict[str, str]:
+    """The fault-injection variables of this process, for the workers it starts."""
+    return {k: os.environ[k] for k in ("NNMD_FAULT", "NNMD_FAULT_ONCE") if k in os.environ}

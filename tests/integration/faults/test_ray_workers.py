@@ -56,3 +56,32 @@ def test_reference_workers_killed_mid_campaign(ray_session, tiny_spec):
     hmc = a["source"] == "hmc"
     keys = list(zip(a["chain"][hmc].tolist(), a["step"][hmc].tolist()))
     assert sorted(keys) == [(f"chain00{c}", s) for c in range(3) for s in range(1, 9)]
+
+
+@pytest.mark.timeout(600)
+def test_trainer_task_killed_mid_training_is_retried(ray_session, tiny_spec, tmp_path,
+                                                     monkeypatch):
+    """On Ray the re-training is a task with the trainer's resources; its worker is
+    SIGKILLed once, after training and before returning the model: Ray retries the task,
+    the model is published once per due re-training, and the campaign completes."""
+    once = tmp_path / "trainer-killed"
+    monkeypatch.setenv("NNMD_FAULT", "trainer_task:1")
+    monkeypatch.setenv("NNMD_FAULT_ONCE", str(once))
+    spec = parse_spec({**tiny_spec, "executor": "ray", "steps": 4, "retrain_every": 4,
+                       "resources": {"reference": {"workers": 1, "num_cpus": 0.25},
+                                     "trainer": {"num_cpus": 0.5}}})
+    run = CampaignRun(spec, log=lambda m: None)
+    summary = asyncio.run(run.run())
+    assert once.exists()  # the trainer's worker was killed
+    assert run.state == "finished", run.message
+    assert summary["steps"] == {"chain000": 4, "chain001": 4}
+    store = Store(spec.store, read_only=True)
+    metas = [dict(store._group(f"models/v{v:06d}").attrs)["metadata"]
+             for v in store.model_versions()]
+    mine = [m for m in metas if m.get("campaign") == "tiny"]
+    # the first model (bootstrap) and one per 4 chain labels: 8 labels -> v2, v3
+    assert [m["n_labels"] for m in mine] == [0, 4, 8]
+    a = store.read(campaign="tiny").arrays
+    hmc = a["source"] == "hmc"
+    keys = list(zip(a["chain"][hmc].tolist(), a["step"][hmc].tolist()))
+    assert len(keys) == len(set(keys)) == 8

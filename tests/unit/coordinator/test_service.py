@@ -100,6 +100,16 @@ def test_stop_and_errors(coordinator, tiny_spec):
         assert error_detail(info.value).field == "config.temprature"
         assert "temperature" in info.value.details()
 
+        # specs that would run programs or code of the client's choosing on the server
+        for bad, field in (({"reference": "ase:os:system"}, "config.reference"),
+                           ({"qe": {"pw": "/bin/sh"}}, "config.qe.pw"),
+                           ({"qe": {"mpirun": "/bin/sh"}}, "config.qe.mpirun")):
+            with pytest.raises(grpc.RpcError) as info:
+                client.start({**tiny_spec, **bad})
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert error_detail(info.value).field == field
+            assert "--allow-code" in error_detail(info.value).hint
+
         for call in (client.status, client.stop, lambda c: list(client.watch(c))):
             with pytest.raises(grpc.RpcError) as info:
                 call("no-such-campaign")
