@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/coordinator_load.py --chains 200 1000 --steps 5
     .venv/bin/python benchmarks/coordinator_load.py --nodes 100 --workers-per-node 8 \
         --chains 1000 --steps 5 --node-failures 10
+    .venv/bin/python benchmarks/coordinator_load.py --chains 200 --ray-workers 2   # real path
 
 The real coordinator code runs (orchestrator.slhmc.Campaign.run_async: chains as asyncio
 tasks, NNP MD proposals, the store's single writer with group commit, a checkpoint per
@@ -68,7 +69,7 @@ class SimulatedReference:
         self.workers_per_node = workers_per_node
         self._free: asyncio.Queue | None = None
         self._down: dict[int, float] = {}  # node -> time it comes back
-        self._t0 = time.monotonic()
+        self._t0: float | None = None  # the failure clock starts with the first call
         self._busy: dict[int, set] = {}
 
     def _labels(self, atoms):
@@ -95,6 +96,8 @@ class SimulatedReference:
                                                   self._free.put_nowait, node)
 
     def _maybe_fail(self) -> None:
+        if self._t0 is None:
+            self._t0 = time.monotonic()
         now = time.monotonic() - self._t0
         while self.failure_times and self.failure_times[0] <= now:
             self.failure_times.pop(0)
@@ -179,7 +182,12 @@ def main() -> None:
     ap.add_argument("--detect-s", type=float, default=1.0)
     ap.add_argument("--down-s", type=float, default=5.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ray-workers", type=int, default=0,
+                    help="instead of the simulated reference: EMT in this many Ray actors "
+                         "serving the Reference gRPC service (the campaign's real path)")
     args = ap.parse_args()
+    if args.ray_workers:
+        return ray_main(args)
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"load {os.getloadavg()[0]:.1f}, reference latency log-normal median "
           f"{args.latency_ms:g} ms sigma {args.latency_sigma:g}"
@@ -193,8 +201,11 @@ def main() -> None:
     print(head)
     print("|" + " --- |" * (head.count("|") - 1))
     for chains in args.chains:
-        horizon = max(5.0, chains * args.steps * args.latency_ms / 1e3 /
-                      max(1, args.nodes * args.workers_per_node))
+        # failures fall within the expected run: the slower of the cluster and the
+        # coordinator (about 50 chain steps/s here) sets its length
+        slots = max(1, args.nodes * args.workers_per_node)
+        rate = min(min(chains, slots) / (args.latency_ms / 1e3), 50.0)
+        horizon = max(5.0, 0.8 * chains * args.steps / rate)
         ref = SimulatedReference(args.latency_ms / 1e3, args.latency_sigma, args.seed,
                                  args.nodes, args.workers_per_node, args.node_failures,
                                  horizon_s=horizon, detect_s=args.detect_s,
@@ -208,6 +219,48 @@ def main() -> None:
             ideal = min(chains, args.nodes * args.workers_per_node) / r["ref_mean_s"]
             line += f" {ideal:.0f} | {r['retries']} |"
         print(line, flush=True)
+
+
+class _Counting:
+    """The Ray pool, with the latencies of its calls recorded."""
+
+    def __init__(self, pool) -> None:
+        self.pool, self.latencies, self.retries = pool, [], 0
+
+    async def compute(self, atoms):
+        t0 = time.perf_counter()
+        out = await self.pool.compute(atoms)
+        self.latencies.append(time.perf_counter() - t0)
+        return out
+
+
+def ray_main(args) -> None:
+    import ray
+
+    from orchestrator.coordinator.executors import RayReferencePool
+
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    pool = RayReferencePool("emt", args.ray_workers, num_cpus=0.5)
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"load {os.getloadavg()[0]:.1f}, EMT in {args.ray_workers} Ray actors over gRPC")
+    head = ("| chains | chain steps | wall s | chain steps/s | process CPU ms/step | "
+            "loop CPU ms/step | store latency ms | MD latency ms | reference round trip ms "
+            "| peak RSS MB |")
+    print(head)
+    print("|" + " --- |" * (head.count("|") - 1))
+    try:
+        for chains in args.chains:
+            ref = _Counting(pool)
+            with tempfile.TemporaryDirectory() as tmp:
+                r = run_one(chains, args.steps, ref, tmp)
+            print(f"| {chains} | {r['chain_steps']} | {r['seconds']:.1f} | {r['rate']:.1f} | "
+                  f"{r['cpu_ms']:.1f} | {r['loop_ms']:.2f} | {r['store_ms']:.1f} | "
+                  f"{r['md_ms']:.1f} | {1e3 * r['ref_mean_s']:.1f} | {r['rss_mb']:.0f} |",
+                  flush=True)
+    finally:
+        pool.close()
+        ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -496,6 +496,10 @@ class StoreWriter:
         self._queue: queue.Queue = queue.Queue()
         self._open_structures()
         self._closed = False
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._write_pool = ThreadPoolExecutor(len(schema.STRUCTURE_FIELDS),
+                                              thread_name_prefix="nnmd-store-chunks")
         self._thread = threading.Thread(target=self._drain, name="nnmd-store-writer", daemon=True)
         self._thread.start()
 
@@ -577,6 +581,7 @@ class StoreWriter:
         sizes = np.array([r.structure.n_atoms for r in records], dtype=np.int64)
         n1, a1 = n0 + len(records), a0 + int(sizes.sum())
         cols = _columns(records, a0)
+        writes = []
         for f in schema.STRUCTURE_FIELDS:
             arr = self._arrays[f.name]
             if f.name == "offsets":  # offsets[0] is written with the first record
@@ -587,9 +592,13 @@ class StoreWriter:
                 need, lo, hi, done = n1, n0, n1, n0
             if arr.shape[0] < need:
                 arr.resize((max(need, 2 * arr.shape[0]), *arr.shape[1:]))
-            integrity.write_rows(
-                self.store.zstore, self.store.url, arr, lo, hi, cols[f.name], done, arr.path
-            )
+            writes.append((arr, lo, hi, cols[f.name], done))
+        # The arrays' chunk writes (each one fsync'ed) go out side by side: an append
+        # costs about one durable write, not one per array. Nothing is visible before the
+        # commit below, so their order does not matter.
+        list(self._write_pool.map(lambda w: integrity.write_rows(
+            self.store.zstore, self.store.url, w[0], w[1], w[2], w[3], w[4], w[0].path),
+            writes))
         faults.point("store_write")
         # Commit last: readers see the new rows only now.
         self._group.attrs[schema.COMMITTED_ATTR] = {"S": n1, "A": a1}
@@ -720,6 +729,7 @@ class StoreWriter:
         self._closed = True
         self._queue.put(None)
         self._thread.join()
+        self._write_pool.shutdown(wait=True)
         if self._lock_file is not None:
             self._lock_file.close()
 
