@@ -165,14 +165,15 @@ def input_gradient(net: ElementNetwork, cache, coef: np.ndarray) -> np.ndarray:
     return delta.sum(axis=0)
 
 
-def forward_tangent(net: ElementNetwork, x: np.ndarray, xdot: np.ndarray):
+def forward_tangent(net: ElementNetwork, x: np.ndarray, xdot: np.ndarray, xp=np):
     """Primal and tangent pass: y (M, n) and ydot (M, n) = dy/dx . xdot, with the cache
-    needed by `parameter_gradient`. xdot (n, F) is a direction in input space."""
+    needed by `parameter_gradient`. xdot (n, F) is a direction in input space.
+    xp: the array module of x (numpy, or cupy for device arrays)."""
     f, df, _ = activation(net.activation)
     # (1, n, F): broadcasts over the M models in matmul without stride-0 copies, which
     # would push the weight-gradient products off BLAS
-    a = np.ascontiguousarray(x)[None]
-    ad = np.ascontiguousarray(xdot)[None]
+    a = xp.ascontiguousarray(x)[None]
+    ad = xp.ascontiguousarray(xdot)[None]
     cache = []
     for w, b in zip(net.weights[:-1], net.biases[:-1]):
         z = a @ w + b[:, None, :]

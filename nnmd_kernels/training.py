@@ -411,11 +411,7 @@ class Objective:
         self.use_stress = cfg.stress_weight > 0 and bool(smask.any())
         self.feature_mean = xp.asarray(pot.feature_mean)
         self.feature_std = xp.asarray(pot.feature_std)
-        self._tangent = forward_tangent
-        if batch.x is not batch:
-            from .gpu.training_cuda import forward_tangent as device_tangent
-
-            self._tangent = lambda net, x, xdot: device_tangent(net, x, xdot, xp)
+        self._tangent = lambda net, x, xdot: forward_tangent(net, x, xdot, xp)
 
     # flat parameter vector <-> networks
     def pack(self, nets) -> np.ndarray:

@@ -113,26 +113,3 @@ class DeviceBatch:
         return self._result(out)
 
 
-def forward_tangent(net, x, xdot, xp):
-    """network.forward_tangent with xp ops (same formulas, same order).
-
-    network.py's version calls np.ascontiguousarray, which CuPy arrays refuse; every
-    other network function (forward, input_gradient, parameter_gradient) dispatches to
-    CuPy through NumPy's array protocols and is used as it is.
-    """
-    from ..network import activation
-
-    f, df, _ = activation(net.activation)
-    a = xp.ascontiguousarray(x)[None]
-    ad = xp.ascontiguousarray(xdot)[None]
-    cache = []
-    for w, b in zip(net.weights[:-1], net.biases[:-1]):
-        z = a @ w + b[:, None, :]
-        zd = ad @ w
-        cache.append((a, ad, z, zd))
-        a = f(z)
-        ad = df(z) * zd
-    y = (a @ net.weights[-1])[..., 0] + net.biases[-1]
-    yd = (ad @ net.weights[-1])[..., 0]
-    cache.append((a, ad, None, None))
-    return y, yd, cache
