@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..md.integrators import bussi_factor
+from ..md.integrators import bussi_factor, initial_arrays
 from ..md.run import run as _run
 from ..md.run import run_batch as _run_batch
-from ..md.state import MDState, degrees_of_freedom, make_rng, maxwell_boltzmann
+from ..md.state import MDState, degrees_of_freedom, make_rng
 from ..md.units import KB_EV_PER_K, MVV_TO_EV
 from .device import default_xp, require_kernels, to_host
 from .neighbors_cuda import DeviceNeighborList
@@ -80,25 +80,8 @@ def init(force_fn, positions, masses, numbers, cell, pbc=(True, True, True), *,
          velocities=None, temperature=None, seed=0, zero_momentum=True) -> MDState:
     """md.integrators.init on the device: same checks and the same velocity draw."""
     xp = force_fn.xp
-    x = np.array(positions, dtype=float)
-    n = len(x)
-    if x.shape != (n, 3):
-        raise ValueError(f"positions must have shape (N, 3), got {x.shape}")
-    m = np.array(masses, dtype=float)
-    if m.shape != (n,) or np.any(m <= 0):
-        raise ValueError(f"masses must be ({n},) positive amu, got shape {m.shape}")
-    h = np.array(cell, dtype=float)
-    if h.shape != (3, 3):
-        raise ValueError(f"cell must have shape (3, 3), got {h.shape}")
-    rng = make_rng(seed)
-    if velocities is not None:
-        v = np.array(velocities, dtype=float)
-        if v.shape != (n, 3):
-            raise ValueError(f"velocities must have shape ({n}, 3) A/fs, got {v.shape}")
-    elif temperature is not None:
-        v = maxwell_boltzmann(m, temperature, rng, zero_momentum)
-    else:
-        v = np.zeros((n, 3))
+    x, m, h, v, rng = initial_arrays(positions, masses, cell, velocities, temperature, seed,
+                                     zero_momentum)
     dx = xp.asarray(x)
     energy, forces, virial = force_fn(dx, h)
     return MDState(positions=dx, velocities=xp.asarray(v), masses=xp.asarray(m),

@@ -35,14 +35,10 @@ def _positive(name, value, unit):
         raise ValueError(f"{name} must be > 0 {unit}, got {value}")
 
 
-def init(force_fn: ForceFn, positions, masses, numbers, cell, pbc=(True, True, True), *,
-         velocities=None, temperature=None, seed=0, zero_momentum=True) -> MDState:
-    """A state at step 0 with forces evaluated.
-
-    velocities (N, 3) A/fs are used exactly when given (e.g. from extxyz momenta);
-    otherwise they are drawn from Maxwell-Boltzmann at `temperature` K (zero if None).
-    seed: int, or a saved rng state dict.
-    """
+def initial_arrays(positions, masses, cell, velocities=None, temperature=None, seed=0,
+                   zero_momentum=True):
+    """Checked host arrays of a starting state: (x (N, 3) A, m (N,) amu, h (3, 3) A,
+    v (N, 3) A/fs, rng); v as given, else Maxwell-Boltzmann at `temperature` K, else 0."""
     x = np.array(positions, dtype=float)
     n = len(x)
     if x.shape != (n, 3):
@@ -62,6 +58,19 @@ def init(force_fn: ForceFn, positions, masses, numbers, cell, pbc=(True, True, T
         v = maxwell_boltzmann(m, temperature, rng, zero_momentum)
     else:
         v = np.zeros((n, 3))
+    return x, m, h, v, rng
+
+
+def init(force_fn: ForceFn, positions, masses, numbers, cell, pbc=(True, True, True), *,
+         velocities=None, temperature=None, seed=0, zero_momentum=True) -> MDState:
+    """A state at step 0 with forces evaluated.
+
+    velocities (N, 3) A/fs are used exactly when given (e.g. from extxyz momenta);
+    otherwise they are drawn from Maxwell-Boltzmann at `temperature` K (zero if None).
+    seed: int, or a saved rng state dict.
+    """
+    x, m, h, v, rng = initial_arrays(positions, masses, cell, velocities, temperature, seed,
+                                     zero_momentum)
     energy, forces, virial = force_fn(x, h)
     return MDState(
         positions=x, velocities=v, masses=m, numbers=np.array(numbers, dtype=int), cell=h,
