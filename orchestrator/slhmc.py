@@ -494,8 +494,11 @@ class Campaign:
     def _labels_added(self) -> None:
         if self._training is None and self._failure is None and self._retrain_due():
             self._model_ready.clear()
-            self._training = asyncio.get_running_loop().create_task(
-                self._retrain(self._n_hmc_labels()))
+            # the training is for the last multiple of retrain_every reached (chains that
+            # append at the same moment must not shift the rhythm)
+            k = self.cfg.retrain_every
+            n = self._trained_at + k * ((self._n_hmc_labels() - self._trained_at) // k)
+            self._training = asyncio.get_running_loop().create_task(self._retrain(n))
 
     async def _retrain(self, n_labels: int) -> None:
         try:
