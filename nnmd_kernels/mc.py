@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import json
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -48,7 +47,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .md.state import make_rng
+from .md.state import fields_from_json, json_fields, make_rng
 from .md.units import KB_EV_PER_K
 from .neighbors import MIN_DISTANCE, neighbor_pairs, validate_geometry
 
@@ -225,16 +224,11 @@ class MCState:
                 for k in MOVES}
 
     def to_dict(self) -> dict:
-        d = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            d[f.name] = v.tolist() if isinstance(v, np.ndarray) else v
-        d["rng_state"] = json.dumps(self.rng_state)
-        return d
+        return json_fields(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> MCState:
-        out = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
+        out = fields_from_json(cls, d)
         for name in ("positions", "cell", "energies"):
             out[name] = np.asarray(out[name], dtype=float)
         out["positions"] = out["positions"].reshape(-1, 3)
@@ -244,8 +238,6 @@ class MCState:
             out[name] = float(out[name])
         for name in ("tried", "accepted"):
             out[name] = {k: int(out[name].get(k, 0)) for k in MOVES}
-        rng = out.get("rng_state")
-        out["rng_state"] = json.loads(rng) if isinstance(rng, str) else rng
         return cls(**out)
 
 

@@ -40,7 +40,6 @@ history, make the chain adaptive (its kernel depends on the past); freeze both
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,7 +48,13 @@ import numpy as np
 
 from nnmd_kernels.md.integrators import init as md_init
 from nnmd_kernels.md.integrators import nve
-from nnmd_kernels.md.state import kinetic_energy, make_rng, maxwell_boltzmann
+from nnmd_kernels.md.state import (
+    fields_from_json,
+    json_fields,
+    kinetic_energy,
+    make_rng,
+    maxwell_boltzmann,
+)
 from nnmd_kernels.md.units import KB_EV_PER_K
 
 ENSEMBLES = ("nvt", "npt")
@@ -161,25 +166,16 @@ class ChainState:
 
     def to_dict(self) -> dict:
         """Plain JSON types only (lists, numbers, strings)."""
-        d = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, np.ndarray):
-                v = v.tolist()
-            d[f.name] = v
-        d["rng_state"] = json.dumps(self.rng_state)
-        return d
+        return json_fields(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> ChainState:
-        out = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
+        out = fields_from_json(cls, d)
         for name in ("positions", "cell", "masses"):
             out[name] = np.asarray(out[name], dtype=float)
         out["numbers"] = np.asarray(out["numbers"], dtype=int)
         out["pbc"] = np.asarray(out["pbc"], dtype=bool)
         out["energy_ref"] = float(out["energy_ref"])
-        rng = out.get("rng_state")
-        out["rng_state"] = json.loads(rng) if isinstance(rng, str) else rng
         return cls(**out)
 
 

@@ -79,6 +79,26 @@ class MDState:
         return cls(**out)
 
 
+def json_fields(state) -> dict:
+    """A frozen state dataclass (chain, MC) as plain JSON types: arrays as lists, the rng
+    state as one JSON string; read back with fields_from_json."""
+    d = {}
+    for f in dataclasses.fields(state):
+        v = getattr(state, f.name)
+        d[f.name] = v.tolist() if isinstance(v, np.ndarray) else v
+    d["rng_state"] = json.dumps(state.rng_state)
+    return d
+
+
+def fields_from_json(cls, d: dict) -> dict:
+    """The fields of dataclass `cls` present in `d` (from json_fields), rng state parsed;
+    the caller turns lists back into arrays of its dtypes."""
+    out = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
+    rng = out.get("rng_state")
+    out["rng_state"] = json.loads(rng) if isinstance(rng, str) else rng
+    return out
+
+
 def kinetic_energy(velocities, masses) -> float:
     """0.5 sum_i m_i v_i^2 in eV; velocities (N, 3) A/fs, masses (N,) amu."""
     return 0.5 * MVV_TO_EV * float(np.einsum("i,ia,ia->", masses, velocities, velocities))
