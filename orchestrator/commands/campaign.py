@@ -118,60 +118,50 @@ def _rpc(fn):
         from services.runtime.errors import error_detail
 
         d = error_detail(exc)
-        where = f" (field {d.field}{': ' + d.hint if d.hint else ''})" if d is not None else ""
+        where = f" (field {d.field})" if d is not None and d.field else ""
         print(f"nnmd campaign: {exc.code().name}: {exc.details()}{where}", file=sys.stderr)
         return None
 
 
-def cmd_start(args) -> int:
+def _call(args, fn, show=print) -> int:
+    """fn(client) on the coordinator; its result shown, or the RPC error named (exit 2)."""
     with _client(args) as c:
-        cid = _rpc(lambda: c.start(args.spec, store=args.store, name=args.name))
-    if cid is None:
+        out = _rpc(lambda: fn(c))
+    if out is None:
         return 2
-    print(cid)
+    show(out)
     return 0
+
+
+def cmd_start(args) -> int:
+    return _call(args, lambda c: c.start(args.spec, store=args.store, name=args.name))
 
 
 def cmd_status(args) -> int:
-    with _client(args) as c:
-        st = _rpc(lambda: c.status(args.campaign))
-    if st is None:
-        return 2
-    print(json.dumps(st, indent=2))
-    return 0
+    return _call(args, lambda c: c.status(args.campaign),
+                 show=lambda st: print(json.dumps(st, indent=2)))
 
 
 def cmd_watch(args) -> int:
-    with _client(args) as c:
-        def follow():
-            for ev in c.watch(args.campaign):
-                if ev["kind"] == "step":
-                    print(f"{ev['chain']} step {ev['step']}: "
-                          f"{'accepted' if ev['accepted'] else 'rejected'} "
-                          f"(model v{ev['model_version']})", flush=True)
-                elif ev["kind"] == "model_published":
-                    print(f"model v{ev['model_version']} published", flush=True)
-                else:
-                    print(f"state {ev['state']}: {ev['message']}", flush=True)
-            return 0
+    def follow(c):
+        for ev in c.watch(args.campaign):
+            if ev["kind"] == "step":
+                print(f"{ev['chain']} step {ev['step']}: "
+                      f"{'accepted' if ev['accepted'] else 'rejected'} "
+                      f"(model v{ev['model_version']})", flush=True)
+            elif ev["kind"] == "model_published":
+                print(f"model v{ev['model_version']} published", flush=True)
+            else:
+                print(f"state {ev['state']}: {ev['message']}", flush=True)
+        return 0
 
-        return 2 if _rpc(follow) is None else 0
+    return _call(args, follow, show=lambda _: None)
 
 
 def cmd_stop(args) -> int:
-    with _client(args) as c:
-        state = _rpc(lambda: c.stop(args.campaign))
-    if state is None:
-        return 2
-    print(state)
-    return 0
+    return _call(args, lambda c: c.stop(args.campaign))
 
 
 def cmd_export(args) -> int:
-    with _client(args) as c:
-        dest = _rpc(lambda: c.export_model(args.campaign, args.output, version=args.version,
-                                           format=args.format))
-    if dest is None:
-        return 2
-    print(dest)
-    return 0
+    return _call(args, lambda c: c.export_model(args.campaign, args.output,
+                                                version=args.version, format=args.format))
