@@ -57,8 +57,9 @@ def _time_engine(step_fn, state, warmup: int, steps: int, sync=lambda: None):
     return time.perf_counter() - t0, state
 
 
-def run_cpu(pot, pos, numbers, cell, args):
-    ff = potential_force_fn(pot, numbers, True, skin=SKIN_A, backend="numba")
+def run_host_integrator(pot, pos, numbers, cell, args, backend="numba"):
+    """The CPU integrators over the `backend` force function (numba: all on the CPU)."""
+    ff = potential_force_fn(pot, numbers, True, skin=SKIN_A, backend=backend)
     init_fn, step_fn = md.nvt_bussi(ff, DT_FS, T_K, tau=TAU_FS)
     state = init_fn(pos, MASSES[numbers], numbers, cell, temperature=T_K, seed=0)
     wall, state = _time_engine(step_fn, state, args.warmup, args.steps)
@@ -74,14 +75,6 @@ def run_gpu_resident(pot, pos, numbers, cell, args):
     state = init_fn(pos, MASSES[numbers], numbers, cell, temperature=T_K, seed=0)
     wall, state = _time_engine(step_fn, state, args.warmup, args.steps, sync)
     return wall, md.temperature(gmd.host_state(state))
-
-
-def run_gpu_host_integrator(pot, pos, numbers, cell, args):
-    ff = potential_force_fn(pot, numbers, True, skin=SKIN_A, backend="cuda")
-    init_fn, step_fn = md.nvt_bussi(ff, DT_FS, T_K, tau=TAU_FS)
-    state = init_fn(pos, MASSES[numbers], numbers, cell, temperature=T_K, seed=0)
-    wall, state = _time_engine(step_fn, state, args.warmup, args.steps)
-    return wall, md.temperature(state)
 
 
 def _device_name() -> str:
@@ -122,7 +115,8 @@ def main(argv=None) -> int:
 
     rows = []  # (engine, wall s for args.steps, temperature K)
     if not args.skip_cpu:
-        rows.append(("this code, CPU (numba), all cores", *run_cpu(pot, pos, numbers, cell, args)))
+        rows.append(("this code, CPU (numba), all cores",
+                     *run_host_integrator(pot, pos, numbers, cell, args)))
     # temperatures are printed as a check that the runs agree, not as physics: the weights
     # are random, so the system heats far above 500 K within a few steps
     gpu = gpu_available() or args.gpu_simulator
@@ -131,7 +125,7 @@ def main(argv=None) -> int:
         rows.append((f"this code, 1 x {name}, device-resident MD",
                      *run_gpu_resident(pot, pos, numbers, cell, args)))
         rows.append((f"this code, 1 x {name}, backend='cuda', host integrator",
-                     *run_gpu_host_integrator(pot, pos, numbers, cell, args)))
+                     *run_host_integrator(pot, pos, numbers, cell, args, "cuda")))
 
     print()
     print("| run | atoms | s per 100 steps | us/atom-step | s per 100 steps at 21,600 atoms |")
