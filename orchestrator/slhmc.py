@@ -130,6 +130,17 @@ class CampaignConfig:
             volume_step=self.volume_step, delayed_acceptance=self.delayed_acceptance)
 
 
+def campaign_models(store, campaign: str | None) -> list[tuple[int, dict]]:
+    """(version, metadata) of the store's models published by `campaign` (None: all)."""
+    out = []
+    for v in store.model_versions():
+        g = store._group(f"models/v{v:06d}")
+        meta = (dict(g.attrs).get("metadata") or {}) if g is not None else {}
+        if campaign is None or meta.get("campaign") == campaign:
+            out.append((v, meta))
+    return out
+
+
 def chain_name(c: int) -> str:
     return f"chain{c:03d}"
 
@@ -177,7 +188,6 @@ class Campaign:
         from services.store import Store
 
         self.cfg = config
-        self.kcfg = config.kernel_config()
         self.kcfgs = {chain_name(c): config.kernel_config(c) for c in range(config.chains)}
         # True: chains wait at their next step while a due re-training runs (the source's
         # rhythm; reproducible label counts); False: they go on with the current model
@@ -291,13 +301,7 @@ class Campaign:
 
     # ------------------------------------------------------------ models
     def _campaign_models(self) -> list[tuple[int, dict]]:
-        out = []
-        for v in self.store.model_versions():
-            g = self.store._group(f"models/v{v:06d}")
-            meta = dict(g.attrs).get("metadata", {}) if g is not None else {}
-            if meta.get("campaign") == self.cfg.campaign:
-                out.append((v, meta))
-        return out
+        return campaign_models(self.store, self.cfg.campaign)
 
     def model(self, version: int):
         if version not in self._models:

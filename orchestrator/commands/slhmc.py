@@ -133,7 +133,7 @@ def cmd_demo(args) -> int:
                          chains=args.chains, steps=args.steps, temperature=600.0,
                          md_steps=10, md_steps_min=5, md_steps_max=80, dt=2.0,
                          retrain_every=32, retrain_epochs=25, bootstrap_steps=30,
-                         bootstrap_dt=2.0, seed=0, train=DEMO_TRAIN)
+                         bootstrap_dt=2.0, seed=0, train=DEMO_TRAIN, reference_workers=2)
     print(f"nnmd demo: SLHMC on 32-atom fcc Cu with the EMT reference, {cfg.chains} chains x "
           f"{cfg.steps} steps at {cfg.temperature:g} K -> {out}/", flush=True)
     summary = _run_demo(cfg, str(out / "store"), args.executor, out)
@@ -168,7 +168,7 @@ def _run_demo(cfg, store_url: str, executor: str, out: Path) -> dict:
             ray.init(address=os.environ.get("RAY_ADDRESS") or "local", namespace="nnmd",
                      include_dashboard=False, log_to_driver=False, configure_logging=False)
     spec = CampaignSpec(config=cfg, store=store_url, executor=executor,
-                        reference_resources=ReferenceResources(workers=2, num_cpus=0.5))
+                        reference_resources=ReferenceResources(num_cpus=0.5))
     run = CampaignRun(spec, log=lambda m: print("  " + m, flush=True))
     summary = asyncio.run(run.run())
     summary["exported"] = _export_local(spec, out)
@@ -275,12 +275,9 @@ def write_html(store_url, out, campaign=None) -> None:
     ax.legend()
     figs.append(("Dataset growth", png(fig)))
 
-    models = []
-    for v in store.model_versions():
-        g = store._group(f"models/v{v:06d}")
-        meta = dict(g.attrs).get("metadata", {})
-        if campaign is None or meta.get("campaign") == campaign:
-            models.append((v, meta))
+    from orchestrator.slhmc import campaign_models
+
+    models = campaign_models(store, campaign)
     if models:
         fig, ax = plt.subplots(figsize=(11, 3.5))
         ax.plot([m.get("n_structures", 0) for _, m in models],

@@ -152,11 +152,11 @@ class CampaignRun:
         if not ray.is_initialized():
             ray.init(address=os.environ.get("RAY_ADDRESS") or None, namespace="nnmd",
                      ignore_reinit_error=True, log_to_driver=False)
-        r = self.spec.reference_resources
-        self.pool = RayReferencePool(self.spec.config.reference, r.workers,
+        r, workers = self.spec.reference_resources, self.spec.config.reference_workers
+        self.pool = RayReferencePool(self.spec.config.reference, workers,
                                      qe=self.spec.config.qe, num_cpus=r.num_cpus,
                                      resources=r.resources, max_restarts=r.max_restarts)
-        self.log(f"reference: {r.workers} Ray worker(s) serving {self.spec.config.reference} "
+        self.log(f"reference: {workers} Ray worker(s) serving {self.spec.config.reference} "
                  f"at {', '.join(self.pool.addresses)}")
         return self.pool
 
@@ -194,7 +194,7 @@ def _chain_row(ev: dict) -> dict:
 
 def status_from_store(store_url: str, campaign: str) -> dict | None:
     """A campaign's status as its store holds it (None when the store does not know it)."""
-    from orchestrator.slhmc import CAMPAIGN_DOC
+    from orchestrator.slhmc import CAMPAIGN_DOC, campaign_models
     from services.store import Store
 
     try:
@@ -222,11 +222,9 @@ def status_from_store(store_url: str, campaign: str) -> dict | None:
                        "model_version": int(hist[-1].get("model_version", 0) or 0),
                        "temperature_k": float(hist[-1].get("temperature",
                                                            cfg.get("temperature", math.nan)))})
-    batch = store.read(campaign=campaign)
-    n_labels = int((batch.arrays["source"] == "hmc").sum()) if len(batch) else 0
-    versions = [v for v in store.model_versions()
-                if (dict(store._group(f"models/v{v:06d}").attrs).get("metadata") or {})
-                .get("campaign") == campaign]
+    src = store.read(campaign=campaign).arrays["source"]
+    n_labels = int(((src == "hmc") | (src == "mc")).sum())  # as the campaign counts them
+    versions = [v for v, _ in campaign_models(store, campaign)]
     steps = int(cfg.get("steps", 0))
     done = bool(chains) and len(chains) >= int(cfg.get("chains", 0)) and \
         all(c["step"] >= steps for c in chains)

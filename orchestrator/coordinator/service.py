@@ -209,15 +209,14 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         import fsspec
 
         from nnmd_kernels.model_file import loads
+        from orchestrator.slhmc import campaign_models
         from services.store import Store
 
         try:
             store = Store(store_url, read_only=True)
         except Exception as exc:  # noqa: BLE001
             raise NotFound("campaign", f"no store for campaign {name!r} ({exc})") from None
-        mine = [v for v in store.model_versions()
-                if (dict(store._group(f"models/v{v:06d}").attrs).get("metadata") or {})
-                .get("campaign") == name]
+        mine = [v for v, _ in campaign_models(store, name)]
         if not mine:
             raise NotFound("campaign", f"campaign {name!r} has no model yet",
                            "wait for its first training (Watch: model_published)")

@@ -58,7 +58,8 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class ReferenceResources:
-    workers: int = 1  # reference calculations at once
+    """Ray placement of each reference worker (how many: config.reference_workers)."""
+
     num_cpus: float | None = None  # Ray CPUs per worker (default ranks x threads)
     resources: dict = field(default_factory=dict)  # Ray custom resources per worker
     max_restarts: int = 3
@@ -232,7 +233,7 @@ def parse_spec(spec: dict | str | os.PathLike, *, store: str | None = None,
         kw["qe"] = qe
     workers = int(rref.pop("workers", kw.get("reference_workers", 1)))
     kw["reference_workers"] = workers
-    ref_res = ReferenceResources(workers=workers, **rref)
+    ref_res = ReferenceResources(**rref)
 
     executor = raw.get("executor", "auto")
     if executor not in EXECUTORS:
