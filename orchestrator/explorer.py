@@ -17,14 +17,11 @@ not labelled again.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
-
-MC_KEYS = ("explorers", "rounds", "steps", "every", "temperature", "translate", "swap",
-           "vacancy", "max_displacement", "move_temperatures", "max_unknown", "bins",
-           "min_count", "min_unknown_atoms", "max_energy_std", "max_structures")
 
 
 @dataclass(frozen=True)
@@ -81,9 +78,10 @@ class ExplorerConfig:
 def explorer_config(d: dict) -> ExplorerConfig | None:
     if not d:
         return None
-    unknown = [k for k in d if k not in MC_KEYS]
+    keys = [f.name for f in dataclasses.fields(ExplorerConfig)]
+    unknown = [k for k in d if k not in keys]
     if unknown:
-        raise ValueError(f"mc.{unknown[0]}: unknown field; known: {', '.join(MC_KEYS)}")
+        raise ValueError(f"mc.{unknown[0]}: unknown field; known: {', '.join(keys)}")
     return ExplorerConfig(**d)
 
 

@@ -23,7 +23,7 @@ import uuid
 
 import grpc
 
-from services.reference.types import Failure, FailureReason, Result
+from services.reference.types import Failure, FailureReason
 
 log = logging.getLogger("nnmd.coordinator")
 
@@ -109,18 +109,15 @@ class RayReferencePool:
 
     async def compute(self, atoms):
         """The reference outcome (Result or Failure) of one structure."""
-        from services.proto.nnmd.v1 import reference_pb2
+        from services.reference.client import compute_request, response_outcomes, rpc_failure
         from services.reference.service import failures_of
         from services.runtime.channel import idempotency_metadata
-        from services.runtime.convert import from_atoms, labels_from_proto, structure_to_proto
 
         if self._idle is None:
             self._idle = asyncio.Queue()
             for e in self._endpoints:
                 self._idle.put_nowait(e)
-        request = reference_pb2.ComputeRequest(
-            structures=[structure_to_proto(from_atoms(atoms)[0])],
-            properties=["energy", "forces", "stress"])
+        request = compute_request([atoms], ("energy", "forces", "stress"))
         key = uuid.uuid4().hex  # the same key on every retry: the work runs once
         for _attempt in range(8):
             if not self._endpoints:
@@ -143,25 +140,12 @@ class RayReferencePool:
                         self._idle.put_nowait(endpoint)
                     continue
                 self._idle.put_nowait(endpoint)
-                reason = (FailureReason.TIMEOUT
-                          if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-                          else FailureReason.BAD_INPUT
-                          if exc.code() == grpc.StatusCode.INVALID_ARGUMENT
-                          else FailureReason.CRASHED)
-                return Failure(reason, f"{endpoint[1]}: {exc.code().name}: {exc.details()}",
-                               info={"backend": endpoint[1]})
+                return rpc_failure(exc, endpoint[1])
             self._idle.put_nowait(endpoint)
             self.calls += 1
             self.settings_hash = resp.reference_settings_hash
-            failed = {f["index"]: f for f in failures_of(_Trailer(trailer))}
-            if 0 in failed or not resp.labels or not resp.labels[0].HasField("energy_ev"):
-                f = failed.get(0, {"reason": "crashed", "message": "no energy returned"})
-                return Failure(FailureReason(f["reason"]), f["message"],
-                               info={"backend": endpoint[1]})
-            lab = labels_from_proto(resp.labels[0], len(atoms))
-            return Result(lab.energy, lab.forces, lab.stress, info={
-                "backend": endpoint[1], "wall_s": resp.wall_time_s[0],
-                "round_trip_s": time.monotonic() - t0})
+            return response_outcomes(resp, failures_of(_Trailer(trailer)), [atoms],
+                                     endpoint[1], t0)[0]
         return Failure(FailureReason.CRASHED, "no reference worker answered after 8 tries",
                        info={})
 

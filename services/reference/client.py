@@ -54,39 +54,56 @@ class ReferenceClient:
             return [o for out in ex.map(lambda a: self._request([a]), atoms_list) for o in out]
 
     def _request(self, atoms_list: list[Atoms]) -> list[Outcome]:
-        req = reference_pb2.ComputeRequest(
-            structures=[structure_to_proto(from_atoms(a)[0]) for a in atoms_list],
-            properties=self.properties)
+        req = compute_request(atoms_list, self.properties)
         t0 = time.monotonic()
         key = uuid.uuid4().hex
         try:
             resp, call = self._stub.Compute.with_call(req, metadata=idempotency_metadata(key))
         except grpc.RpcError as exc:
-            reason = (FailureReason.TIMEOUT if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-                      else FailureReason.BAD_INPUT
-                      if exc.code() == grpc.StatusCode.INVALID_ARGUMENT
-                      else FailureReason.CRASHED)
-            msg = f"{self.name}: {exc.code().name}: {exc.details()}"
-            return [Failure(reason, msg, info={"backend": self.name}) for _ in atoms_list]
+            return [rpc_failure(exc, self.name) for _ in atoms_list]
         self.settings_hash = resp.reference_settings_hash
-        failed = {f["index"]: f for f in failures_of(call)}
-        out: list[Outcome] = []
-        for i, (a, msg) in enumerate(zip(atoms_list, resp.labels)):
-            if i in failed or not msg.HasField("energy_ev"):
-                f = failed.get(i, {"reason": "crashed", "message": "no energy returned"})
-                out.append(Failure(FailureReason(f["reason"]), f["message"],
-                                   info={"backend": self.name}))
-                continue
-            lab = labels_from_proto(msg, len(a))
-            if lab.forces is None:
-                out.append(Failure(FailureReason.CRASHED, "the service returned no forces",
-                                   info={"backend": self.name}))
-                continue
-            out.append(Result(lab.energy, lab.forces, lab.stress, info={
-                "backend": self.name, "wall_s": resp.wall_time_s[i],
-                "reference_settings_hash": resp.reference_settings_hash,
-                "round_trip_s": time.monotonic() - t0}))
-        return out
+        return response_outcomes(resp, failures_of(call), atoms_list, self.name, t0)
 
     def close(self) -> None:
         self._channel.close()
+
+
+def compute_request(atoms_list: Sequence[Atoms], properties: Sequence[str]):
+    """The ComputeRequest of these structures."""
+    return reference_pb2.ComputeRequest(
+        structures=[structure_to_proto(from_atoms(a)[0]) for a in atoms_list],
+        properties=list(properties))
+
+
+def rpc_failure(exc: grpc.RpcError, name: str) -> Failure:
+    """A call that ended with an error status, as a typed Failure (never a label)."""
+    reason = (FailureReason.TIMEOUT if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+              else FailureReason.BAD_INPUT if exc.code() == grpc.StatusCode.INVALID_ARGUMENT
+              else FailureReason.CRASHED)
+    return Failure(reason, f"{name}: {exc.code().name}: {exc.details()}",
+                   info={"backend": name})
+
+
+def response_outcomes(resp, failures: list[dict], atoms_list: Sequence[Atoms], name: str,
+                      t0: float) -> list[Outcome]:
+    """Result or Failure per structure of a ComputeResponse and its failure records
+    (``failures_of``); t0: time.monotonic() when the call was sent."""
+    failed = {f["index"]: f for f in failures}
+    out: list[Outcome] = []
+    for i, a in enumerate(atoms_list):
+        msg = resp.labels[i] if i < len(resp.labels) else None
+        if i in failed or msg is None or not msg.HasField("energy_ev"):
+            f = failed.get(i, {"reason": "crashed", "message": "no energy returned"})
+            out.append(Failure(FailureReason(f["reason"]), f["message"],
+                               info={"backend": name}))
+            continue
+        lab = labels_from_proto(msg, len(a))
+        if lab.forces is None:
+            out.append(Failure(FailureReason.CRASHED, "the service returned no forces",
+                               info={"backend": name}))
+            continue
+        out.append(Result(lab.energy, lab.forces, lab.stress, info={
+            "backend": name, "wall_s": resp.wall_time_s[i],
+            "reference_settings_hash": resp.reference_settings_hash,
+            "round_trip_s": time.monotonic() - t0}))
+    return out
