@@ -9,6 +9,7 @@ virial (3, 3) eV). Every step_fn calls force_fn exactly once.
   126, 014101 (2007)) applied for dt/2 before and after a velocity Verlet step.
 - npt_scr: stochastic cell rescaling (Bernetti & Bussi, J. Chem. Phys. 153, 114107
   (2020)) with the Bussi thermostat; isotropic, or the three Cartesian axes independently.
+  Its target pressure is in GPa and its compressibility in 1/GPa (eV/A^3 inside).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from nnmd_kernels.md import units
 from nnmd_kernels.md.state import (
     MDState,
     degrees_of_freedom,
@@ -25,7 +27,13 @@ from nnmd_kernels.md.state import (
     make_rng,
     maxwell_boltzmann,
 )
-from nnmd_kernels.md.units import BAR_TO_EV_PER_A3, KB_EV_PER_K, MVV_TO_EV
+from nnmd_kernels.md.units import (
+    BAR_TO_GPA,
+    GPA_TO_BAR,
+    GPA_TO_EV_PER_A3,
+    KB_EV_PER_K,
+    MVV_TO_EV,
+)
 
 ForceFn = Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray, np.ndarray]]
 
@@ -186,11 +194,36 @@ def nvt_bussi(force_fn: ForceFn, dt: float, temperature: float, tau: float = 100
     return (lambda *a, **k: init(force_fn, *a, **k)), step_fn
 
 
-def npt_scr(force_fn: ForceFn, dt: float, temperature: float, pressure_bar: float,
+_RENAMED_NPT = {  # old keyword -> (new keyword, factor old -> new, old unit)
+    "pressure_bar": ("pressure_gpa", BAR_TO_GPA, "bar", "pressures are in GPa"),
+    "compressibility_per_bar": ("compressibility_per_gpa", GPA_TO_BAR, "1/bar",
+                                "compressibilities are in 1/GPa"),
+}
+
+
+def _reject_old_units(removed: dict) -> None:
+    for key, value in removed.items():
+        if key not in _RENAMED_NPT:
+            raise TypeError(f"npt_scr() got an unexpected keyword argument {key!r}")
+        new, factor, unit, rule = _RENAMED_NPT[key]
+        hint = ""
+        try:
+            hint = f"; {key}={value:g} is {new}={float(value) * factor:.12g}"
+        except (TypeError, ValueError):
+            pass
+        raise ValueError(f"npt_scr: {key} ({unit}) is no longer accepted: {rule}, "
+                         f"pass {new}{hint}")
+
+
+def npt_scr(force_fn: ForceFn, dt: float, temperature: float, pressure_gpa: float | None = None,
             tau_t: float = 100.0, tau_p: float = 1000.0,
-            compressibility_per_bar: float = 4.5e-5, anisotropic: bool = False,
-            dof: int | None = None):
+            compressibility_per_gpa: float = 0.45, anisotropic: bool = False,
+            dof: int | None = None, **removed):
     """NPT by stochastic cell rescaling (Bernetti & Bussi 2020) plus the Bussi thermostat.
+
+    pressure_gpa: target pressure, GPa (required; |P| <= 1000 GPa, see
+    nnmd_kernels.md.units.pressure_gpa). The former pressure_bar / compressibility_per_bar
+    keywords raise ValueError naming the GPa value.
 
     Isotropic: eps = ln V follows the Ito equation
         d eps = -(beta_T / tau_p) (P0 - P_int) dt + sqrt(2 kT beta_T / (V tau_p)) dW,
@@ -199,19 +232,24 @@ def npt_scr(force_fn: ForceFn, dt: float, temperature: float, pressure_bar: floa
     exp(-d eps / 3). Anisotropic: each Cartesian axis a has its own eps_a driven by P_aa
     (the cell's shear is held; the box lengths fluctuate independently).
     P_int uses the instantaneous kinetic energy. tau_p fs; compressibility beta_T in
-    1/bar only sets the relaxation time, not the sampled distribution.
-    The barostat acts once per step between the first half kick and the drift, so that
-    forces are always evaluated at the rescaled coordinates.
+    1/GPa (default 0.45 /GPa, water) only sets the relaxation time, not the sampled
+    distribution. The barostat acts once per step between the first half kick and the
+    drift, so that forces are always evaluated at the rescaled coordinates.
     """
+    _reject_old_units(removed)
+    if pressure_gpa is None:
+        raise TypeError("npt_scr() needs pressure_gpa (the target pressure, GPa)")
+    pressure_gpa = units.pressure_gpa(pressure_gpa, "pressure_gpa")
+    compressibility_per_gpa = units.compressibility_per_gpa(compressibility_per_gpa,
+                                                            "compressibility_per_gpa")
     _positive("dt", dt, "fs")
     _positive("temperature", temperature, "K")
     _positive("tau_t", tau_t, "fs")
     _positive("tau_p", tau_p, "fs")
-    _positive("compressibility", compressibility_per_bar, "1/bar")
     c_half = np.exp(-0.5 * dt / tau_t)
     kt = KB_EV_PER_K * temperature
-    p0 = pressure_bar * BAR_TO_EV_PER_A3  # eV/A^3
-    beta_t = compressibility_per_bar / BAR_TO_EV_PER_A3  # A^3/eV
+    p0 = pressure_gpa * GPA_TO_EV_PER_A3  # eV/A^3
+    beta_t = compressibility_per_gpa / GPA_TO_EV_PER_A3  # A^3/eV
 
     def barostat(x, v, cell, masses, virial, rng):
         volume = abs(np.linalg.det(cell))

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from nnmd_kernels.md.units import compressibility_per_gpa, pressure_gpa
 from services.md.spec import ENSEMBLES, THERMOSTATS, MDSpec
 
 
@@ -27,14 +28,17 @@ def register(subparsers) -> None:
                    help="LAMMPS ranks sharing one GPU when GPUs are visible (default 2)")
     p.add_argument("--ensemble", choices=ENSEMBLES, default="nve")
     p.add_argument("--temperature", type=float, default=None, help="K (thermostat, velocities)")
-    p.add_argument("--pressure", type=float, default=None, help="bar (npt)")
+    p.add_argument("--pressure", default=None, metavar="GPA",
+                   help="npt target pressure in GPa: --pressure 1 is 1 GPa (= 10 kbar); "
+                        "'1.5GPa' is accepted, a value in another unit is refused")
     p.add_argument("--dt", type=float, default=1.0, help="time step, fs (default 1)")
     p.add_argument("--steps", type=int, required=True, help="number of MD steps")
     p.add_argument("--thermostat", choices=THERMOSTATS, default="bussi")
     p.add_argument("--tau-t", type=float, default=100.0, help="thermostat time, fs (default 100)")
     p.add_argument("--tau-p", type=float, default=1000.0, help="barostat time, fs (default 1000)")
-    p.add_argument("--compressibility", type=float, default=4.5e-5,
-                   help="barostat compressibility, 1/bar (native SCR barostat; default 4.5e-5)")
+    p.add_argument("--compressibility", type=float, default=0.45,
+                   help="barostat compressibility, 1/GPa (native SCR barostat; sets its "
+                        "relaxation time only; default 0.45 = water)")
     p.add_argument("--anisotropic", action="store_true", help="npt: box axes independent")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skin", type=float, default=1.0, help="neighbour-list skin, A (default 1)")
@@ -64,13 +68,25 @@ def spec_from_args(args) -> MDSpec:
             raise FileNotFoundError(f"--lammps-input {path} does not exist")
         commands = tuple(line.strip() for line in path.read_text().splitlines()
                          if line.strip() and not line.strip().startswith("#"))
+    # GPa; a value in bar (or any other unit) is a ValueError naming the conversion
+    pressure = None if args.pressure is None else pressure_gpa(args.pressure, "--pressure")
+    compressibility = compressibility_per_gpa(args.compressibility, "--compressibility")
     return MDSpec(
         ensemble=args.ensemble, dt_fs=args.dt, steps=args.steps, temperature=args.temperature,
-        pressure_bar=args.pressure, thermostat=args.thermostat, tau_t_fs=args.tau_t,
-        tau_p_fs=args.tau_p, compressibility_per_bar=args.compressibility,
+        pressure_gpa=pressure, thermostat=args.thermostat, tau_t_fs=args.tau_t,
+        tau_p_fs=args.tau_p, compressibility_per_gpa=compressibility,
         anisotropic=args.anisotropic, seed=args.seed, traj_interval=args.traj_interval,
         thermo_interval=args.thermo_interval, skin_a=args.skin, lammps_commands=commands,
     )
+
+
+def _conditions(spec: MDSpec) -> str:
+    """' (npt at 600 K, 1 GPa)': the ensemble and its targets, pressures in GPa."""
+    if spec.ensemble == "nve":
+        return " (nve)"
+    if spec.ensemble == "nvt":
+        return f" (nvt at {spec.temperature:g} K)"
+    return f" (npt at {spec.temperature:g} K, {spec.pressure_gpa:g} GPa)"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
                                echo_thermo=not args.quiet, store=store)
         if args.final:
             write(args.final, read(result["final"]), format="extxyz")
-        print(f"LAMMPS on {result['mpi_size']} ranks: {spec.steps} steps in "
+        print(f"LAMMPS on {result['mpi_size']} ranks: {spec.steps} steps{_conditions(spec)} in "
               f"{result['wall_s']:.2f} s; trajectory {traj_path}, thermo {thermo_path}")
         return 0
 
@@ -148,5 +164,6 @@ def run(args: argparse.Namespace) -> int:
                 writer.close()
     if args.final:
         write(args.final, final.to_atoms(), format="extxyz")
-    print(f"{args.engine}: {spec.steps} steps; trajectory {traj_path}, thermo {thermo_path}")
+    print(f"{args.engine}: {spec.steps} steps{_conditions(spec)}; trajectory {traj_path}, "
+          f"thermo {thermo_path}")
     return 0

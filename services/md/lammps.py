@@ -14,7 +14,8 @@ Python. Under MPI each rank
      energy and virial after its own reduction, so each rank must pass the total).
 Coordinates: LAMMPS wants a lower-triangular cell; positions, velocities and forces are
 rotated by Q (cell @ Q = L) on the way in and back on the way out. Units metal (A, ps,
-eV, g/mol, bar); velocities enter as A/ps.
+eV, g/mol, bar); velocities enter as A/ps, the spec's pressure (GPa) enters `fix npt` in
+bar, and LAMMPS' own thermo output prints the pressure in GPa (v_nnmd_press_gpa).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import time
 import numpy as np
 from scipy.spatial import cKDTree
 
+from nnmd_kernels.md.units import BAR_TO_GPA, GPA_TO_BAR
 from services.md.observers import MDFrame
 from services.md.spec import MDSpec
 
@@ -200,7 +202,9 @@ class LammpsNNP:
             f"fix {FIX_ID} all external pf/callback 1 1",
             f"fix_modify {FIX_ID} energy yes virial yes",
             f"timestep {float(spec.dt_fs * 1e-3):.17g}",
-            "thermo_style custom step temp pe ke etotal press vol",
+            # LAMMPS' own log prints the pressure in GPa (its compute thermo_press is in bar)
+            f"variable nnmd_press_gpa equal c_thermo_press*{BAR_TO_GPA:g}",
+            "thermo_style custom step temp pe ke etotal v_nnmd_press_gpa vol",
             f"thermo {spec.thermo_interval}",
         ]
         cmds += self._integrator_commands(spec)
@@ -225,7 +229,7 @@ class LammpsNNP:
             return [f"fix {INTEGRATOR_FIX} all nve", thermo]
         # LAMMPS has no stochastic cell rescaling: its Nose-Hoover/MTK barostat instead
         couple = "aniso" if spec.anisotropic else "iso"
-        p = spec.pressure_bar
+        p = spec.pressure_gpa * GPA_TO_BAR  # units metal: bar
         return [f"fix {INTEGRATOR_FIX} all npt temp {float(t):.17g} {float(t):.17g} {float(tau_ps):.17g} "
                 f"{couple} {float(p):.17g} {float(p):.17g} {float(spec.tau_p_fs * 1e-3):.17g}"]
 

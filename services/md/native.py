@@ -16,9 +16,9 @@ def integrator(spec: MDSpec, force_fn):
         return nvt_langevin(force_fn, spec.dt_fs, spec.temperature, friction=1.0 / spec.tau_t_fs)
     if spec.ensemble == "nvt":
         return nvt_bussi(force_fn, spec.dt_fs, spec.temperature, tau=spec.tau_t_fs)
-    return npt_scr(force_fn, spec.dt_fs, spec.temperature, spec.pressure_bar,
+    return npt_scr(force_fn, spec.dt_fs, spec.temperature, pressure_gpa=spec.pressure_gpa,
                    tau_t=spec.tau_t_fs, tau_p=spec.tau_p_fs,
-                   compressibility_per_bar=spec.compressibility_per_bar,
+                   compressibility_per_gpa=spec.compressibility_per_gpa,
                    anisotropic=spec.anisotropic)
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nnmd_kernels.md.state import MDState, kinetic_energy, kinetic_tensor
-from nnmd_kernels.md.units import EV_PER_A3_TO_BAR, KB_EV_PER_K
+from nnmd_kernels.md.units import EV_PER_A3_TO_GPA, KB_EV_PER_K
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,10 @@ class MDFrame:
         return float(abs(np.linalg.det(self.cell)))
 
     @property
-    def pressure_bar(self) -> float:
+    def pressure_gpa(self) -> float:
+        """Instantaneous pressure (virial + kinetic), GPa."""
         p = (kinetic_tensor(self.velocities, self.masses) + self.virial) / self.volume
-        return float(np.trace(p)) / 3.0 * EV_PER_A3_TO_BAR
+        return float(np.trace(p)) / 3.0 * EV_PER_A3_TO_GPA
 
     def to_atoms(self):
         from ase import Atoms, units
@@ -68,9 +69,9 @@ class MDFrame:
 
 
 class ThermoLog:
-    """Whitespace-separated columns: step time_fs T_K Epot_eV Ekin_eV Etot_eV P_bar V_A3."""
+    """Whitespace-separated columns: step time_fs T_K Epot_eV Ekin_eV Etot_eV P_GPa V_A3."""
 
-    HEADER = "# step time_fs T_K Epot_eV Ekin_eV Etot_eV P_bar V_A3\n"
+    HEADER = "# step time_fs T_K Epot_eV Ekin_eV Etot_eV P_GPa V_A3\n"
 
     def __init__(self, stream, echo=None):
         self.stream = stream
@@ -80,7 +81,7 @@ class ThermoLog:
     def __call__(self, frame: MDFrame) -> None:
         k = frame.kinetic
         line = (f"{frame.step:d} {frame.time_fs:.3f} {frame.temperature:.3f} {frame.energy:.8f} "
-                f"{k:.8f} {frame.energy + k:.8f} {frame.pressure_bar:.3f} {frame.volume:.4f}\n")
+                f"{k:.8f} {frame.energy + k:.8f} {frame.pressure_gpa:.7f} {frame.volume:.4f}\n")
         self.stream.write(line)
         self.stream.flush()
         if self.echo is not None:

@@ -39,7 +39,6 @@ ENSEMBLES = {  # nnmd.v1.Ensemble -> (MDSpec.ensemble, thermostat, anisotropic)
     md_pb2.ENSEMBLE_NPT_ISOTROPIC: ("npt", "bussi", False),
     md_pb2.ENSEMBLE_NPT_ANISOTROPIC: ("npt", "bussi", True),
 }
-GPA_TO_BAR = 1.0e4
 
 
 def run_segments(potential, structures, n_steps, dt_fs, engine="native", backend="auto"):
@@ -205,7 +204,7 @@ class MDServicer(md_pb2_grpc.MDServicer):
             spec = MDSpec(ensemble=ens, thermostat=thermostat, anisotropic=aniso,
                           dt_fs=request.timestep_fs, steps=int(request.n_steps),
                           temperature=request.temperature_k or None,
-                          pressure_bar=request.pressure_gpa * GPA_TO_BAR if ens == "npt" else None,
+                          pressure_gpa=request.pressure_gpa if ens == "npt" else None,
                           seed=int(request.seed) % (2**63),
                           traj_interval=int(request.sample_interval) or 100,
                           thermo_interval=int(request.sample_interval) or 100)

@@ -71,3 +71,63 @@ def test_md_command_errors_name_the_fix(inputs, tmp_path):
     with pytest.raises(ValueError, match="Ge"):
         args.func(args)
     assert not (tmp_path / "t.extxyz").exists()  # nothing ran
+
+
+def _npt_argv(inputs, tmp_path, pressure, *extra):
+    return ["md", "--model", str(inputs / "m.nnmd"), "--structure", str(inputs / "s.extxyz"),
+            "--ensemble", "npt", "--temperature", "300", "--pressure", pressure,
+            "--dt", "0.5", "--steps", "2", "--traj", str(tmp_path / "t.extxyz"),
+            "--traj-interval", "1", "--thermo-interval", "1", "--quiet", *extra]
+
+
+@pytest.mark.parametrize("pressure, says", [
+    ("1000bar", "--pressure 1000 bar: pressures are in GPa; 1000 bar = 0.1 GPa, "
+                "write --pressure 0.1"),
+    ("10 kbar", "10 kbar = 1 GPa, write --pressure 1"),
+    ("10000", "is it in bar? pressures are in GPa (1 bar = 1e-4 GPa; 10000 bar = 1 GPa)"),
+    ("high", "--pressure 'high': not a pressure; pressures are in GPa"),
+])
+def test_a_pressure_in_another_unit_exits_2_naming_gpa(inputs, tmp_path, capsys, pressure, says):
+    from orchestrator import cli
+
+    assert cli.main(_npt_argv(inputs, tmp_path, pressure)) == 2
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and err.startswith("nnmd md: error: ")  # one clean line
+    assert says in err and "GPa" in err and "Traceback" not in err
+    assert not (tmp_path / "t.extxyz").exists()  # nothing ran
+
+
+def test_a_compressibility_in_1_per_bar_exits_2(inputs, tmp_path, capsys):
+    from orchestrator import cli
+
+    argv = _npt_argv(inputs, tmp_path, "1", "--compressibility", "4.5e-5")
+    assert cli.main(argv) == 2
+    assert "is it in 1/bar? compressibilities are in 1/GPa" in capsys.readouterr().err
+
+
+def test_pressure_1_means_1_gpa_for_both_engines(inputs, tmp_path, capsys, monkeypatch):
+    from orchestrator import cli
+    from services.md import native
+    from services.md.lammps import LammpsNNP
+
+    for text in ("1", "1GPa", "1 gpa"):
+        assert md.spec_from_args(_parse(_npt_argv(inputs, tmp_path, text)[1:])).pressure_gpa == 1.0
+    spec = md.spec_from_args(_parse(_npt_argv(inputs, tmp_path, "1")[1:]))
+    assert spec.compressibility_per_gpa == 0.45
+    # LAMMPS (units metal) gets 1 GPa as 10000 bar
+    fix = LammpsNNP._integrator_commands(spec)[0]
+    assert " iso 10000 10000 " in fix
+    # the native engine gets 1 GPa (npt_scr converts to eV/A^3 itself)
+    handed = []
+    real = native.npt_scr
+
+    def spy(*args, **kwargs):
+        handed.append(kwargs["pressure_gpa"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(native, "npt_scr", spy)
+    assert cli.main(_npt_argv(inputs, tmp_path, "1")) == 0
+    assert handed == [1.0]
+    assert "(npt at 300 K, 1 GPa)" in capsys.readouterr().out
+    lines = (tmp_path / "t.thermo").read_text().splitlines()
+    assert lines[0].split()[7] == "P_GPa" and len(lines) == 1 + 3

@@ -157,16 +157,35 @@ def test_lammps_npt_moves_the_box_and_user_commands_pass_through(potential, tmp_
 
     atoms = lps_cell(temperature=300.0)
     out = tmp_path / "user_fix.txt"
-    spec = MDSpec(ensemble="npt", temperature=300.0, pressure_bar=-20000.0, dt_fs=0.5, steps=20,
+    spec = MDSpec(ensemble="npt", temperature=300.0, pressure_gpa=-2.0, dt_fs=0.5, steps=20,
                   tau_t_fs=20.0, tau_p_fs=100.0, traj_interval=10, thermo_interval=10,
-                  lammps_commands=(f'fix user_print all print 5 "$(step) $(pe:%.6f)" file {out} '
-                                   "screen no",))
+                  lammps_commands=(f'fix user_print all print 5 "$(step) $(pe:%.6f) '
+                                   f'$(v_nnmd_press_gpa:%.9f)" file {out} screen no',))
     frames = []
-    final, _ = run_lammps(atoms, potential, spec, traj=frames.append)
+    final, _ = run_lammps(atoms, potential, spec, traj=frames.append,
+                          log=tmp_path / "lammps.log")
     assert [f.step for f in frames] == [0, 10, 20]
     assert abs(final.volume - atoms.get_volume()) > 1e-3  # the barostat acted
     lines = [ln.split() for ln in out.read_text().splitlines() if not ln.startswith("#")]
-    assert [int(s) for s, _ in lines] == [0, 5, 10, 15, 20]  # the user's fix ran in the run
+    assert [int(s) for s, _, _ in lines] == [0, 5, 10, 15, 20]  # the user's fix ran in the run
     # LAMMPS' pe (from fix external's global energy) is the NNP energy of that frame
-    pe10 = float(dict(lines)["10"])
-    assert pe10 == pytest.approx(frames[1].energy, abs=1e-5)
+    by_step = {int(s): (float(pe), float(p)) for s, pe, p in lines}
+    assert by_step[10][0] == pytest.approx(frames[1].energy, abs=1e-5)
+    # LAMMPS' pressure, printed in GPa, is the frame's (to LAMMPS' own eV/A^3 -> bar
+    # constant, nktv2p = 1.6021765e6, 1e-7 from CODATA 2018)
+    for frame in frames:
+        assert abs(frame.pressure_gpa) > 0.1  # GPa-sized, so a unit slip would show
+        assert by_step[frame.step][1] == pytest.approx(frame.pressure_gpa, rel=1e-6)
+    log = (tmp_path / "lammps.log").read_text()
+    assert "v_nnmd_press_gpa" in log and "Press " not in log  # LAMMPS' log says GPa too
+
+
+def test_lammps_npt_target_is_the_spec_gpa_in_bar():
+    from services.md.lammps import LammpsNNP
+
+    for p_gpa, p_bar in ((1.0, "10000"), (-2.0, "-20000"), (0.0001, "1"), (0.25, "2500")):
+        spec = MDSpec(ensemble="npt", temperature=300.0, pressure_gpa=p_gpa, tau_p_fs=500.0)
+        (fix,) = LammpsNNP._integrator_commands(spec)
+        assert fix.endswith(f" iso {p_bar} {p_bar} 0.5"), fix
+    spec = MDSpec(ensemble="npt", temperature=300.0, pressure_gpa=1.5, anisotropic=True)
+    assert " aniso 15000 15000 " in LammpsNNP._integrator_commands(spec)[0]

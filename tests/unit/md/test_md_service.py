@@ -120,3 +120,30 @@ def test_production_streams_progress_and_writes_the_trajectory(setup):
     frames = Store(url, read_only=True).read_trajectory("prod1")
     np.testing.assert_array_equal(frames["step"], [0, 4, 8, 12])
     assert frames["positions"].shape == (4, 16, 3)
+
+
+def test_production_pressure_is_gpa(setup, monkeypatch):
+    _, url, served = setup
+    from services.md import native
+
+    handed = []
+    real = native.npt_scr
+
+    def spy(*args, **kwargs):
+        handed.append(kwargs["pressure_gpa"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(native, "npt_scr", spy)
+    traj = common_pb2.TrajectoryRef(store=common_pb2.StoreRef(url=url), name="npt1")
+    req = md_pb2.ProductionRequest(
+        model=_model(url), initial=structure_to_proto(from_atoms(_atoms(6))[0]),
+        ensemble=md_pb2.ENSEMBLE_NPT_ISOTROPIC, temperature_k=300.0, pressure_gpa=1.0,
+        timestep_fs=0.5, n_steps=4, sample_interval=4, trajectory=traj, seed=1)
+    msgs = list(served.stub.Production(req, timeout=120))
+    assert msgs[-1].done and handed == [1.0]  # pressure_gpa goes to the engine as GPa
+    req.pressure_gpa = 10000.0  # a value in bar
+    req.trajectory.name = "npt2"
+    with pytest.raises(grpc.RpcError) as err:
+        list(served.stub.Production(req, timeout=60))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "is it in bar? pressures are in GPa" in err.value.details()
