@@ -22,19 +22,40 @@ Why the chain samples exp(-beta E_ref) however poor the NNP is:
   min(1, exp(-beta [H_ref(x', p') - H_ref(x, p)])), H_ref = E_ref + K, satisfies
   detailed balance for exp(-beta E_ref(x)) (Duane et al. 1987 with the NNP as the
   "shadow" force field).
-- Volume move (NPT, isotropic, scaled coordinates s = x H^-1 fixed): the target in
-  (V, s) is V^N exp(-beta [E_ref + P V]); a proposal uniform in V gives
-  min(1, exp(-beta [dE_ref + P dV] + N ln(V'/V))); a random walk in ln V adds the
-  Jacobian V, hence N + 1.
+- Cell move (NPT; scaled coordinates s = x H^-1 fixed, so x -> s H' and the Jacobian
+  of x given H is V^N). The target is V^N exp(-beta [E_ref + P V]) times a flat
+  measure on the cell variables that the move changes (`cell_moves`):
+  * isotropic: V alone (shape fixed). Uniform steps in V give N ln(V'/V); a random
+    walk in ln V adds the Jacobian dV = V d ln V, hence (N + 1) ln(V'/V).
+  * anisotropic: the three lengths L_i = |h_i| at fixed angles, measure
+    dL_1 dL_2 dL_3. A random walk in ln L_i (each independent) has Jacobian
+    L_1 L_2 L_3, proportional to V at fixed angles, hence (N + 1) ln(V'/V).
+  * triclinic: the six entries of the lower-triangular form of the cell, H = L Q
+    (rows of H are lattice vectors; L lower triangular with L_ii > 0; Q the cell's
+    orientation, which no move changes, so rotations are not sampled), measure
+    prod dL_ij over i >= j. A symmetric random walk of those entries has no Jacobian,
+    hence N ln(V'/V), V = L_11 L_22 L_33; steps with some L_ii <= 0 are outside the
+    support and rejected without a reference call.
+  The shape measures differ from each other only by factors of order one in the cell
+  variables: their volume distributions agree to O(1/N), and each is exact for its own
+  stated measure (tests/unit/slhmc/test_exactness.py checks each in closed form).
 - Delayed acceptance (Christen & Fox, J. Comput. Graph. Stat. 14, 795 (2005)): stage 1
   accepts with a1 = min(1, r_nnp), r_nnp the same ratio with the NNP in place of the
   reference; only then is the reference called and stage 2 accepts with
   a2 = min(1, r_ref / r_nnp). The proposal terms (kinetic energy, P dV, N ln V'/V)
   cancel in r_ref / r_nnp, leaving exp(-beta [(E_ref' - E_ref) - (E_nnp' - E_nnp)]).
-- A failed reference call (SCF not converged) rejects the move.
-Adapting n from the acceptance rate, and re-training the NNP from the chain's own
-history, make the chain adaptive (its kernel depends on the past); freeze both
-(`adapt=False`, no re-training) for a strictly Markov, exact production run.
+- A failed reference call (SCF not converged) rejects the move here; that biases the
+  chain towards structures where the reference converges, so campaigns stop a chain
+  whose reference keeps failing unless told to reject (orchestrator.slhmc, on_failure).
+
+Learning, then production: adapting n from the acceptance rate, and re-training the NNP
+from the chain's own history, make the kernel depend on the past, and an adaptive chain
+is not guaranteed to sample the target. With `burn_in = B`, steps 1..B are the learning
+phase (n adapts; campaigns re-train), and from step B + 1 on the kernel is fixed: n is
+frozen (each trajectory length may still be drawn from the fixed jitter distribution,
+which does not depend on the state), and campaigns pin the model version. The
+production phase is then a Markov chain with exp(-beta E_ref) (NVT) or the NPT target
+above as its stationary law, exactly, whatever the NNP.
 """
 
 from __future__ import annotations
@@ -59,7 +80,9 @@ from nnmd_kernels.md.units import KB_EV_PER_K
 
 ENSEMBLES = ("nvt", "npt")
 VOLUME_PROPOSALS = ("lnV", "V")
+CELL_MOVES = ("isotropic", "anisotropic", "triclinic")
 MOVES = ("hmc", "volume")
+PHASES = ("burn_in", "production")
 
 # force_fn(positions (N, 3) A, cell (3, 3) A) -> (energy eV, forces (N, 3) eV/A, virial (3, 3) eV)
 ForceFn = Callable[[np.ndarray, np.ndarray], tuple]
@@ -71,12 +94,20 @@ class SLHMCConfig:
 
     n_md: initial number of NVE steps per HMC move; adapted within [n_md_min, n_md_max]
       after every `adapt_window` HMC moves: multiplied by `adapt_factor` when the
-      window's acceptance rate is >= adapt_up, divided when <= adapt_down.
+      window's acceptance rate is >= adapt_up, divided when <= adapt_down; only in the
+      learning phase (steps 1..burn_in; every step when burn_in is None).
+    burn_in: steps of the learning phase; None = the whole run learns (no production
+      phase, so no exactness claim).
     n_md_jitter: each trajectory length is drawn uniformly from
       [ceil((1 - jitter) n), n] (independent of the state, so still exact); breaks the
       resonance of a fixed n dt with a harmonic period.
-    volume_every: in NPT every k-th step is a volume move, the others HMC moves.
-    volume_step: max |d ln V| for "lnV", max |dV| in A^3 for "V".
+    volume_every: in NPT every k-th step is a cell (volume) move, the others HMC moves.
+    cell_moves: "isotropic" (V only), "anisotropic" (three lengths, fixed angles) or
+      "triclinic" (the whole cell but its orientation); module docstring.
+    volume_step: the cell step. isotropic: max |d ln V| ("lnV") or max |dV| in A^3
+      ("V"); anisotropic: max |d ln L_i| of each length; triclinic: max |dL_ij| of each
+      lower-triangular entry in units of the chain's length scale V_0^(1/3)
+      (ChainState.cell_scale, from the starting cell).
     """
 
     temperature: float  # K
@@ -96,6 +127,8 @@ class SLHMCConfig:
     volume_proposal: str = "lnV"
     volume_step: float = 0.02
     delayed_acceptance: bool = False
+    cell_moves: str = "isotropic"
+    burn_in: int | None = None
 
     def __post_init__(self):
         if not self.temperature > 0:
@@ -124,6 +157,18 @@ class SLHMCConfig:
             raise ValueError("volume_every must be >= 1 and volume_step > 0")
         if self.ensemble == "npt" and self.volume_every < 2:
             raise ValueError("volume_every must be >= 2 in NPT (1 would never move the atoms)")
+        if self.cell_moves not in CELL_MOVES:
+            raise ValueError(f"cell_moves must be one of {', '.join(CELL_MOVES)}, got "
+                             f"{self.cell_moves!r}")
+        if self.cell_moves != "isotropic" and self.volume_proposal != "lnV":
+            raise ValueError(f"volume_proposal {self.volume_proposal!r} is for isotropic cell "
+                             f"moves only ({self.cell_moves} moves walk in the cell's own "
+                             "variables); leave volume_proposal at 'lnV'")
+        if self.burn_in is not None and (isinstance(self.burn_in, bool)
+                                         or int(self.burn_in) != self.burn_in
+                                         or self.burn_in < 0):
+            raise ValueError(f"burn_in must be a whole number of steps >= 0 (or None: the "
+                             f"whole run learns), got {self.burn_in!r}")
 
     @property
     def beta(self) -> float:
@@ -152,6 +197,8 @@ class ChainState:
     window_tried: int = 0  # HMC moves in the current adaptation window
     window_accepted: int = 0
     rng_state: dict | None = None
+    cell_scale: float = 0.0  # A, V^(1/3) of the starting cell (triclinic step unit)
+    accepted_step: int = 0  # the step whose proposal is the current state (0: the start)
 
     def replace(self, **changes) -> ChainState:
         return dataclasses.replace(self, **changes)
@@ -176,6 +223,8 @@ class ChainState:
         out["numbers"] = np.asarray(out["numbers"], dtype=int)
         out["pbc"] = np.asarray(out["pbc"], dtype=bool)
         out["energy_ref"] = float(out["energy_ref"])
+        if "cell_scale" in out:
+            out["cell_scale"] = float(out["cell_scale"])
         return cls(**out)
 
 
@@ -192,11 +241,22 @@ def init_chain(positions, numbers, masses, cell, pbc, energy_ref: float, config:
     if not np.isfinite(energy_ref):
         raise ValueError("energy_ref of the starting structure must be finite")
     rng = np.random.Generator(np.random.PCG64(seed))
-    return ChainState(positions=x, cell=np.array(cell, dtype=float),
+    h = np.array(cell, dtype=float)
+    volume = abs(np.linalg.det(h)) if h.shape == (3, 3) else 0.0
+    return ChainState(positions=x, cell=h,
                       numbers=np.array(numbers, dtype=int), masses=m,
                       pbc=np.broadcast_to(np.asarray(pbc, bool), (3,)).copy(),
                       energy_ref=float(energy_ref), n_md=int(config.n_md),
-                      rng_state=rng.bit_generator.state)
+                      rng_state=rng.bit_generator.state,
+                      cell_scale=float(volume ** (1.0 / 3.0)) if volume > 0 else 0.0)
+
+
+def phase(state: ChainState, config: SLHMCConfig) -> str:
+    """The phase of the step that `state` is about to make: "burn_in" (learning: n adapts,
+    campaigns re-train) for steps 1..burn_in, "production" (fixed kernel) after."""
+    if config.burn_in is None or state.step < config.burn_in:
+        return "burn_in"
+    return "production"
 
 
 # ----------------------------------------------------------------- acceptance rules
@@ -207,13 +267,38 @@ def hmc_log_acceptance(e_old, e_new, k_old, k_new, beta) -> float:
     return -beta * ((e_new + k_new) - (e_old + k_old))
 
 
-def volume_log_acceptance(e_old, e_new, v_old, v_new, n_atoms, pressure, beta,
-                          proposal="lnV") -> float:
-    """log of exp(-beta [dE + P dV] + N' ln(V'/V)); N' = N (uniform in V) or N + 1 (ln V)."""
+def cell_jacobian_power(n_atoms: int, cell_moves: str = "isotropic",
+                        proposal: str = "lnV") -> int:
+    """k in the acceptance's k ln(V'/V) term: N from the scaled coordinates, plus one for
+    a random walk in ln V (isotropic) or in the ln L_i (anisotropic); module docstring."""
+    if cell_moves not in CELL_MOVES:
+        raise ValueError(f"cell_moves must be one of {CELL_MOVES}, got {cell_moves!r}")
     if proposal not in VOLUME_PROPOSALS:
         raise ValueError(f"proposal must be one of {VOLUME_PROPOSALS}, got {proposal!r}")
-    k = n_atoms + (1 if proposal == "lnV" else 0)
+    if cell_moves == "triclinic" or (cell_moves == "isotropic" and proposal == "V"):
+        return n_atoms
+    return n_atoms + 1
+
+
+def volume_log_acceptance(e_old, e_new, v_old, v_new, n_atoms, pressure, beta,
+                          proposal="lnV", cell_moves="isotropic") -> float:
+    """log of exp(-beta [dE + P dV] + k ln(V'/V)), k = cell_jacobian_power(...):
+    N (uniform in V; triclinic walk) or N + 1 (walk in ln V; anisotropic walk in ln L)."""
+    k = cell_jacobian_power(n_atoms, cell_moves, proposal)
     return -beta * ((e_new - e_old) + pressure * (v_new - v_old)) + k * math.log(v_new / v_old)
+
+
+def lower_triangular_form(cell) -> tuple[np.ndarray, np.ndarray]:
+    """(L, Q) with cell = L @ Q, L lower triangular with L_ii > 0, Q orthogonal.
+
+    Rows of `cell` are lattice vectors, so L holds the cell in the standard orientation
+    (a along x, b in the xy plane) and Q is the cell's rotation (det Q = sign det cell).
+    """
+    h = np.asarray(cell, dtype=float)
+    q, r = np.linalg.qr(h.T)  # h^T = q r, r upper triangular
+    d = np.where(np.diag(r) < 0, -1.0, 1.0)
+    r, q = d[:, None] * r, q * d[None, :]
+    return r.T, q.T
 
 
 def delayed_log_acceptance(log_r_ref, log_r_nnp) -> tuple[float, float]:
@@ -319,18 +404,36 @@ def _propose_hmc(state, config, force_fn) -> Proposal:
 
 
 def _propose_volume(state, config, energy_fn) -> Proposal:
+    """A cell move at fixed scaled coordinates (module docstring for the measures)."""
     rng = make_rng(state.rng_state)
-    v0 = state.volume
-    u = 2.0 * rng.random() - 1.0
-    v1 = v0 * math.exp(config.volume_step * u) if config.volume_proposal == "lnV" else (
-        v0 + config.volume_step * u)
-    if v1 <= 0:  # outside the support: rejected, never sent to the reference
+    h0, v0 = state.cell, state.volume
+    step = config.volume_step
+    h1 = None
+    if config.cell_moves == "isotropic":
+        u = 2.0 * rng.random() - 1.0
+        v1 = v0 * math.exp(step * u) if config.volume_proposal == "lnV" else v0 + step * u
+        if v1 > 0:
+            h1 = h0 * (v1 / v0) ** (1.0 / 3.0)
+    elif config.cell_moves == "anisotropic":
+        u = 2.0 * rng.random(3) - 1.0
+        h1 = h0 * np.exp(step * u)[:, None]  # row i (lattice vector i) scaled, angles kept
+    else:  # triclinic: a symmetric walk of the lower-triangular entries, orientation kept
+        if not state.cell_scale > 0:
+            raise ValueError("triclinic cell moves need the chain's length scale "
+                             "(ChainState.cell_scale > 0): start the chain with init_chain "
+                             "from a cell of nonzero volume")
+        low, rot = lower_triangular_form(h0)
+        u = np.tril(2.0 * rng.random((3, 3)) - 1.0)
+        low1 = low + step * state.cell_scale * u
+        if np.all(np.diag(low1) > 0):
+            h1 = low1 @ rot
+    if h1 is None:  # outside the support: rejected, never sent to the reference
         return Proposal("volume", state.positions, state.cell, -np.inf, np.nan, np.nan, 0,
                         rng.bit_generator.state, beta=config.beta)
-    scale = (v1 / v0) ** (1.0 / 3.0)  # isotropic; scaled coordinates unchanged
-    x1, h1 = state.positions * scale, state.cell * scale
+    v1 = float(abs(np.linalg.det(h1)))
+    x1 = state.positions @ np.linalg.solve(h0, h1)  # x H0^-1 H1: scaled coordinates kept
     log_q = volume_log_acceptance(0.0, 0.0, v0, v1, state.n_atoms, config.pressure,
-                                  config.beta, config.volume_proposal)
+                                  config.beta, config.volume_proposal, config.cell_moves)
     e0 = e1 = np.nan
     if config.delayed_acceptance:
         e0, e1 = float(energy_fn(state.positions, state.cell)), float(energy_fn(x1, h1))
@@ -377,12 +480,12 @@ def finish(state: ChainState, prop: Proposal, e_ref_new: float | None,
                "rng_state": rng.bit_generator.state}
     if accepted:
         changes.update(positions=np.array(prop.positions), cell=np.array(prop.cell),
-                       energy_ref=float(e_ref_new))
+                       energy_ref=float(e_ref_new), accepted_step=state.step + 1)
     if prop.kind == "hmc":
         wt, wa = state.window_tried + 1, state.window_accepted + int(accepted)
         n_md = state.n_md
         if wt >= config.adapt_window:
-            if config.adapt:
+            if config.adapt and phase(state, config) == "burn_in":
                 n_md = adapt_n_md(n_md, wa / wt, config)
             wt, wa = 0, 0
         changes.update(hmc_tried=state.hmc_tried + 1,
