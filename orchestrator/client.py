@@ -86,7 +86,8 @@ class Client:
                 "chains": [{"chain": c.chain, "step": c.step,
                             "acceptance_rate": c.acceptance_rate,
                             "n_md_steps": c.n_md_steps, "model_version": c.model_version,
-                            "temperature_k": c.temperature_k} for c in st.chains]}
+                            "temperature_k": c.temperature_k, "phase": c.phase,
+                            "state": c.state, "failure": c.failure} for c in st.chains]}
 
     def watch(self, campaign: str, timeout_s: float | None = None) -> Iterator[dict]:
         """Events as dicts (kind: step | model_published | state) until the campaign ends."""
@@ -100,6 +101,8 @@ class Client:
                                model_version=ev.model_version, message=ev.message)
                 elif ev.kind == "model_published":
                     out.update(model_version=ev.model_version)
+                elif ev.kind == "chain_failed":
+                    out.update(chain=ev.chain, step=ev.step, message=ev.message)
                 else:
                     out.update(state=STATE_NAMES[ev.state], message=ev.message)
                 yield out

@@ -24,6 +24,7 @@ stands in for the reference call: the label is used, not duplicated.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import os
@@ -36,22 +37,34 @@ from pathlib import Path
 import numpy as np
 
 from nnmd_kernels import slhmc
-from nnmd_kernels.md.units import EV_PER_A3_TO_BAR
+from nnmd_kernels.md.units import GPA_TO_EV_PER_A3, pressure_gpa
 from services.runtime import faults
 
 CAMPAIGN_DOC = "campaign"  # checkpoint key holding the campaign's settings
 SMALL_CELL_ATOMS = 256  # below this, MD proposals run one numba thread each, side by side
-GPA_TO_EV_PER_A3 = 1.0e4 / EV_PER_A3_TO_BAR  # 1 GPa = 1e4 bar
+ON_FAILURE = ("stop", "reject")
 
 # settings that must not change when a campaign resumes
 _FIXED_ON_RESUME = ("reference", "chains", "temperature", "ensemble", "pressure_gpa", "dt",
                     "seed", "bootstrap_steps", "delayed_acceptance", "volume_proposal",
-                    "chain_groups")
+                    "chain_groups", "burn_in", "cell_moves", "volume_every", "adapt_md_steps",
+                    "md_steps_jitter", "volume_step")
 
 
 @dataclass(frozen=True)
 class CampaignConfig:
-    """A local SLHMC campaign. Units: K, GPa, fs. `train` overrides TrainConfig fields."""
+    """A local SLHMC campaign. Units: K, GPa, fs. `train` overrides TrainConfig fields.
+
+    Sampling (docs/slhmc.md, "What is exact"): burn_in = B makes steps 1..B of every
+    chain the learning phase (n_md adapts, labels re-train the model) and later steps
+    the production phase (model version and n_md frozen per chain: a fixed Markov
+    kernel, so production samples the reference's ensemble exactly); None = the whole
+    run learns. cell_moves: isotropic | anisotropic | triclinic (NPT); every
+    volume_every-th step is a cell move. on_failure: what a reference failure (after
+    the backend's own retries) does to its chain: "stop" (default; the chain ends in
+    state failed, with the reason) or "reject" (the move is rejected: biased towards
+    structures where the reference succeeds, and reported as such).
+    """
 
     reference: str
     structure: str
@@ -82,11 +95,29 @@ class CampaignConfig:
     # Metropolis explorers beside the chains (orchestrator.explorer.ExplorerConfig fields);
     # empty = none
     mc: dict = field(default_factory=dict)
+    burn_in: int | None = None
+    cell_moves: str = "isotropic"
+    volume_every: int = 2
+    adapt_md_steps: bool = True
+    md_steps_jitter: float = 0.0
+    on_failure: str = "stop"
 
     def __post_init__(self):
         from services.store.store import safe_name
 
         safe_name(self.campaign, "campaign")
+        if not 0 < float(self.temperature) <= 1e5:
+            raise ValueError(f"temperature must be in (0, 1e5] K, got {self.temperature}")
+        object.__setattr__(self, "pressure_gpa", pressure_gpa(self.pressure_gpa, "pressure"))
+        if self.on_failure not in ON_FAILURE:
+            raise ValueError(f"on_failure must be 'stop' (a chain whose reference keeps "
+                             f"failing ends as failed) or 'reject' (biased), got "
+                             f"{self.on_failure!r}")
+        if self.burn_in is not None and (isinstance(self.burn_in, bool)
+                                         or int(self.burn_in) != self.burn_in
+                                         or self.burn_in < 0):
+            raise ValueError(f"burn_in must be a whole number of steps >= 0 (--burn-in N), "
+                             f"got {self.burn_in!r}")
         for name, lo in (("chains", 1), ("steps", 0), ("bootstrap_steps", 1),
                          ("retrain_every", 0), ("retrain_epochs", 1), ("reference_workers", 1)):
             if int(getattr(self, name)) < lo:
@@ -121,13 +152,18 @@ class CampaignConfig:
 
     def kernel_config(self, c: int = 0) -> slhmc.SLHMCConfig:
         cond = self.chain_conditions(c)
+        if not 0 < float(cond["temperature"]) <= 1e5:
+            raise ValueError(f"temperature must be in (0, 1e5] K, got {cond['temperature']}")
         return slhmc.SLHMCConfig(
             temperature=cond["temperature"], dt=self.dt, n_md=cond["md_steps"],
             n_md_min=min(self.md_steps_min, cond["md_steps"]),
             n_md_max=max(self.md_steps_max, cond["md_steps"]), ensemble=cond["ensemble"],
-            pressure=cond["pressure_gpa"] * GPA_TO_EV_PER_A3,
+            pressure=pressure_gpa(cond["pressure_gpa"], "pressure") * GPA_TO_EV_PER_A3,
             volume_proposal=self.volume_proposal,
-            volume_step=self.volume_step, delayed_acceptance=self.delayed_acceptance)
+            volume_step=self.volume_step, delayed_acceptance=self.delayed_acceptance,
+            cell_moves=self.cell_moves, volume_every=self.volume_every,
+            adapt=self.adapt_md_steps, n_md_jitter=self.md_steps_jitter,
+            burn_in=None if self.burn_in is None else int(self.burn_in))
 
 
 def campaign_models(store, campaign: str | None) -> list[tuple[int, dict]]:
@@ -227,7 +263,9 @@ class Campaign:
                       # wall seconds by phase (the campaign's own overhead is "store")
                       "seconds_md": 0.0, "seconds_reference": 0.0, "seconds_store": 0.0,
                       "seconds_training": 0.0, "seconds_loop_cpu": 0.0, "chain_steps": 0,
-                      "seconds_mc": 0.0, "mc_labels": 0}
+                      "seconds_mc": 0.0, "mc_labels": 0, "rejected_failures": 0}
+        self._failed: dict[str, dict] = {}  # chain -> {step, reason, time}
+        self._states: dict = {}
         self.version = 0
         self.bootstrap_backend = None  # the backend of the AIMD bootstrap (default: backend)
         self.train_fn = None  # train(structures, config, init=) elsewhere (default: here)
@@ -243,8 +281,11 @@ class Campaign:
                                          {"config": mine, "created": time.time()})
             return False
         old = doc["config"]
-        for key in _FIXED_ON_RESUME:
-            if json.loads(json.dumps(old.get(key, [] if key == "chain_groups" else None))) \
+        defaults = {f.name: (f.default if f.default is not dataclasses.MISSING else None)
+                    for f in dataclasses.fields(CampaignConfig)}
+        defaults["chain_groups"] = []
+        for key in _FIXED_ON_RESUME:  # a key an older campaign lacks had its default then
+            if json.loads(json.dumps(old.get(key, defaults[key]))) \
                     != json.loads(json.dumps(mine[key])):
                 raise ValueError(
                     f"campaign '{self.cfg.campaign}' in the store was started with "
@@ -443,6 +484,7 @@ class Campaign:
         self.version = await asyncio.to_thread(self.maybe_train)
         docs = await asyncio.to_thread(self.init_chains)
         states = {n: slhmc.ChainState.from_dict(d["state"]) for n, d in docs.items()}
+        self._states = states
         pending, pending_batch = await asyncio.to_thread(self._pending_labels)
         self._model_ready = asyncio.Event()
         self._model_ready.set()
@@ -492,7 +534,12 @@ class Campaign:
         return slhmc.screen(slhmc.propose(state, kcfg, ff), kcfg)
 
     def _retrain_due(self) -> bool:
-        return bool(self.cfg.retrain_every) and \
+        """Due every `retrain_every` labels, while some chain is still learning (once all
+        chains are in production, their kernels are frozen and nothing re-trains until
+        the run's end, when a final model is fitted on every label for export)."""
+        learning = any(slhmc.phase(st, self.kcfgs[c]) == "burn_in"
+                       for c, st in self._states.items() if c not in self._failed)
+        return bool(self.cfg.retrain_every) and learning and \
             self._n_hmc_labels() - self._trained_at >= self.cfg.retrain_every
 
     def _labels_added(self) -> None:
@@ -526,13 +573,27 @@ class Campaign:
 
         loop = asyncio.get_running_loop()
         kcfg = self.kcfgs[n]
+        doc = docs[n]
+        if doc.get("failed"):  # stopped by a reference failure (on_failure: stop)
+            self._failed[n] = doc["failed"]
+            return
         while states[n].step < self.cfg.steps and not self._stop.is_set():
-            if self.wait_for_model:
+            pinned = doc.get("production_model")
+            if self.wait_for_model and pinned is None:  # production chains never wait
                 await self._model_ready.wait()
                 if self._stop.is_set():
                     break
             s = states[n]
-            v, rec = self.version, None
+            ph = slhmc.phase(s, kcfg)
+            if ph == "production" and pinned is None:
+                # the kernel is frozen from here on: this model version, this n_md
+                pinned = doc["production_model"] = int(self.version)
+                doc["production_from"] = s.step + 1
+                await loop.run_in_executor(self._io_pool, self.writer.write_checkpoint,
+                                           self.cfg.campaign, n, doc)
+                self.log(f"{n}: production from step {s.step + 1} on (model v{pinned}, "
+                         f"n_md {s.n_md} frozen)")
+            v, rec = (self.version if pinned is None else int(pinned)), None
             k = pending.get((n, s.step + 1))
             if k is not None:  # labelled before a kill: replay with its model
                 rec = pending_batch.record(k)
@@ -553,8 +614,13 @@ class Campaign:
             elif slhmc.needs_reference(p):
                 t0 = time.perf_counter()
                 faults.point("before_reference")
-                outcome = await self._ref.compute(
-                    _atoms(p.positions, s.numbers, p.cell, s.pbc))
+                atoms = _atoms(p.positions, s.numbers, p.cell, s.pbc)
+                # restart hints (QE: start the SCF from the chain state's density)
+                atoms.info["nnmd_id"] = f"{self.cfg.campaign}/{n}/{s.step + 1}"
+                if s.accepted_step > 0:
+                    atoms.info["nnmd_restart_from"] = \
+                        f"{self.cfg.campaign}/{n}/{s.accepted_step}"
+                outcome = await self._ref.compute(atoms)
                 faults.point("after_reference")
                 wall = time.perf_counter() - t0
                 self.stats["seconds_reference"] += wall
@@ -564,15 +630,20 @@ class Campaign:
                 else:
                     status = "failed"
                     self.stats["reference_failures"] += 1
+                    if self.cfg.on_failure == "stop":
+                        await self._fail_chain(n, s.step + 1, str(outcome), doc)
+                        return
+                    self.stats["rejected_failures"] += 1
                     self.log(f"{n} step {s.step + 1}: reference failed ({outcome}); move "
-                             "rejected")
+                             "rejected (on_failure: reject, which biases the chain towards "
+                             "structures where the reference succeeds)")
             new, accepted = slhmc.finish(s, p, e_ref, kcfg)
             if e_ref is not None:
                 status = "accepted" if accepted else "rejected"
             if rec is not None and bool(rec.provenance.accepted) != accepted:
                 self.log(f"{n} step {new.step}: replayed decision differs from the stored "
                          "label's (non-deterministic MD?); keeping the replayed one")
-            row = {"step": new.step, "move": p.kind, "status": status,
+            row = {"step": new.step, "phase": ph, "move": p.kind, "status": status,
                    "accepted": bool(accepted), "energy_ref": new.energy_ref,
                    "energy_proposal": e_ref, "n_md_steps": p.n_md, "model_version": v,
                    "volume": new.volume, "temperature": kcfg.temperature, "time": time.time()}
@@ -605,10 +676,24 @@ class Campaign:
                         (new.hmc_accepted + new.volume_accepted) / tried if tried else math.nan})
             if outcome is not None and outcome.ok:
                 self._labels_added()
-            low = min(st.step for st in states.values())
+            low = min((st.step for c, st in states.items() if c not in self._failed),
+                      default=self._round)
             if low > self._round:
                 self._round = low
                 self._progress(states)
+
+    async def _fail_chain(self, n: str, step: int, reason: str, doc: dict) -> None:
+        """on_failure: stop: the chain ends here, in state failed, with its reason kept in
+        its checkpoint (the failed structure is stored nowhere); the others go on."""
+        doc["failed"] = {"step": step, "reason": reason, "time": time.time()}
+        self._failed[n] = doc["failed"]
+        await asyncio.get_running_loop().run_in_executor(
+            self._io_pool, self.writer.write_checkpoint, self.cfg.campaign, n, doc)
+        self.log(f"{n} step {step}: the reference failed after its retries ({reason}); "
+                 "chain stopped, state failed (on_failure: stop; 'reject' would go on, "
+                 "biased)")
+        self._emit({"kind": "chain_failed", "chain": n, "step": step, "message": reason,
+                    "time": time.time()})
 
     def _histograms(self, version: int):
         """Descriptor histograms of model `version` over the data it was trained on."""
@@ -701,7 +786,10 @@ class Campaign:
         acc = sum(s.hmc_accepted + s.volume_accepted for s in states.values())
         n_md = [s.n_md for s in states.values()]
         e = np.mean([s.energy_ref / s.n_atoms for s in states.values()])
+        prod = sum(slhmc.phase(s, self.kcfgs[c]) == "production" for c, s in states.items())
         self.log(f"step {min(steps)}/{self.cfg.steps}: acceptance {acc / max(tried, 1):.2f}, "
+                 + (f"{prod} of {len(states)} chains in production, " if prod else "")
+                 + f"{len(self._failed)} failed, " * bool(self._failed) +
                  f"n_md {min(n_md)}-{max(n_md)}, <E_ref> {e:.4f} eV/atom, "
                  f"labels {self.stats['labels']}, model v{self.version}, "
                  f"{time.perf_counter() - self._t0:.0f} s")
@@ -710,11 +798,18 @@ class Campaign:
         tried = sum(s.hmc_tried + s.volume_tried for s in states.values())
         acc = sum(s.hmc_accepted + s.volume_accepted for s in states.values())
         models = self._campaign_models()
-        return {"campaign": self.cfg.campaign, "store": self.store.url,
-                "chains": len(states), "steps": {n: s.step for n, s in states.items()},
-                "acceptance": acc / tried if tried else math.nan,
-                "model_version": models[-1][0] if models else 0,
-                "seconds": seconds, **self.stats}
+        out = {"campaign": self.cfg.campaign, "store": self.store.url,
+               "chains": len(states), "steps": {n: s.step for n, s in states.items()},
+               "acceptance": acc / tried if tried else math.nan,
+               "model_version": models[-1][0] if models else 0,
+               "seconds": seconds, **self.stats,
+               "failed_chains": {n: f["reason"] for n, f in sorted(self._failed.items())}}
+        if self.cfg.on_failure == "reject" and self.stats["rejected_failures"]:
+            out["bias_warning"] = (
+                f"{self.stats['rejected_failures']} reference failures were rejected moves "
+                "(on_failure: reject): the chains are biased towards structures where the "
+                "reference succeeds")
+        return out
 
     def export_model(self, out_dir) -> list[str]:
         """The campaign's latest model as model.nnmd (+ ffield.sannp when it can be written)."""

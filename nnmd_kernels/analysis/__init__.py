@@ -4,6 +4,7 @@ Array-only numerics. Units: positions in Angstrom, times in ps, temperatures in 
 Index names: t = frame, i/j = atom, a/b = Cartesian component.
 """
 
+from nnmd_kernels.analysis.blocking import BlockedMean, blocked_mean
 from nnmd_kernels.analysis.rdf import rdf
 from nnmd_kernels.analysis.transport import (
     A2_PER_PS_TO_CM2_PER_S,
@@ -17,6 +18,8 @@ from nnmd_kernels.analysis.transport import (
 
 __all__ = [
     "A2_PER_PS_TO_CM2_PER_S",
+    "BlockedMean",
+    "blocked_mean",
     "DiffusionFit",
     "diffusion_coefficient",
     "msd",

@@ -15,8 +15,8 @@ from services.reference.spec import SPEC_HELP
 DEMO_TRAIN = {"descriptor": {"n_radial": 12, "n_angular": 6, "r_radial": 4.5, "r_angular": 4.0},
               "hidden": [16, 16], "max_epochs": 60, "warmup_epochs": 10,
               "validation_fraction": 0.1}
-REPORT_FIELDS = ("campaign", "chain", "step", "move", "status", "accepted", "energy_ref",
-                 "energy_proposal", "n_md_steps", "model_version", "volume")
+REPORT_FIELDS = ("campaign", "chain", "step", "phase", "move", "status", "accepted",
+                 "energy_ref", "energy_proposal", "n_md_steps", "model_version", "volume")
 
 
 def register(sub) -> None:
@@ -34,7 +34,7 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=100, help="MC steps per chain")
     p.add_argument("--temperature", type=float, default=300.0, help="K")
     p.add_argument("--ensemble", choices=("nvt", "npt"), default="nvt")
-    p.add_argument("--pressure", type=float, default=0.0, help="GPa (npt)")
+    p.add_argument("--pressure", default="0", help="GPa (npt); e.g. 1 or 1GPa (1 bar = 1e-4 GPa)")
     p.add_argument("--md-steps", type=int, default=20,
                    help="initial NVE steps per HMC move (adapted within 10..2000)")
     p.add_argument("--md-steps-min", type=int, default=10)
@@ -50,7 +50,26 @@ def register(sub) -> None:
                    help="reference calculations at once (e.g. pw.x runs; default 1)")
     p.add_argument("--delayed-acceptance", action="store_true",
                    help="screen moves with the NNP before calling the reference (exact)")
-    p.add_argument("--volume-step", type=float, default=0.02, help="max |d ln V| (npt)")
+    p.add_argument("--volume-step", type=float, default=0.02,
+                   help="cell step (npt): max |d ln V| (isotropic), max |d ln L| per length "
+                        "(anisotropic), max |dL_ij| / V0^(1/3) (triclinic)")
+    s = p.add_argument_group("sampling (docs/slhmc.md, 'What is exact')")
+    s.add_argument("--burn-in", type=int, default=None, metavar="N",
+                   help="steps 1..N of each chain learn (n_md adapts, re-training); after "
+                        "that the model version and n_md are frozen and the chain samples "
+                        "exactly (production). Default: the whole run learns")
+    s.add_argument("--cell-moves", choices=("isotropic", "anisotropic", "triclinic"),
+                   default="isotropic", help="npt cell moves: volume only, three lengths at "
+                   "fixed angles, or the whole cell (default isotropic)")
+    s.add_argument("--volume-every", type=int, default=2, metavar="K",
+                   help="npt: every K-th step is a cell move (default 2)")
+    s.add_argument("--fixed-md-steps", action="store_true",
+                   help="never adapt n_md, not even in the burn-in")
+    s.add_argument("--md-steps-jitter", type=float, default=0.0, metavar="F",
+                   help="draw each trajectory length uniformly in [(1-F) n, n] (exact)")
+    s.add_argument("--on-failure", choices=("stop", "reject"), default="stop",
+                   help="a reference failure after its retries: stop the chain (state "
+                        "failed; default) or reject the move (biased, reported as such)")
     p.add_argument("--train-config", default=None, metavar="FILE",
                    help="TrainConfig fields as JSON or YAML")
     p.add_argument("--seed", type=int, default=0)
@@ -59,8 +78,9 @@ def register(sub) -> None:
     g.add_argument("--threads", type=int, default=1, help="OpenMP/BLAS threads per rank")
     g.add_argument("--timeout", type=float, default=3600.0,
                    help="seconds before one pw.x run is killed (a failed, rejected move)")
-    g.add_argument("--attempts", type=int, default=2,
-                   help="tries per structure when the SCF does not converge (default 2)")
+    g.add_argument("--attempts", type=int, default=3,
+                   help="tries per structure when the SCF does not converge: more "
+                        "iterations and lower mixing, then more smearing (default 3)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="export the final model here (model.nnmd, ffield.sannp)")
     p.set_defaults(func=cmd_slhmc)
@@ -78,9 +98,11 @@ def register(sub) -> None:
     r = sub.add_parser("report", help="a campaign report: CSV of every chain step, or HTML")
     r.add_argument("--store", required=True, metavar="DIR")
     r.add_argument("--campaign", default=None, help="default: every SLHMC campaign in the store")
-    r.add_argument("--format", choices=("csv", "html"), default="csv")
+    r.add_argument("--format", choices=("csv", "html", "stats"), default="csv",
+                   help="csv: every chain step; html: plots; stats: production-phase "
+                        "<E>, <V> and acceptance with blocking error bars (JSON)")
     r.add_argument("-o", "--output", default=None,
-                   help="file (csv default: stdout; html default: report.html)")
+                   help="file (csv, stats default: stdout; html default: report.html)")
     r.set_defaults(func=cmd_report)
 
 
@@ -112,7 +134,10 @@ def cmd_slhmc(args) -> int:
         qe={"ranks": args.ranks, "threads": args.threads, "timeout_s": args.timeout,
             "attempts": args.attempts},
         delayed_acceptance=args.delayed_acceptance, volume_step=args.volume_step,
-        train=_train_overrides(args.train_config))
+        train=_train_overrides(args.train_config), burn_in=args.burn_in,
+        cell_moves=args.cell_moves, volume_every=args.volume_every,
+        adapt_md_steps=not args.fixed_md_steps, md_steps_jitter=args.md_steps_jitter,
+        on_failure=args.on_failure)
     summary = run_campaign(cfg, args.store, export_dir=args.out)
     print(json.dumps(summary, indent=2, default=str))
     return 0
@@ -208,6 +233,92 @@ def report_rows(store_url: str, campaign: str | None = None) -> list[dict]:
     return rows
 
 
+def _groups_of(rows) -> dict:
+    out: dict = {}
+    for r in rows:
+        key = (r["campaign"], float(r.get("temperature") or float("nan")))
+        out.setdefault(key, {}).setdefault(r["chain"], []).append(r)
+    return out
+
+
+def _pooled(per_chain) -> dict:
+    """Chains pooled: mean weighted by length, error from the chains' blocked errors."""
+    import math
+
+    per_chain = [b for b in per_chain if b.n > 0]
+    n = sum(b.n for b in per_chain)
+    if not n:
+        return {"mean": None, "error": None, "n": 0}
+    mean = sum(b.n * b.mean for b in per_chain) / n
+    var = sum((b.n / n) ** 2 * b.error ** 2 for b in per_chain)
+    return {"mean": mean, "error": math.sqrt(var) if math.isfinite(var) else None, "n": n,
+            "converged": all(b.converged for b in per_chain)}
+
+
+def production_stats(store_url: str, campaign: str | None = None) -> list[dict]:
+    """<E_ref>, <V> and acceptance over the production phase only, per campaign and
+    temperature, with blocking error bars (each chain blocked, the chains pooled).
+    Burn-in steps never enter them: their kernel was still adapting."""
+    from nnmd_kernels.analysis import blocked_mean
+    from orchestrator.slhmc import CAMPAIGN_DOC
+    from services.store import Store
+
+    rows = report_rows(store_url, campaign)
+    store = Store(store_url, read_only=True)
+    out = []
+    for (camp, temp), chains in sorted(_groups_of(rows).items()):
+        cfg = (store.read_checkpoint(camp, CAMPAIGN_DOC) or {}).get("config", {})
+        prod = {c: [r for r in rs if r.get("phase") == "production"] for c, rs in chains.items()}
+        failed = {}
+        for c in chains:
+            doc = store.read_checkpoint(camp, c) or {}
+            if doc.get("failed"):
+                failed[c] = doc["failed"]["reason"]
+        entry = {"campaign": camp, "temperature": temp, "chains": len(chains),
+                 "burn_in": cfg.get("burn_in"), "on_failure": cfg.get("on_failure", "stop"),
+                 "steps_burn_in": sum(len(rs) - len(prod[c]) for c, rs in chains.items()),
+                 "steps_production": sum(len(p) for p in prod.values()),
+                 "failed_chains": failed,
+                 "rejected_failures": sum(r.get("status") == "failed" for rs in chains.values()
+                                          for r in rs)}
+        if entry["rejected_failures"] and not failed:
+            entry["bias_warning"] = (
+                f"{entry['rejected_failures']} moves were rejected because the reference "
+                "failed (on_failure: reject): the chains are biased towards structures where "
+                "the reference succeeds")
+        if not entry["steps_production"]:
+            entry["note"] = ("no production steps: set a burn-in (--burn-in N, spec "
+                             "sampling.burn_in) shorter than the run" if cfg.get("burn_in")
+                             is None else "the chains have not reached the end of the "
+                             "burn-in yet")
+            out.append(entry)
+            continue
+        for key, col, pick in (("energy_ref_ev", "energy_ref", lambda r: True),
+                               ("volume_a3", "volume", lambda r: True),
+                               ("acceptance", "accepted", lambda r: True),
+                               ("acceptance_hmc", "accepted", lambda r: r["move"] == "hmc"),
+                               ("acceptance_cell", "accepted",
+                                lambda r: r["move"] == "volume")):
+            series = [blocked_mean([float(r[col]) for r in p if pick(r)]) for p in prod.values()]
+            entry[key] = _pooled(series)
+        entry["model_versions"] = sorted({int(r["model_version"]) for p in prod.values()
+                                          for r in p})
+        entry["n_md_steps"] = {c: sorted({int(r["n_md_steps"]) for r in p if r["move"] == "hmc"})
+                               for c, p in prod.items() if p}
+        out.append(entry)
+    return out
+
+
+def write_stats(store_url, out, campaign=None) -> list[dict]:
+    stats = production_stats(store_url, campaign)
+    text = json.dumps(stats, indent=2, default=str)
+    if out is None:
+        print(text)
+    else:
+        Path(out).write_text(text + "\n")
+    return stats
+
+
 def write_csv(store_url, out, campaign=None) -> int:
     rows = report_rows(store_url, campaign)
     f = sys.stdout if out is None else open(out, "w", newline="")  # noqa: SIM115
@@ -215,6 +326,7 @@ def write_csv(store_url, out, campaign=None) -> int:
         w = csv.DictWriter(f, fieldnames=REPORT_FIELDS, extrasaction="ignore")
         w.writeheader()
         for r in rows:
+            r = {**r, "phase": r.get("phase") or "burn_in"}  # older campaigns: all learning
             w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in REPORT_FIELDS})
     finally:
         if out is not None:
@@ -310,7 +422,8 @@ def write_html(store_url, out, campaign=None) -> None:
                     f"<td>{m.get('energy_rmse_mev_per_atom', float('nan')):.2f}</td>"
                     f"<td>{m.get('force_rmse_mev_per_angstrom', float('nan')):.0f}</td></tr>"
                     for v, m in models)
-    body = "".join(f"<h2>{t}</h2><img src='data:image/png;base64,{b}'>" for t, b in figs)
+    body = _stats_html(production_stats(store_url, campaign)) + "".join(
+        f"<h2>{t}</h2><img src='data:image/png;base64,{b}'>" for t, b in figs)
     html = f"""<!doctype html><html><head><meta charset="utf-8"><title>nnmd SLHMC report</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:auto}} td,th{{padding:2px 8px}}</style>
 </head><body><h1>SLHMC report</h1>
@@ -320,6 +433,36 @@ acceptance {acc:.2f}; {len(batch)} labelled structures
 <table><tr><th>model</th><th>structures</th><th>chain labels</th><th>E RMSE meV/atom</th>
 <th>F RMSE meV/A</th></tr>{table}</table>{body}</body></html>"""
     Path(out).write_text(html)
+
+
+def _stats_html(stats: list[dict]) -> str:
+    """The production-phase statistics as a table, with failed chains and bias notes."""
+    from html import escape
+
+    def pm(d, scale=1.0, fmt="{:.4f}"):
+        if not d or d.get("mean") is None:
+            return "-"
+        err = d.get("error")
+        return fmt.format(scale * d["mean"]) + (
+            " &plusmn; " + fmt.format(scale * err) if err is not None else "")
+
+    rows, notes = [], []
+    for e in stats:
+        rows.append(f"<tr><td>{escape(e['campaign'])}</td><td>{e['temperature']:g}</td>"
+                    f"<td>{e['steps_burn_in']}</td><td>{e['steps_production']}</td>"
+                    f"<td>{pm(e.get('energy_ref_ev'))}</td>"
+                    f"<td>{pm(e.get('volume_a3'), fmt='{:.3f}')}</td>"
+                    f"<td>{pm(e.get('acceptance'), fmt='{:.3f}')}</td></tr>")
+        for c, reason in e.get("failed_chains", {}).items():
+            notes.append(f"<li>{escape(e['campaign'])} {escape(c)}: <b>failed</b>: "
+                         f"{escape(reason)}</li>")
+        for key in ("bias_warning", "note"):
+            if e.get(key):
+                notes.append(f"<li>{escape(e['campaign'])}: {escape(e[key])}</li>")
+    return ("<h2>Production statistics (blocking error bars)</h2><table><tr><th>campaign"
+            "</th><th>T (K)</th><th>burn-in steps</th><th>production steps</th>"
+            "<th>&lt;E_ref&gt; (eV)</th><th>&lt;V&gt; (A^3)</th><th>acceptance</th></tr>"
+            + "".join(rows) + "</table>" + (f"<ul>{''.join(notes)}</ul>" if notes else ""))
 
 
 def _parity_png(store, version, batch, png, plt) -> str:
@@ -362,6 +505,9 @@ def _parity_png(store, version, batch, png, plt) -> str:
 def cmd_report(args) -> int:
     if args.format == "csv":
         write_csv(args.store, args.output, args.campaign)
+        return 0
+    if args.format == "stats":
+        write_stats(args.store, args.output, args.campaign)
         return 0
     out = args.output or "report.html"
     write_html(args.store, out, args.campaign)

@@ -128,11 +128,16 @@ class CampaignRun:
             self.summary["executor"] = executor
             if reference is not None:
                 self.summary["reference_workers"] = reference.addresses
-            done = all(v >= cfg.steps for v in self.summary["steps"].values())
+            failed = self.summary.get("failed_chains", {})
+            done = all(v >= cfg.steps or n in failed for n, v in self.summary["steps"].items())
             self._set_state("finished" if done else "stopped",
                             f"{'finished' if done else 'stopped'}: acceptance "
                             f"{self.summary['acceptance']:.2f}, {self.summary['labels']} labels, "
-                            f"model v{self.summary['model_version']}")
+                            f"model v{self.summary['model_version']}"
+                            + (f"; {len(failed)} chain(s) failed: " + "; ".join(
+                                f"{n}: {r}" for n, r in failed.items()) if failed else "")
+                            + (f"; {self.summary['bias_warning']}"
+                               if self.summary.get("bias_warning") else ""))
             return self.summary
         except asyncio.CancelledError:
             self._set_state("stopped", "cancelled")
@@ -170,8 +175,21 @@ class CampaignRun:
             if camp is not None:
                 out["n_labels"] = int(camp._n_hmc or 0)
                 out["model_version"] = int(camp.version)
+                steps = int(self.spec.config.steps)
                 for ev in _latest_steps(self.events).values():
-                    out["chains"].append(_chain_row(ev))
+                    row = _chain_row(ev)
+                    row["state"] = "finished" if row["step"] >= steps else "running"
+                    out["chains"].append(row)
+                rows = {c["chain"]: c for c in out["chains"]}
+                for name, f in getattr(camp, "_failed", {}).items():
+                    row = rows.get(name)
+                    if row is None:
+                        row = {"chain": name, "step": int(f["step"]) - 1,
+                               "acceptance_rate": math.nan, "n_md_steps": 0,
+                               "model_version": 0, "temperature_k": math.nan, "phase": ""}
+                        out["chains"].append(row)
+                    row.update(state="failed", failure=f["reason"])
+                out["chains"].sort(key=lambda c: c["chain"])
         out.update(state=self.state, message=self.message, store=self.spec.store)
         return out
 
@@ -189,7 +207,8 @@ def _chain_row(ev: dict) -> dict:
             "acceptance_rate": float(ev.get("acceptance_rate", math.nan)),
             "n_md_steps": int(ev.get("n_md_steps", 0)),
             "model_version": int(ev.get("model_version", 0)),
-            "temperature_k": float(ev.get("temperature", math.nan))}
+            "temperature_k": float(ev.get("temperature", math.nan)),
+            "phase": str(ev.get("phase", ""))}
 
 
 def status_from_store(store_url: str, campaign: str) -> dict | None:
@@ -216,18 +235,24 @@ def status_from_store(store_url: str, campaign: str) -> dict | None:
         tried = st.get("hmc_tried", 0) + st.get("volume_tried", 0)
         acc = st.get("hmc_accepted", 0) + st.get("volume_accepted", 0)
         hist = d.get("history") or [{}]
-        chains.append({"chain": name, "step": int(st.get("step", 0)),
+        step = int(st.get("step", 0))
+        failed = d.get("failed")
+        chains.append({"chain": name, "step": step,
                        "acceptance_rate": acc / tried if tried else math.nan,
                        "n_md_steps": int(st.get("n_md", 0)),
                        "model_version": int(hist[-1].get("model_version", 0) or 0),
                        "temperature_k": float(hist[-1].get("temperature",
-                                                           cfg.get("temperature", math.nan)))})
+                                                           cfg.get("temperature", math.nan))),
+                       "phase": str(hist[-1].get("phase", "")),
+                       "state": "failed" if failed else (
+                           "finished" if step >= int(cfg.get("steps", 0)) else "stopped"),
+                       "failure": failed["reason"] if failed else ""})
     src = store.read(campaign=campaign).arrays["source"]
     n_labels = int(((src == "hmc") | (src == "mc")).sum())  # as the campaign counts them
     versions = [v for v, _ in campaign_models(store, campaign)]
     steps = int(cfg.get("steps", 0))
     done = bool(chains) and len(chains) >= int(cfg.get("chains", 0)) and \
-        all(c["step"] >= steps for c in chains)
+        all(c["step"] >= steps or c["state"] == "failed" for c in chains)
     return {"campaign": campaign, "state": "finished" if done else "stopped",
             "chains": chains, "n_labels": n_labels,
             "model_version": versions[-1] if versions else 0, "message": "", "store": store_url}

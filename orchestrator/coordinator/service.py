@@ -260,7 +260,9 @@ def _status_proto(st: dict):
         chains=[coordinator_pb2.ChainStatus(
             chain=c["chain"], step=c["step"], acceptance_rate=_nan0(c["acceptance_rate"]),
             n_md_steps=c["n_md_steps"], model_version=c["model_version"],
-            temperature_k=_nan0(c["temperature_k"])) for c in st["chains"]],
+            temperature_k=_nan0(c["temperature_k"]), phase=c.get("phase", ""),
+            state=c.get("state", ""), failure=c.get("failure", "")[:4096])
+            for c in st["chains"]],
         n_labels=st["n_labels"],
         latest_model=common_pb2.ModelRef(store=common_pb2.StoreRef(url=st.get("store", "")),
                                          version=st["model_version"]),

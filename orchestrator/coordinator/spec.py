@@ -8,8 +8,15 @@
     steps: 100                     # MC steps per chain
     temperature: 800.0             # K (per group if groups give it)
     ensemble: nvt                  # nvt | npt
-    pressure: 0.0                  # GPa (npt)
+    pressure: 0.0                  # GPa (npt); "1 GPa" also accepted, other units refused
     md_steps: 20, dt: 1.0, retrain_every: 100, bootstrap_steps: 50, seed: 0, ...
+    sampling:                      # docs/slhmc.md, "What is exact"
+      burn_in: 200                 # steps 1..200 learn; later steps: frozen kernel (exact)
+      cell_moves: isotropic        # isotropic | anisotropic | triclinic (npt)
+      volume_every: 2              # every k-th step is a cell move (npt)
+      adapt: true                  # n_md adapts during the burn-in
+      md_steps_jitter: 0.0         # trajectory lengths uniform in [(1 - j) n, n]
+      on_failure: stop             # stop (chain ends as failed) | reject (biased)
     train: {...}                   # TrainConfig fields
     qe: {ranks: 1, threads: 1, timeout_s: 3600, attempts: 2}
     executor: auto                 # local | ray | auto (ray when RAY_ADDRESS is set)
@@ -36,9 +43,14 @@ from orchestrator.slhmc import CampaignConfig
 
 # spec key -> CampaignConfig field (when the names differ)
 _RENAMED = {"name": "campaign", "pressure": "pressure_gpa"}
+# sampling.<key> -> CampaignConfig field
+_SAMPLING = {"burn_in": "burn_in", "cell_moves": "cell_moves", "volume_every": "volume_every",
+             "adapt": "adapt_md_steps", "md_steps_jitter": "md_steps_jitter",
+             "on_failure": "on_failure"}
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(CampaignConfig)} - {"chain_groups"}
-_TOP_LEVEL = ({k for k in _CONFIG_FIELDS} - set(_RENAMED.values())) | set(_RENAMED) | {
-    "pressure_gpa", "store", "executor", "resources", "wait_for_model", "description"}
+_TOP_LEVEL = ({k for k in _CONFIG_FIELDS} - set(_RENAMED.values()) - set(_SAMPLING.values())) \
+    | set(_RENAMED) | {"pressure_gpa", "store", "executor", "resources", "wait_for_model",
+                       "description", "sampling"}
 _GROUP_KEYS = {"count", "temperature", "ensemble", "pressure", "pressure_gpa", "md_steps"}
 _RESOURCE_KEYS = {
     "reference": {"workers", "num_cpus", "ranks", "threads", "resources", "max_restarts"},
@@ -133,6 +145,19 @@ _NUMERIC = {  # key: (type, lower bound, strict)
 }
 
 
+def _pressure(d: dict, key: str, where: str) -> float:
+    """GPa: a number, or a string with the unit GPa; other units refused with the
+    conversion (nnmd_kernels.md.units.pressure_gpa)."""
+    from nnmd_kernels.md.units import pressure_gpa
+
+    if isinstance(d[key], bool):
+        raise SpecError(f"{where}{key}", f"must be a number (GPa), got {d[key]!r}")
+    try:
+        return pressure_gpa(d[key], f"{where}{key}")
+    except ValueError as exc:
+        raise SpecError(f"{where}{key}", str(exc)) from None
+
+
 def _relative(path: str, base: Path | None) -> str:
     if not path or base is None or "://" in path or Path(path).is_absolute():
         return path
@@ -162,7 +187,16 @@ def parse_spec(spec: dict | str | os.PathLike, *, store: str | None = None,
         raise SpecError("spec", f"must be a mapping of fields, got {type(spec).__name__}",
                         "e.g. {name: demo, reference: emt, structure: cu.xyz}")
     raw = dict(spec)
+    for key in raw:
+        if key in _SAMPLING:
+            raise SpecError(key, "is a sampling setting", f"write it under sampling: "
+                            f"(sampling: {{{key}: ...}})")
     _check_keys(raw, _TOP_LEVEL, "")
+    sampling = raw.get("sampling", {}) or {}
+    if not isinstance(sampling, dict):
+        raise SpecError("sampling", f"must be a mapping, got {sampling!r}",
+                        "e.g. {burn_in: 200, cell_moves: anisotropic}")
+    _check_keys(sampling, set(_SAMPLING), "sampling.")
     for key in ("name", "reference"):
         if key not in raw:
             raise SpecError(key, "missing", "every spec needs a name and a reference")
@@ -171,12 +205,26 @@ def parse_spec(spec: dict | str | os.PathLike, *, store: str | None = None,
         if key in raw and not isinstance(raw[key], str):
             raise SpecError(key, f"must be a string, got {raw[key]!r}")
     kw: dict[str, Any] = {}
+    for key, value in sampling.items():
+        where = f"sampling.{key}"
+        if key in ("burn_in", "volume_every"):
+            value = _number(sampling, key, "sampling.", int, 0 if key == "burn_in" else 1)
+        elif key == "md_steps_jitter":
+            value = _number(sampling, key, "sampling.", float, 0)
+        elif key == "adapt" and not isinstance(value, bool):
+            raise SpecError(where, f"must be true or false, got {value!r}")
+        elif key in ("cell_moves", "on_failure") and not isinstance(value, str):
+            raise SpecError(where, f"must be a string, got {value!r}")
+        kw[_SAMPLING[key]] = value
     for key, value in raw.items():
-        if key in ("store", "executor", "resources", "wait_for_model", "description"):
+        if key in ("store", "executor", "resources", "wait_for_model", "description",
+                   "sampling"):
             continue
         if key == "chains" and isinstance(value, list):
             continue
-        if key in _NUMERIC:
+        if key in ("pressure", "pressure_gpa"):
+            value = _pressure(raw, key, "")
+        elif key in _NUMERIC:
             kind, lo, strict = _NUMERIC[key]
             value = _number(raw, key, "", kind, lo, strict)
         elif key in ("delayed_acceptance",) and not isinstance(value, bool):
@@ -249,6 +297,9 @@ def parse_spec(spec: dict | str | os.PathLike, *, store: str | None = None,
         msg = str(exc)
         key = next((k for k in sorted(_TOP_LEVEL | _CONFIG_FIELDS, key=len, reverse=True)
                     if msg.startswith(k) or f"--{k.replace('_', '-')}" in msg), "spec")
+        inverse = {v: k for k, v in _SAMPLING.items()}
+        if key in inverse:
+            key = f"sampling.{inverse[key]}"
         first = msg.split(" ", 1)[0].rstrip(":")
         if key in ("mc",) and first.startswith(key + "."):
             key = first  # e.g. mc.steps
@@ -290,7 +341,7 @@ def _groups(groups: list, raw: dict) -> list[dict]:
         d["ensemble"] = ens
         p = g.get("pressure", g.get("pressure_gpa", raw.get("pressure", raw.get("pressure_gpa",
                                                                                   0.0))))
-        d["pressure_gpa"] = _number({"pressure": p}, "pressure", where)
+        d["pressure_gpa"] = _pressure({"pressure": p}, "pressure", where)
         if "md_steps" in g:
             d["md_steps"] = _number(g, "md_steps", where, int, 1)
         out.append(d)

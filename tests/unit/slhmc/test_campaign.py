@@ -94,12 +94,13 @@ def test_resume_refuses_changed_settings(cu, tmp_path):
 
 
 def test_reference_failure_is_a_rejected_move_and_no_label(cu, tmp_path, monkeypatch):
+    """on_failure: reject (the default, stop, is in test_sampling_phases.py)."""
     from services.reference.types import Failure, FailureReason
 
     atoms, path = cu
     url = str(tmp_path / "store")
     run(config(path, 1), url, atoms)
-    camp = Campaign(config(path, 3), url, log=lambda m: None)
+    camp = Campaign(config(path, 3, on_failure="reject"), url, log=lambda m: None)
     monkeypatch.setattr(camp.backend, "compute", lambda lst: [
         Failure(FailureReason.NOT_CONVERGED, "SCF not converged") for _ in lst])
     try:

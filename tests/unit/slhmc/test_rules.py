@@ -151,3 +151,26 @@ def test_bad_config_names_the_field(kw, word):
 
 def test_beta_units():
     assert SLHMCConfig(temperature=1000).beta == pytest.approx(1 / (KB_EV_PER_K * 1000))
+
+
+def test_n_md_adapts_in_the_burn_in_only():
+    """A full adaptation window with a high acceptance rate lengthens n in the burn-in,
+    and changes nothing in production (the kernel is frozen)."""
+    from nnmd_kernels.slhmc import Proposal, phase
+
+    cfg = SLHMCConfig(temperature=300.0, n_md=20, n_md_min=5, n_md_max=100, adapt_window=2,
+                      burn_in=4)
+    s = init_chain(np.zeros((1, 3)), [1], [1.0], 5 * np.eye(3), True, 0.0, cfg, seed=1)
+
+    def good_move(state):
+        return Proposal("hmc", state.positions, state.cell, 0.0, 0.0, 0.0, state.n_md,
+                        state.rng_state, beta=cfg.beta)
+
+    seen = []
+    for _ in range(8):
+        seen.append((phase(s, cfg), s.n_md))
+        s, acc = finish(s, good_move(s), 0.0, cfg)
+        assert acc
+    assert [p for p, _ in seen] == ["burn_in"] * 4 + ["production"] * 4
+    assert [n for _, n in seen] == [20, 20, 30, 30, 45, 45, 45, 45]
+    assert s.n_md == 45 and s.accepted_step == 8

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from services.proto.nnmd.v1 import common_pb2 as nnmd_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19nnmd/v1/coordinator.proto\x12\x07nnmd.v1\x1a\x14nnmd/v1/common.proto\"W\n\x0cStartRequest\x12\x13\n\x0b\x63onfig_json\x18\x01 \x01(\t\x12 \n\x05store\x18\x02 \x01(\x0b\x32\x11.nnmd.v1.StoreRef\x12\x10\n\x08\x63\x61mpaign\x18\x03 \x01(\t\"!\n\rStartResponse\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\"!\n\rStatusRequest\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\"\x85\x01\n\x0b\x43hainStatus\x12\r\n\x05\x63hain\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x17\n\x0f\x61\x63\x63\x65ptance_rate\x18\x03 \x01(\x01\x12\x12\n\nn_md_steps\x18\x04 \x01(\r\x12\x15\n\rmodel_version\x18\x05 \x01(\x04\x12\x15\n\rtemperature_k\x18\x06 \x01(\x01\"\xbb\x01\n\x0e\x43\x61mpaignStatus\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.nnmd.v1.CampaignState\x12$\n\x06\x63hains\x18\x03 \x03(\x0b\x32\x14.nnmd.v1.ChainStatus\x12\x10\n\x08n_labels\x18\x04 \x01(\x04\x12\'\n\x0clatest_model\x18\x05 \x01(\x0b\x32\x11.nnmd.v1.ModelRef\x12\x0f\n\x07message\x18\x06 \x01(\t\" \n\x0cWatchRequest\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\"\xbd\x01\n\rCampaignEvent\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05\x63hain\x18\x03 \x01(\t\x12\x0c\n\x04step\x18\x04 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x05 \x01(\x08\x12\x15\n\rmodel_version\x18\x06 \x01(\x04\x12%\n\x05state\x18\x07 \x01(\x0e\x32\x16.nnmd.v1.CampaignState\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\x0e\n\x06time_s\x18\t \x01(\x01\"\x1f\n\x0bStopRequest\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\"5\n\x0cStopResponse\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.nnmd.v1.CampaignState\"\\\n\x12\x45xportModelRequest\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x13\n\x0b\x64\x65stination\x18\x03 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\"L\n\x13\x45xportModelResponse\x12 \n\x05model\x18\x01 \x01(\x0b\x32\x11.nnmd.v1.ModelRef\x12\x13\n\x0b\x64\x65stination\x18\x02 \x01(\t*\xd8\x01\n\rCampaignState\x12\x1e\n\x1a\x43\x41MPAIGN_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43\x41MPAIGN_STATE_PENDING\x10\x01\x12\x1a\n\x16\x43\x41MPAIGN_STATE_RUNNING\x10\x02\x12\x1b\n\x17\x43\x41MPAIGN_STATE_STOPPING\x10\x03\x12\x1b\n\x17\x43\x41MPAIGN_STATE_FINISHED\x10\x04\x12\x19\n\x15\x43\x41MPAIGN_STATE_FAILED\x10\x05\x12\x1a\n\x16\x43\x41MPAIGN_STATE_STOPPED\x10\x06\x32\xb9\x02\n\x0b\x43oordinator\x12\x36\n\x05Start\x12\x15.nnmd.v1.StartRequest\x1a\x16.nnmd.v1.StartResponse\x12\x39\n\x06Status\x12\x16.nnmd.v1.StatusRequest\x1a\x17.nnmd.v1.CampaignStatus\x12\x38\n\x05Watch\x12\x15.nnmd.v1.WatchRequest\x1a\x16.nnmd.v1.CampaignEvent0\x01\x12\x33\n\x04Stop\x12\x14.nnmd.v1.StopRequest\x1a\x15.nnmd.v1.StopResponse\x12H\n\x0b\x45xportModel\x12\x1b.nnmd.v1.ExportModelRequest\x1a\x1c.nnmd.v1.ExportModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19nnmd/v1/coordinator.proto\x12\x07nnmd.v1\x1a\x14nnmd/v1/common.proto\"W\n\x0cStartRequest\x12\x13\n\x0b\x63onfig_json\x18\x01 \x01(\t\x12 \n\x05store\x18\x02 \x01(\x0b\x32\x11.nnmd.v1.StoreRef\x12\x10\n\x08\x63\x61mpaign\x18\x03 \x01(\t\"!\n\rStartResponse\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\"!\n\rStatusRequest\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\"\xb4\x01\n\x0b\x43hainStatus\x12\r\n\x05\x63hain\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x17\n\x0f\x61\x63\x63\x65ptance_rate\x18\x03 \x01(\x01\x12\x12\n\nn_md_steps\x18\x04 \x01(\r\x12\x15\n\rmodel_version\x18\x05 \x01(\x04\x12\x15\n\rtemperature_k\x18\x06 \x01(\x01\x12\r\n\x05phase\x18\x07 \x01(\t\x12\r\n\x05state\x18\x08 \x01(\t\x12\x0f\n\x07\x66\x61ilure\x18\t \x01(\t\"\xbb\x01\n\x0e\x43\x61mpaignStatus\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.nnmd.v1.CampaignState\x12$\n\x06\x63hains\x18\x03 \x03(\x0b\x32\x14.nnmd.v1.ChainStatus\x12\x10\n\x08n_labels\x18\x04 \x01(\x04\x12\'\n\x0clatest_model\x18\x05 \x01(\x0b\x32\x11.nnmd.v1.ModelRef\x12\x0f\n\x07message\x18\x06 \x01(\t\" \n\x0cWatchRequest\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\"\xbd\x01\n\rCampaignEvent\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05\x63hain\x18\x03 \x01(\t\x12\x0c\n\x04step\x18\x04 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x05 \x01(\x08\x12\x15\n\rmodel_version\x18\x06 \x01(\x04\x12%\n\x05state\x18\x07 \x01(\x0e\x32\x16.nnmd.v1.CampaignState\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\x0e\n\x06time_s\x18\t \x01(\x01\"\x1f\n\x0bStopRequest\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\"5\n\x0cStopResponse\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.nnmd.v1.CampaignState\"\\\n\x12\x45xportModelRequest\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x13\n\x0b\x64\x65stination\x18\x03 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\"L\n\x13\x45xportModelResponse\x12 \n\x05model\x18\x01 \x01(\x0b\x32\x11.nnmd.v1.ModelRef\x12\x13\n\x0b\x64\x65stination\x18\x02 \x01(\t*\xd8\x01\n\rCampaignState\x12\x1e\n\x1a\x43\x41MPAIGN_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43\x41MPAIGN_STATE_PENDING\x10\x01\x12\x1a\n\x16\x43\x41MPAIGN_STATE_RUNNING\x10\x02\x12\x1b\n\x17\x43\x41MPAIGN_STATE_STOPPING\x10\x03\x12\x1b\n\x17\x43\x41MPAIGN_STATE_FINISHED\x10\x04\x12\x19\n\x15\x43\x41MPAIGN_STATE_FAILED\x10\x05\x12\x1a\n\x16\x43\x41MPAIGN_STATE_STOPPED\x10\x06\x32\xb9\x02\n\x0b\x43oordinator\x12\x36\n\x05Start\x12\x15.nnmd.v1.StartRequest\x1a\x16.nnmd.v1.StartResponse\x12\x39\n\x06Status\x12\x16.nnmd.v1.StatusRequest\x1a\x17.nnmd.v1.CampaignStatus\x12\x38\n\x05Watch\x12\x15.nnmd.v1.WatchRequest\x1a\x16.nnmd.v1.CampaignEvent0\x01\x12\x33\n\x04Stop\x12\x14.nnmd.v1.StopRequest\x1a\x15.nnmd.v1.StopResponse\x12H\n\x0b\x45xportModel\x12\x1b.nnmd.v1.ExportModelRequest\x1a\x1c.nnmd.v1.ExportModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nnmd.v1.coordinator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CAMPAIGNSTATE']._serialized_start=1032
-  _globals['_CAMPAIGNSTATE']._serialized_end=1248
+  _globals['_CAMPAIGNSTATE']._serialized_start=1079
+  _globals['_CAMPAIGNSTATE']._serialized_end=1295
   _globals['_STARTREQUEST']._serialized_start=60
   _globals['_STARTREQUEST']._serialized_end=147
   _globals['_STARTRESPONSE']._serialized_start=149
@@ -41,21 +41,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATUSREQUEST']._serialized_start=184
   _globals['_STATUSREQUEST']._serialized_end=217
   _globals['_CHAINSTATUS']._serialized_start=220
-  _globals['_CHAINSTATUS']._serialized_end=353
-  _globals['_CAMPAIGNSTATUS']._serialized_start=356
-  _globals['_CAMPAIGNSTATUS']._serialized_end=543
-  _globals['_WATCHREQUEST']._serialized_start=545
-  _globals['_WATCHREQUEST']._serialized_end=577
-  _globals['_CAMPAIGNEVENT']._serialized_start=580
-  _globals['_CAMPAIGNEVENT']._serialized_end=769
-  _globals['_STOPREQUEST']._serialized_start=771
-  _globals['_STOPREQUEST']._serialized_end=802
-  _globals['_STOPRESPONSE']._serialized_start=804
-  _globals['_STOPRESPONSE']._serialized_end=857
-  _globals['_EXPORTMODELREQUEST']._serialized_start=859
-  _globals['_EXPORTMODELREQUEST']._serialized_end=951
-  _globals['_EXPORTMODELRESPONSE']._serialized_start=953
-  _globals['_EXPORTMODELRESPONSE']._serialized_end=1029
-  _globals['_COORDINATOR']._serialized_start=1251
-  _globals['_COORDINATOR']._serialized_end=1564
+  _globals['_CHAINSTATUS']._serialized_end=400
+  _globals['_CAMPAIGNSTATUS']._serialized_start=403
+  _globals['_CAMPAIGNSTATUS']._serialized_end=590
+  _globals['_WATCHREQUEST']._serialized_start=592
+  _globals['_WATCHREQUEST']._serialized_end=624
+  _globals['_CAMPAIGNEVENT']._serialized_start=627
+  _globals['_CAMPAIGNEVENT']._serialized_end=816
+  _globals['_STOPREQUEST']._serialized_start=818
+  _globals['_STOPREQUEST']._serialized_end=849
+  _globals['_STOPRESPONSE']._serialized_start=851
+  _globals['_STOPRESPONSE']._serialized_end=904
+  _globals['_EXPORTMODELREQUEST']._serialized_start=906
+  _globals['_EXPORTMODELREQUEST']._serialized_end=998
+  _globals['_EXPORTMODELRESPONSE']._serialized_start=1000
+  _globals['_EXPORTMODELRESPONSE']._serialized_end=1076
+  _globals['_COORDINATOR']._serialized_start=1298
+  _globals['_COORDINATOR']._serialized_end=1611
 # @@protoc_insertion_point(module_scope)

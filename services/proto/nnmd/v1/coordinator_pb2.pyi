@@ -48,20 +48,26 @@ class StatusRequest(_message.Message):
     def __init__(self, campaign: _Optional[str] = ...) -> None: ...
 
 class ChainStatus(_message.Message):
-    __slots__ = ("chain", "step", "acceptance_rate", "n_md_steps", "model_version", "temperature_k")
+    __slots__ = ("chain", "step", "acceptance_rate", "n_md_steps", "model_version", "temperature_k", "phase", "state", "failure")
     CHAIN_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     ACCEPTANCE_RATE_FIELD_NUMBER: _ClassVar[int]
     N_MD_STEPS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_K_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
     chain: str
     step: int
     acceptance_rate: float
     n_md_steps: int
     model_version: int
     temperature_k: float
-    def __init__(self, chain: _Optional[str] = ..., step: _Optional[int] = ..., acceptance_rate: _Optional[float] = ..., n_md_steps: _Optional[int] = ..., model_version: _Optional[int] = ..., temperature_k: _Optional[float] = ...) -> None: ...
+    phase: str
+    state: str
+    failure: str
+    def __init__(self, chain: _Optional[str] = ..., step: _Optional[int] = ..., acceptance_rate: _Optional[float] = ..., n_md_steps: _Optional[int] = ..., model_version: _Optional[int] = ..., temperature_k: _Optional[float] = ..., phase: _Optional[str] = ..., state: _Optional[str] = ..., failure: _Optional[str] = ...) -> None: ...
 
 class CampaignStatus(_message.Message):
     __slots__ = ("campaign", "state", "chains", "n_labels", "latest_model", "message")
