@@ -121,8 +121,10 @@ def _train_overrides(path):
 
 
 def cmd_slhmc(args) -> int:
+    from nnmd_kernels.md.units import pressure_gpa
     from orchestrator.slhmc import CampaignConfig, run_campaign
 
+    args.pressure = pressure_gpa(args.pressure, "--pressure")
     cfg = CampaignConfig(
         reference=args.reference, structure=args.structure, campaign=args.campaign,
         chains=args.chains, steps=args.steps, temperature=args.temperature,
@@ -158,7 +160,8 @@ def cmd_demo(args) -> int:
                          chains=args.chains, steps=args.steps, temperature=600.0,
                          md_steps=10, md_steps_min=5, md_steps_max=80, dt=2.0,
                          retrain_every=32, retrain_epochs=25, bootstrap_steps=30,
-                         bootstrap_dt=2.0, seed=0, train=DEMO_TRAIN, reference_workers=2)
+                         bootstrap_dt=2.0, seed=0, train=DEMO_TRAIN, reference_workers=2,
+                         burn_in=args.steps // 2)
     print(f"nnmd demo: SLHMC on 32-atom fcc Cu with the EMT reference, {cfg.chains} chains x "
           f"{cfg.steps} steps at {cfg.temperature:g} K -> {out}/", flush=True)
     summary = _run_demo(cfg, str(out / "store"), args.executor, out)
@@ -167,6 +170,13 @@ def cmd_demo(args) -> int:
     write_csv(str(out / "store"), out / "report.csv", campaign="demo")
     print(f"done in {time.perf_counter() - t0:.0f} s: acceptance {summary['acceptance']:.2f}, "
           f"{summary['labels']} new labels this run, model v{summary['model_version']}")
+    for st in production_stats(str(out / "store"), "demo"):
+        e, a = st.get("energy_ref_ev"), st.get("acceptance")
+        if e and e.get("mean") is not None:
+            print(f"  production (steps {cfg.burn_in + 1}-{cfg.steps}, frozen kernel): "
+                  f"<E_ref> = {e['mean']:.4f} +- {e['error'] or float('nan'):.4f} eV, "
+                  f"acceptance {a['mean']:.2f} +- {a['error'] or float('nan'):.2f} "
+                  f"({st['steps_production']} steps)")
     for p in summary.get("exported", []):
         print(f"  model: {p}")
     print(f"  store: {out / 'store'}   (nnmd store info {out / 'store'})")

@@ -203,3 +203,39 @@ def test_sampling_spec_reaches_the_kernel(cu):
         parse_spec({"name": "x", "reference": "emt", "structure": path, "burn_in": 5})
     with pytest.raises(SpecError, match="GPa"):
         parse_spec({"name": "x", "reference": "emt", "structure": path, "pressure": "10 kbar"})
+
+
+def test_anisotropic_npt_campaign_relaxes_c_over_a(tmp_path):
+    """The whole campaign path (bootstrap, model, chains, store) with anisotropic cell
+    moves: EMT copper strained 5% along c ends cubic, the reference's own shape."""
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 2))
+    cell = atoms.cell[:].copy()
+    cell[2] *= 1.05
+    atoms.set_cell(cell, scale_atoms=True)
+    path = tmp_path / "strained.xyz"
+    atoms.write(path)
+    url = str(tmp_path / "store")
+    cfg = config(str(path), steps=60, temperature=150.0, ensemble="npt", retrain_every=0,
+                 cell_moves="anisotropic", volume_step=0.01, burn_in=20)
+    summary = run(cfg, url, atoms)
+    assert summary["failed_chains"] == {}
+    store = Store(url, read_only=True)
+    ratios = []
+    for c in range(2):
+        h = np.array(store.read_checkpoint("p", chain_name(c))["state"]["cell"])
+        lengths = np.linalg.norm(h, axis=1)
+        ratios.append(lengths[2] / np.sqrt(lengths[0] * lengths[1]))
+    assert abs(np.mean(ratios) - 1.0) < 0.012, ratios
+
+
+def test_cli_refuses_bar_and_bad_burn_in(tmp_path, capsys):
+    from orchestrator.cli import main
+
+    store = tmp_path / "s"
+    assert main(["slhmc", "--store", str(store), "--ensemble", "npt",
+                 "--pressure", "1000bar"]) == 2
+    err = capsys.readouterr().err
+    assert "--pressure" in err and "GPa" in err and "Traceback" not in err
+    assert main(["slhmc", "--store", str(store), "--burn-in", "-2"]) == 2
+    assert "burn_in" in capsys.readouterr().err
+    assert not store.exists()  # nothing was created by a refused command
