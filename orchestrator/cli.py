@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "orchestrator.commands.md",  # production MD: native engine or LAMMPS
     "orchestrator.commands.analyze",  # MSD, D, Nernst-Einstein sigma, RDF
     "orchestrator.commands.store",  # info, export, import (extxyz)
+    "orchestrator.commands.convert",  # extxyz, mlearn JSON, n2p2, DeePMD, store -> files
     "orchestrator.commands.serve",  # run one service as a gRPC server
     "orchestrator.commands.label",  # label, bootstrap (reference: QE, EMT, ...)
     "orchestrator.commands.slhmc",  # slhmc, demo, report

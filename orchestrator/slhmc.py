@@ -96,6 +96,9 @@ class CampaignConfig:
     # empty = none
     mc: dict = field(default_factory=dict)
     burn_in: int | None = None
+    # a fixed share of the labels (chosen by a hash of each label's id, so a label is in
+    # or out for good) that no training ever sees: every model version is scored on it
+    holdout_fraction: float = 0.1
     cell_moves: str = "isotropic"
     volume_every: int = 2
     adapt_md_steps: bool = True
@@ -109,6 +112,9 @@ class CampaignConfig:
         if not 0 < float(self.temperature) <= 1e5:
             raise ValueError(f"temperature must be in (0, 1e5] K, got {self.temperature}")
         object.__setattr__(self, "pressure_gpa", pressure_gpa(self.pressure_gpa, "pressure"))
+        if not 0 <= float(self.holdout_fraction) < 0.5:
+            raise ValueError(f"holdout_fraction must be in [0, 0.5), got "
+                             f"{self.holdout_fraction}")
         if self.on_failure not in ON_FAILURE:
             raise ValueError(f"on_failure must be 'stop' (a chain whose reference keeps "
                              f"failing ends as failed) or 'reject' (biased), got "
@@ -174,6 +180,37 @@ def campaign_models(store, campaign: str | None) -> list[tuple[int, dict]]:
         meta = (dict(g.attrs).get("metadata") or {}) if g is not None else {}
         if campaign is None or meta.get("campaign") == campaign:
             out.append((v, meta))
+    return out
+
+
+def is_held_out(name: str, fraction: float) -> bool:
+    """Whether the label called `name` belongs to the held-out set (a stable hash)."""
+    import zlib
+
+    return fraction > 0 and (zlib.crc32(name.encode()) % 10000) < fraction * 10000
+
+
+def holdout_errors(potential, structures) -> dict:
+    """Energy (meV/atom) and force (meV/A) RMSE and MAE of `potential` on labels that
+    training never saw; n = 0 when there are none."""
+    de, df = [], []
+    for s in structures:
+        try:
+            res = potential.compute(s.positions, s.numbers, s.cell, s.pbc)
+        except ValueError:  # an element the model lacks
+            continue
+        de.append((res.energy - s.energy) / len(s.numbers))
+        if s.forces is not None:
+            df.append(np.ravel(res.forces - s.forces))
+    if not de:
+        return {"n": 0}
+    de = np.array(de)
+    out = {"n": len(de), "energy_rmse_mev_per_atom": 1e3 * float(np.sqrt(np.mean(de ** 2))),
+           "energy_mae_mev_per_atom": 1e3 * float(np.mean(np.abs(de)))}
+    if df:
+        df = np.concatenate(df)
+        out.update(force_rmse_mev_per_angstrom=1e3 * float(np.sqrt(np.mean(df ** 2))),
+                   force_mae_mev_per_angstrom=1e3 * float(np.mean(np.abs(df))))
     return out
 
 
@@ -263,7 +300,8 @@ class Campaign:
                       # wall seconds by phase (the campaign's own overhead is "store")
                       "seconds_md": 0.0, "seconds_reference": 0.0, "seconds_store": 0.0,
                       "seconds_training": 0.0, "seconds_loop_cpu": 0.0, "chain_steps": 0,
-                      "seconds_mc": 0.0, "mc_labels": 0, "rejected_failures": 0}
+                      "seconds_mc": 0.0, "mc_labels": 0, "rejected_failures": 0,
+                      "seconds_bootstrap": 0.0}
         self._failed: dict[str, dict] = {}  # chain -> {step, reason, time}
         self._states: dict = {}
         self.version = 0
@@ -380,6 +418,12 @@ class Campaign:
             if not due:
                 return version
         structures = read_store(self.store.url, self.cfg.campaign)
+        held = [s for s in structures if is_held_out(s.name, self.cfg.holdout_fraction)]
+        if len(structures) - len(held) >= 2:  # keep the held-out labels out of training
+            names = {s.name for s in held}
+            structures = [s for s in structures if s.name not in names]
+        else:
+            held = []
         overrides = dict(self.cfg.train)
         init = None
         if models:
@@ -390,7 +434,10 @@ class Campaign:
         self.log(f"training on {len(structures)} labels ({n_hmc} from chains)"
                  + (" (warm start)" if init is not None else "") + " ...")
         # train_fn: this process by default; on Ray a task with the trainer's resources
-        result = (self.train_fn or train)(structures, tc, init=init)
+        if self.train_fn is None:
+            result = train(structures, tc, init=init, progress=self._training_progress(tc))
+        else:
+            result = self.train_fn(structures, tc, init=init)
         faults.point("training")
         text, digest = dumps(result.potential)
         m = result.metrics
@@ -405,14 +452,38 @@ class Campaign:
                 "history": [[h.get("epoch"), *(float(h.get(k, np.nan)) for k in (
                     "train_energy_rmse", "val_energy_rmse", "train_force_rmse",
                     "val_force_rmse"))] for h in result.history[0]]}
+        meta["holdout"] = holdout_errors(result.potential, held)
         version = self.writer.publish_model(text.encode(), meta)
         self._trained_at = n_hmc
         self.stats["retrainings"] += 1
         self.stats["seconds_training"] += time.perf_counter() - t0
+        h = meta["holdout"]
         self.log(f"model v{version}: energy RMSE {meta['energy_rmse_mev_per_atom']:.2f} meV/atom, "
                  f"force RMSE {meta['force_rmse_mev_per_angstrom']:.0f} meV/A "
-                 f"({meta['train_seconds']:.1f} s)")
+                 + (f"(held-out {h['n']}: {h['energy_rmse_mev_per_atom']:.2f} meV/atom, "
+                    f"{h.get('force_rmse_mev_per_angstrom', float('nan')):.0f} meV/A) "
+                    if h["n"] else "")
+                 + f"({meta['train_seconds']:.1f} s)")
         return version
+
+    def _training_progress(self, tc, every_s: float = 10.0):
+        """progress(member, iteration, metrics) for train(): a log line every ~10 s, so a
+        long first training is not silent."""
+        total = tc.max_epochs + tc.warmup_epochs
+        t0 = last = time.perf_counter()
+
+        def progress(member, iteration, row):
+            nonlocal last
+            now = time.perf_counter()
+            if now - last < every_s:
+                return
+            last = now
+            e = row.get("val_energy_rmse", row.get("train_energy_rmse", float("nan")))
+            f = row.get("val_force_rmse", row.get("train_force_rmse", float("nan")))
+            self.log(f"  training: model {member + 1}/{tc.n_models}, iteration "
+                     f"{iteration}/{total}, energy RMSE {1e3 * e:.2f} meV/atom, force RMSE "
+                     f"{1e3 * f:.0f} meV/A, {now - t0:.0f} s")
+        return progress
 
     def _force_fn(self, chain: str, version: int, numbers, pbc):
         from nnmd_kernels.md.forces import potential_force_fn
@@ -480,7 +551,9 @@ class Campaign:
         self.log(("resuming" if self.resumed else "starting") + f" campaign '{self.cfg.campaign}' "
                  f"in {self.store.url}: {self.cfg.chains} chains x {self.cfg.steps} steps, "
                  f"{self._conditions_text()}, reference {self.backend.name}")
+        t0 = time.perf_counter()
         await asyncio.to_thread(self.bootstrap, atoms)
+        self.stats["seconds_bootstrap"] += time.perf_counter() - t0
         self.version = await asyncio.to_thread(self.maybe_train)
         docs = await asyncio.to_thread(self.init_chains)
         states = {n: slhmc.ChainState.from_dict(d["state"]) for n, d in docs.items()}
@@ -517,7 +590,20 @@ class Campaign:
             self._io_pool.shutdown(wait=True)
             if own_ref:
                 self._ref.close()
+        self._record_run()
         return self.summary(states, time.perf_counter() - t_start)
+
+    def _record_run(self) -> None:
+        """Append this run's wall time by phase to the campaign document (the report
+        sums the runs of a resumed campaign)."""
+        doc = self.store.read_checkpoint(self.cfg.campaign, CAMPAIGN_DOC) or {}
+        keys = ("seconds_bootstrap", "seconds_md", "seconds_reference", "seconds_training",
+                "seconds_store", "seconds_mc", "reference_calls", "reference_failures", "labels",
+                "chain_steps", "retrainings")
+        doc.setdefault("runs", []).append({
+            "ended": time.time(), "seconds": time.perf_counter() - self._t0,
+            **{k: self.stats[k] for k in keys}})
+        self.writer.write_checkpoint(self.cfg.campaign, CAMPAIGN_DOC, doc)
 
     def _conditions_text(self) -> str:
         conds = {(c["ensemble"], c["temperature"], c["pressure_gpa"])
@@ -787,7 +873,10 @@ class Campaign:
         n_md = [s.n_md for s in states.values()]
         e = np.mean([s.energy_ref / s.n_atoms for s in states.values()])
         prod = sum(slhmc.phase(s, self.kcfgs[c]) == "production" for c, s in states.items())
-        self.log(f"step {min(steps)}/{self.cfg.steps}: acceptance {acc / max(tried, 1):.2f}, "
+        done = sum(steps)
+        self.log(f"step {min(steps)}/{self.cfg.steps} (slowest chain; {done}/"
+                 f"{self.cfg.steps * len(steps)} chain steps): acceptance "
+                 f"{acc / max(tried, 1):.2f}, "
                  + (f"{prod} of {len(states)} chains in production, " if prod else "")
                  + f"{len(self._failed)} failed, " * bool(self._failed) +
                  f"n_md {min(n_md)}-{max(n_md)}, <E_ref> {e:.4f} eV/atom, "
@@ -800,9 +889,12 @@ class Campaign:
         models = self._campaign_models()
         out = {"campaign": self.cfg.campaign, "store": self.store.url,
                "chains": len(states), "steps": {n: s.step for n, s in states.items()},
-               "acceptance": acc / tried if tried else math.nan,
+               "acceptance": acc / tried if tried else None,  # None: no move tried
                "model_version": models[-1][0] if models else 0,
-               "seconds": seconds, **self.stats,
+               # wall time of the whole run (bootstrap and first training included), and
+               # of the chains' part alone
+               "seconds": time.perf_counter() - self._t0, "seconds_chains": seconds,
+               **self.stats,
                "failed_chains": {n: f["reason"] for n, f in sorted(self._failed.items())}}
         if self.cfg.on_failure == "reject" and self.stats["rejected_failures"]:
             out["bias_warning"] = (

@@ -16,12 +16,13 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[${EXTRAS}]"
 
-# System packages (reference engineer's part): Quantum ESPRESSO's pw.x, its
+# System packages: chromium (headless screenshots of report.html in the tests, driven by
+# Playwright), and (reference engineer's part) Quantum ESPRESSO's pw.x, its
 # pseudopotentials (the tests use Si.pz-vbc.UPF), OpenMPI's mpirun (pw.x is
 # OpenMPI-linked; it is run with /usr/bin/mpirun, not the venv's MPICH) and a
 # threaded OpenBLAS that makes pw.x 2-4x faster. Installed with apt-get as root,
 # or through passwordless sudo; elsewhere the QE tests skip with a reason.
-QE_PKGS="quantum-espresso quantum-espresso-data openmpi-bin libopenblas0-pthread"
+QE_PKGS="quantum-espresso quantum-espresso-data openmpi-bin libopenblas0-pthread chromium"
 if [ "${NNMD_SKIP_APT:-0}" != "1" ] && command -v apt-get >/dev/null 2>&1 && command -v dpkg >/dev/null 2>&1; then
     SUDO=""
     if [ "$(id -u)" != "0" ]; then

@@ -16,6 +16,8 @@ import os
 import signal
 import sys
 
+from orchestrator.commands.slhmc import json_safe
+
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 
 
@@ -83,7 +85,7 @@ def cmd_run(args) -> int:
         return summary
 
     summary = asyncio.run(main())
-    print(json.dumps(summary, indent=2, default=str))
+    print(json.dumps(json_safe(summary), indent=2, allow_nan=False))
     return 0
 
 
@@ -139,7 +141,7 @@ def cmd_start(args) -> int:
 
 def cmd_status(args) -> int:
     return _call(args, lambda c: c.status(args.campaign),
-                 show=lambda st: print(json.dumps(st, indent=2)))
+                 show=lambda st: print(json.dumps(json_safe(st), indent=2, allow_nan=False)))
 
 
 def cmd_watch(args) -> int:

@@ -111,13 +111,28 @@ def _train_overrides(path):
         return {}
     from services.trainer.run import load_config
 
-    load_config(path)  # validates the keys now, naming the bad ones
-    text = Path(path).read_text()
-    if path.endswith((".yaml", ".yml")):
-        import yaml
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"--train-config {path}: " + ("a directory, not a file" if p.is_dir()
+                                                        else "no such file" if not p.exists() else "not a regular file"))
+    try:
+        text = p.read_text()
+        if path.endswith((".yaml", ".yml")):
+            import yaml
 
-        return yaml.safe_load(text) or {}
-    return json.loads(text)
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"--train-config {path}: not valid "
+                         f"{'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'} ({exc})"
+                         ) from None
+    except Exception as exc:  # yaml.YAMLError
+        raise ValueError(f"--train-config {path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--train-config {path}: must be a mapping of TrainConfig fields")
+    load_config(path)  # validates the keys now, naming the bad ones
+    return data
 
 
 def cmd_slhmc(args) -> int:
@@ -141,8 +156,27 @@ def cmd_slhmc(args) -> int:
         adapt_md_steps=not args.fixed_md_steps, md_steps_jitter=args.md_steps_jitter,
         on_failure=args.on_failure)
     summary = run_campaign(cfg, args.store, export_dir=args.out)
-    print(json.dumps(summary, indent=2, default=str))
+    print(json.dumps(json_safe(summary), indent=2, allow_nan=False))
     return 0
+
+
+def json_safe(x):
+    """x with NaN/inf as null and non-JSON objects as strings: always valid JSON."""
+    import math
+
+    if isinstance(x, dict):
+        return {str(k): json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if isinstance(x, bool) or x is None or isinstance(x, (int, str)):
+        return x
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    try:
+        f = float(x)
+        return f if math.isfinite(f) else None
+    except (TypeError, ValueError):
+        return str(x)
 
 
 def cmd_demo(args) -> int:
@@ -168,7 +202,9 @@ def cmd_demo(args) -> int:
     html = out / "report.html"
     write_html(str(out / "store"), html, campaign="demo")
     write_csv(str(out / "store"), out / "report.csv", campaign="demo")
-    print(f"done in {time.perf_counter() - t0:.0f} s: acceptance {summary['acceptance']:.2f}, "
+    acc = summary["acceptance"]
+    print(f"done in {time.perf_counter() - t0:.0f} s: acceptance "
+          f"{'-' if acc is None else format(acc, '.2f')}, "
           f"{summary['labels']} new labels this run, model v{summary['model_version']}")
     for st in production_stats(str(out / "store"), "demo"):
         e, a = st.get("energy_ref_ev"), st.get("acceptance")
@@ -321,7 +357,7 @@ def production_stats(store_url: str, campaign: str | None = None) -> list[dict]:
 
 def write_stats(store_url, out, campaign=None) -> list[dict]:
     stats = production_stats(store_url, campaign)
-    text = json.dumps(stats, indent=2, default=str)
+    text = json.dumps(json_safe(stats), indent=2, allow_nan=False)
     if out is None:
         print(text)
     else:
@@ -345,8 +381,11 @@ def write_csv(store_url, out, campaign=None) -> int:
 
 
 def write_html(store_url, out, campaign=None) -> None:
+    """One self-contained HTML page (plots inlined as PNG): settings, wall time by phase,
+    production statistics, chains, dataset, models with held-out errors, parity."""
     import base64
     import io
+    from html import escape
 
     import matplotlib
 
@@ -354,11 +393,13 @@ def write_html(store_url, out, campaign=None) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
+    from orchestrator.slhmc import CAMPAIGN_DOC, campaign_models
     from services.store import Store
 
     rows = report_rows(store_url, campaign)
     store = Store(store_url, read_only=True)
     chains = sorted({(r["campaign"], r["chain"]) for r in rows})
+    names = sorted({c for c, _ in chains}) or ([campaign] if campaign else [])
 
     def png(fig) -> str:
         buf = io.BytesIO()
@@ -367,82 +408,183 @@ def write_html(store_url, out, campaign=None) -> None:
         plt.close(fig)
         return base64.b64encode(buf.getvalue()).decode()
 
-    figs = []
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for key in chains:
-        rs = [r for r in rows if (r["campaign"], r["chain"]) == key]
-        steps = np.array([r["step"] for r in rs])
-        acc = np.cumsum([r["accepted"] for r in rs]) / np.arange(1, len(rs) + 1)
-        axes[0].plot(steps, acc, label=key[1])
-        axes[1].plot(steps, [r["n_md_steps"] for r in rs], label=key[1])
-    axes[0].set(xlabel="chain step", ylabel="running acceptance rate", ylim=(0, 1.05))
-    axes[1].set(xlabel="chain step", ylabel="NVE steps per move (n)")
-    axes[0].legend(fontsize=7)
-    figs.append(("Acceptance and trajectory length per chain", png(fig)))
+    def label(key) -> str:
+        return key[1] if len(names) <= 1 else f"{key[0]}/{key[1]}"
 
-    fig, ax = plt.subplots(figsize=(11, 4))
-    for key in chains:
-        rs = [r for r in rows if (r["campaign"], r["chain"]) == key]
-        ax.plot([r["step"] for r in rs], [r["energy_ref"] for r in rs], label=key[1])
-    ax.set(xlabel="chain step", ylabel="E_ref of the chain state (eV)")
-    ax.legend(fontsize=7)
-    figs.append(("Reference energy traces", png(fig)))
+    def per_chain(ax, ycol, ylabel, step_plot=False):
+        """One line per chain, each with its own colour and style; a legend outside."""
+        styles = ["-", "--", ":", "-."]
+        for i, key in enumerate(chains):
+            rs = [r for r in rows if (r["campaign"], r["chain"]) == key]
+            x = [r["step"] for r in rs]
+            y = ycol(rs)
+            kw = dict(label=label(key), ls=styles[(i // 10) % 4], lw=1.2)
+            (ax.step(x, y, where="post", **kw) if step_plot else ax.plot(x, y, **kw))
+        ax.set(xlabel="chain step", ylabel=ylabel)
+        for key_c in names:
+            b = _burn_in_of(store, key_c)
+            if b:
+                ax.axvline(b + 0.5, color="k", lw=0.8, alpha=0.6)
+        if len(chains) <= 12:
+            ax.legend(fontsize=7, ncol=2, title="chain", title_fontsize=7)
+
+    figs = []
+    if len(chains) > 12:  # aggregate: too many lines to tell apart
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        steps = sorted({r["step"] for r in rows})
+        acc = [np.mean([r["accepted"] for r in rows if r["step"] == k]) for k in steps]
+        nmd = [[r["n_md_steps"] for r in rows if r["step"] == k] for k in steps]
+        axes[0].plot(steps, acc, label=f"mean of {len(chains)} chains")
+        axes[1].fill_between(steps, [min(v) for v in nmd], [max(v) for v in nmd], alpha=0.3,
+                             label="min-max over chains")
+        axes[1].plot(steps, [np.median(v) for v in nmd], label="median")
+        axes[0].set(xlabel="chain step", ylabel="acceptance per step", ylim=(0, 1.05))
+        axes[1].set(xlabel="chain step", ylabel="NVE steps per move (n)")
+        axes[0].legend(fontsize=7)
+        axes[1].legend(fontsize=7)
+    else:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        per_chain(axes[0], lambda rs: np.cumsum([r["accepted"] for r in rs])
+                  / np.arange(1, len(rs) + 1), "running acceptance rate")
+        axes[0].set_ylim(0, 1.05)
+        per_chain(axes[1], lambda rs: [r["n_md_steps"] for r in rs], "NVE steps per move (n)",
+                  step_plot=True)
+    figs.append(("Acceptance and trajectory length per chain (vertical line: end of the "
+                 "burn-in)", png(fig)))
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    per_chain(axes[0], lambda rs: [r["energy_ref"] for r in rs], "E_ref of the chain state (eV)")
+    per_chain(axes[1], lambda rs: [r["volume"] for r in rs], "volume (A^3)")
+    figs.append(("Reference energy and volume traces", png(fig)))
 
     batch = store.read(campaign=campaign) if campaign else store.read()
     src = batch.arrays["source"]
     fig, ax = plt.subplots(figsize=(11, 3.5))
-    for kind in ("aimd", "hmc"):  # records are in the order they were stored
-        ax.plot(np.arange(1, len(src) + 1), np.cumsum(src == kind), label=kind)
+    for kind in ("aimd", "hmc", "mc"):  # records are in the order they were stored
+        if (src == kind).any():
+            ax.plot(np.arange(1, len(src) + 1), np.cumsum(src == kind),
+                    label={"aimd": "bootstrap (aimd)", "hmc": "chains (hmc)",
+                           "mc": "explorers (mc)"}[kind])
     ax.set(xlabel="labels stored (all sources)", ylabel="labels of this source")
     ax.legend()
     figs.append(("Dataset growth", png(fig)))
 
-    from orchestrator.slhmc import campaign_models
-
     models = campaign_models(store, campaign)
     if models:
         fig, ax = plt.subplots(figsize=(11, 3.5))
-        ax.plot([m.get("n_structures", 0) for _, m in models],
-                [m.get("energy_rmse_mev_per_atom", np.nan) for _, m in models], "o-",
-                label="energy (meV/atom)")
-        ax.plot([m.get("n_structures", 0) for _, m in models],
-                [m.get("force_rmse_mev_per_angstrom", np.nan) for _, m in models], "s-",
-                label="force (meV/A)")
-        ax.set(xlabel="training structures", ylabel="training RMSE", yscale="log")
-        ax.legend()
-        figs.append(("Training error per model version", png(fig)))
+        n_struct = [m.get("n_structures", 0) for _, m in models]
+        ax.plot(n_struct, [m.get("energy_rmse_mev_per_atom", np.nan) for _, m in models], "o-",
+                label="energy, training (meV/atom)")
+        ax.plot(n_struct, [m.get("force_rmse_mev_per_angstrom", np.nan) for _, m in models],
+                "s-", label="force, training (meV/A)")
+        ax.plot(n_struct, [(m.get("holdout") or {}).get("energy_rmse_mev_per_atom", np.nan)
+                           for _, m in models], "o--", label="energy, held out (meV/atom)")
+        ax.plot(n_struct, [(m.get("holdout") or {}).get("force_rmse_mev_per_angstrom", np.nan)
+                           for _, m in models], "s--", label="force, held out (meV/A)")
+        ax.set(xlabel="training structures", ylabel="RMSE", yscale="log")
+        ax.legend(fontsize=8)
+        figs.append(("Error per model version: training and held-out labels", png(fig)))
 
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         for v, m in models:
             h = np.array(m.get("history") or [[np.nan] * 5], dtype=float)
             for ax, col in ((axes[0], 1), (axes[1], 3)):
-                ax.plot(h[:, 0], 1e3 * h[:, col], label=f"v{v} train")
+                (line,) = ax.plot(h[:, 0], 1e3 * h[:, col], label=f"v{v} train")
                 if np.isfinite(h[:, col + 1]).any():
-                    ax.plot(h[:, 0], 1e3 * h[:, col + 1], "--", label=f"v{v} val")
+                    ax.plot(h[:, 0], 1e3 * h[:, col + 1], "--", color=line.get_color(),
+                            label=f"v{v} val")
         axes[0].set(xlabel="iteration", ylabel="energy RMSE (meV/atom)", yscale="log")
         axes[1].set(xlabel="iteration", ylabel="force RMSE (meV/A)", yscale="log")
         axes[0].legend(fontsize=6, ncol=2)
-        figs.append(("Learning curves", png(fig)))
-        figs.append(("Parity of the latest model on the stored labels",
-                     _parity_png(store, models[-1][0], batch, png, plt)))
+        figs.append(("Learning curves (solid: training, dashed: validation)", png(fig)))
+        figs.append(("Parity of the latest model, by label source (held-out labels: training "
+                     "never saw them)", _parity_png(store, models[-1][0], batch, png, plt,
+                                                    names)))
+
+    # settings and wall time, per campaign
+    settings, timing = [], []
+    for name in names:
+        doc = store.read_checkpoint(name, CAMPAIGN_DOC) or {}
+        cfg = doc.get("config", {})
+        conds = cfg.get("chain_groups") or [{"count": cfg.get("chains"), **{
+            k: cfg.get(k) for k in ("temperature", "ensemble", "pressure_gpa")}}]
+        cond_text = "; ".join(
+            f"{g.get('count')} x {str(g.get('ensemble', cfg.get('ensemble'))).upper()} "
+            f"{g.get('temperature', cfg.get('temperature'))} K"
+            + (f", {g.get('pressure_gpa', cfg.get('pressure_gpa'))} GPa"
+               if g.get("ensemble", cfg.get("ensemble")) == "npt" else "") for g in conds)
+        items = [("reference", cfg.get("reference")), ("conditions", cond_text),
+                 ("steps per chain", cfg.get("steps")),
+                 ("burn-in", cfg.get("burn_in") if cfg.get("burn_in") is not None
+                  else "none (the whole run learns)"),
+                 ("cell moves", f"{cfg.get('cell_moves', 'isotropic')} every "
+                  f"{cfg.get('volume_every', 2)} steps, step {cfg.get('volume_step')}"
+                  if "npt" in cond_text.lower() else "-"),
+                 ("MD", f"n {cfg.get('md_steps')} ({cfg.get('md_steps_min')}.."
+                  f"{cfg.get('md_steps_max')}), dt {cfg.get('dt')} fs, jitter "
+                  f"{cfg.get('md_steps_jitter', 0.0)}"),
+                 ("delayed acceptance", cfg.get("delayed_acceptance")),
+                 ("re-training", f"every {cfg.get('retrain_every')} labels, "
+                  f"{cfg.get('retrain_epochs')} epochs (warm start)"),
+                 ("held-out share", cfg.get("holdout_fraction", 0.0)),
+                 ("bootstrap", f"{cfg.get('bootstrap_steps')} steps, dt "
+                  f"{cfg.get('bootstrap_dt')} fs"),
+                 ("on failure", cfg.get("on_failure", "reject (older campaign)")),
+                 ("seed", cfg.get("seed"))]
+        settings.append(f"<h3>{escape(name)}</h3><table>" + "".join(
+            f"<tr><th style='text-align:left'>{escape(str(k))}</th><td>{escape(str(v))}</td>"
+            "</tr>" for k, v in items) + "</table>")
+        runs = doc.get("runs", [])
+        if runs:
+            tot = {k: sum(float(r.get(k, 0.0)) for r in runs) for k in (
+                "seconds", "seconds_bootstrap", "seconds_reference", "seconds_md",
+                "seconds_training", "seconds_store", "seconds_mc")}
+            timing.append(
+                f"<tr><td>{escape(name)}</td><td>{len(runs)}</td>" + "".join(
+                    f"<td>{tot[k]:.1f}</td>" for k in (
+                        "seconds", "seconds_bootstrap", "seconds_reference", "seconds_md",
+                        "seconds_training", "seconds_store", "seconds_mc")) + "</tr>")
+    timing_html = ("<h2>Wall time by phase (s, summed over runs)</h2><table><tr><th>campaign"
+                   "</th><th>runs</th><th>total</th><th>bootstrap</th><th>reference</th>"
+                   "<th>MD proposals</th><th>training</th><th>store</th><th>MC explorers</th>"
+                   "</tr>" + "".join(timing) + "</table><p>Reference and MD overlap across "
+                   "chains (they run side by side), so the phases can add up to more than the "
+                   "total.</p>") if timing else ""
 
     n = len(rows)
     acc = sum(r["accepted"] for r in rows) / n if n else float("nan")
-    table = "".join(f"<tr><td>v{v}</td><td>{m.get('n_structures')}</td><td>{m.get('n_labels')}</td>"
-                    f"<td>{m.get('energy_rmse_mev_per_atom', float('nan')):.2f}</td>"
-                    f"<td>{m.get('force_rmse_mev_per_angstrom', float('nan')):.0f}</td></tr>"
-                    for v, m in models)
-    body = _stats_html(production_stats(store_url, campaign)) + "".join(
-        f"<h2>{t}</h2><img src='data:image/png;base64,{b}'>" for t, b in figs)
+    table = "".join(
+        f"<tr><td>v{v}</td><td>{m.get('n_structures')}</td><td>{m.get('n_labels')}</td>"
+        f"<td>{m.get('energy_rmse_mev_per_atom', float('nan')):.2f}</td>"
+        f"<td>{m.get('force_rmse_mev_per_angstrom', float('nan')):.0f}</td>"
+        f"<td>{(m.get('holdout') or {}).get('n', '-')}</td>"
+        f"<td>{(m.get('holdout') or {}).get('energy_rmse_mev_per_atom', float('nan')):.2f}</td>"
+        f"<td>{(m.get('holdout') or {}).get('force_rmse_mev_per_angstrom', float('nan')):.0f}"
+        f"</td><td>{m.get('train_seconds', float('nan')):.1f}</td></tr>" for v, m in models)
+    body = "".join(f"<h2>{t}</h2><img src='data:image/png;base64,{b}'>" for t, b in figs)
     html = f"""<!doctype html><html><head><meta charset="utf-8"><title>nnmd SLHMC report</title>
-<style>body{{font-family:sans-serif;max-width:1000px;margin:auto}} td,th{{padding:2px 8px}}</style>
+<style>body{{font-family:sans-serif;max-width:1000px;margin:auto}} td,th{{padding:2px 8px}}
+table{{border-collapse:collapse}} tr:nth-child(even){{background:#f3f3f3}}</style>
 </head><body><h1>SLHMC report</h1>
-<p>store {store_url}; campaign {campaign or 'all'}; {len(chains)} chains, {n} chain steps,
-acceptance {acc:.2f}; {len(batch)} labelled structures
-({int((src == 'aimd').sum())} aimd, {int((src == 'hmc').sum())} hmc).</p>
-<table><tr><th>model</th><th>structures</th><th>chain labels</th><th>E RMSE meV/atom</th>
-<th>F RMSE meV/A</th></tr>{table}</table>{body}</body></html>"""
+<p>store {escape(str(store_url))}; campaign {escape(campaign or 'all')}; {len(chains)} chains,
+{n} chain steps, acceptance {acc:.2f}; {len(batch)} labelled structures
+({int((src == 'aimd').sum())} aimd, {int((src == 'hmc').sum())} hmc,
+{int((src == 'mc').sum())} mc).</p>
+<h2>Settings</h2>{''.join(settings)}
+{timing_html}
+{_stats_html(production_stats(store_url, campaign))}
+<h2>Models</h2>
+<table><tr><th>model</th><th>structures</th><th>chain labels</th><th>E RMSE train meV/atom</th>
+<th>F RMSE train meV/A</th><th>held-out labels</th><th>E RMSE held-out meV/atom</th>
+<th>F RMSE held-out meV/A</th><th>training s</th></tr>{table}</table>{body}</body></html>"""
     Path(out).write_text(html)
+
+
+def _burn_in_of(store, campaign) -> int | None:
+    from orchestrator.slhmc import CAMPAIGN_DOC
+
+    return ((store.read_checkpoint(campaign, CAMPAIGN_DOC) or {}).get("config") or {}).get(
+        "burn_in")
 
 
 def _stats_html(stats: list[dict]) -> str:
@@ -475,40 +617,58 @@ def _stats_html(stats: list[dict]) -> str:
             + "".join(rows) + "</table>" + (f"<ul>{''.join(notes)}</ul>" if notes else ""))
 
 
-def _parity_png(store, version, batch, png, plt) -> str:
-    """Energy per atom and force components: the model against the labels."""
+def _parity_png(store, version, batch, png, plt, campaigns=()) -> str:
+    """Energy per atom and force components: the model against the labels, coloured by
+    source; the bootstrap's few points are drawn last, on top, and held-out labels (never
+    trained on) get their own marker."""
     import numpy as np
 
     from nnmd_kernels.model_file import loads
+    from orchestrator.slhmc import CAMPAIGN_DOC, is_held_out
 
+    fraction = 0.0
+    for c in campaigns:
+        cfg = (store.read_checkpoint(c, CAMPAIGN_DOC) or {}).get("config") or {}
+        fraction = max(fraction, float(cfg.get("holdout_fraction", 0.0)))
     data, _ = store.load_model(version)
     pot = loads(data, source=f"model v{version}")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     a = batch.arrays
-    for kind, marker in (("aimd", "s"), ("hmc", "o")):
-        er, ep, fr, fp = [], [], [], []
+    groups = {}
+    for kind in ("hmc", "mc", "aimd"):
         for k in np.flatnonzero(a["source"] == kind)[-400:]:
             rec = batch.record(int(k))
             s = rec.structure
+            name = f"store:{s.id or rec.provenance.step}"
+            held = is_held_out(name, fraction)
             try:
                 res = pot.compute(s.positions, s.numbers, s.cell, s.pbc)
             except ValueError:  # other species than the model's
                 continue
+            g = groups.setdefault((kind, held), ([], [], [], []))
             n = len(s.numbers)
-            er.append(rec.labels.energy / n)
-            ep.append(res.energy / n)
+            g[0].append(rec.labels.energy / n)
+            g[1].append(res.energy / n)
             if rec.labels.forces is not None:
-                fr.append(np.ravel(rec.labels.forces))
-                fp.append(np.ravel(res.forces))
-        if er:
-            axes[0].plot(er, ep, marker, ms=3, label=kind)
+                g[2].append(np.ravel(rec.labels.forces))
+                g[3].append(np.ravel(res.forces))
+    style = {"hmc": ("tab:blue", "chains (hmc)"), "mc": ("tab:green", "explorers (mc)"),
+             "aimd": ("tab:red", "bootstrap (aimd)")}
+    for (kind, held), (er, ep, fr, fp) in sorted(
+            groups.items(), key=lambda kv: (kv[0][0] == "aimd", kv[0][1])):
+        color, name = style[kind]
+        marker, size = ("x", 6) if held else ("o", 3)
+        lab = name + (", held out" if held else "")
+        axes[0].plot(er, ep, marker, ms=size, color=color, label=f"{lab} ({len(er)})",
+                     alpha=0.9 if kind == "aimd" else 0.6)
         if fr:
-            axes[1].plot(np.concatenate(fr), np.concatenate(fp), marker, ms=1, label=kind)
+            axes[1].plot(np.concatenate(fr), np.concatenate(fp), marker, ms=size / 2 + 0.5,
+                         color=color, label=lab, alpha=0.9 if kind == "aimd" else 0.4)
     for ax, what in ((axes[0], "energy (eV/atom)"), (axes[1], "force component (eV/A)")):
         lo, hi = ax.get_xlim()
         ax.plot([lo, hi], [lo, hi], "k-", lw=0.5)
         ax.set(xlabel=f"reference {what}", ylabel=f"model v{version} {what}")
-        ax.legend()
+        ax.legend(fontsize=7)
     return png(fig)
 
 

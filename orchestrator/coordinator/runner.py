@@ -132,7 +132,7 @@ class CampaignRun:
             done = all(v >= cfg.steps or n in failed for n, v in self.summary["steps"].items())
             self._set_state("finished" if done else "stopped",
                             f"{'finished' if done else 'stopped'}: acceptance "
-                            f"{self.summary['acceptance']:.2f}, {self.summary['labels']} labels, "
+                            f"{_rate(self.summary['acceptance'])}, {self.summary['labels']} labels, "
                             f"model v{self.summary['model_version']}"
                             + (f"; {len(failed)} chain(s) failed: " + "; ".join(
                                 f"{n}: {r}" for n, r in failed.items()) if failed else "")
@@ -192,6 +192,10 @@ class CampaignRun:
                 out["chains"].sort(key=lambda c: c["chain"])
         out.update(state=self.state, message=self.message, store=self.spec.store)
         return out
+
+
+def _rate(x) -> str:
+    return "-" if x is None or x != x else f"{x:.2f}"
 
 
 def _latest_steps(events) -> dict:
