@@ -914,7 +914,9 @@ class Campaign:
         paths = [out_dir / "model.nnmd"]
         pot.save(paths[0])
         try:
-            (out_dir / "ffield.sannp").write_text(write_sannp(pot))
+            tmp = out_dir / ".ffield.sannp.tmp"
+            tmp.write_text(write_sannp(pot))
+            os.replace(tmp, out_dir / "ffield.sannp")  # never half a file
             paths.append(out_dir / "ffield.sannp")
         except (ValueError, NotImplementedError) as exc:
             self.log(f"ffield.sannp not written: {exc}")

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+
+from orchestrator.commands._output import add_out, check_out, write_text
 
 
 def register(sub) -> None:
     p = sub.add_parser("export", help="export a .nnmd model to another format (ffield.sannp)")
     p.add_argument("model", help="a .nnmd model file")
     p.add_argument("--format", choices=["sannp"], default="sannp")
-    p.add_argument("-o", "--output", required=True, help="output file, e.g. ffield.sannp")
+    add_out(p, required=True, help="output file, e.g. ffield.sannp")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("import", help="import an ffield.sannp file as a .nnmd model")
     p.add_argument("file", help="an ffield.sannp file")
-    p.add_argument("-o", "--output", required=True, help="output .nnmd model file")
+    add_out(p, required=True, help="output .nnmd model file")
     p.set_defaults(func=_import)
 
     p = sub.add_parser("model-info", help="print a model's settings and content hash")
@@ -27,19 +28,21 @@ def _export(args) -> int:
     from nnmd_kernels import Potential
     from nnmd_kernels.sannp import write_sannp
 
+    out = check_out(args.out, args.force)
     pot = Potential.load(args.model)
-    Path(args.output).write_text(write_sannp(pot))
-    print(f"wrote {args.output} (ffield.sannp, {len(pot.species)} elements, {pot.n_models} model(s)); "
-          f"use with: pair_style nnp / pair_coeff * * {Path(args.output).name} {' '.join(pot.species)}")
+    write_text(out, write_sannp(pot))
+    print(f"wrote {out} (ffield.sannp, {len(pot.species)} elements, {pot.n_models} model(s)); "
+          f"use with: pair_style nnp / pair_coeff * * {out.name} {' '.join(pot.species)}")
     return 0
 
 
 def _import(args) -> int:
     from nnmd_kernels.model_file import load_model
 
+    out = check_out(args.out, args.force)
     pot = load_model(args.file)
-    digest = pot.save(args.output)
-    print(f"wrote {args.output} (sha256 {digest[:16]})")
+    digest = pot.save(out)  # written under a temporary name, then renamed
+    print(f"wrote {out} (sha256 {digest[:16]})")
     return 0
 
 

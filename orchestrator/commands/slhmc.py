@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from orchestrator.commands._output import add_out, atomic_path, check_out
 from services.reference.spec import SPEC_HELP
 
 # The demo: EMT copper, small descriptor and network so that it runs in ~1-2 minutes.
@@ -81,8 +82,10 @@ def register(sub) -> None:
     g.add_argument("--attempts", type=int, default=3,
                    help="tries per structure when the SCF does not converge: more "
                         "iterations and lower mixing, then more smearing (default 3)")
-    p.add_argument("--out", default=None, metavar="DIR",
+    p.add_argument("-o", "--out", default=None, metavar="DIR",
                    help="export the final model here (model.nnmd, ffield.sannp)")
+    p.add_argument("--force", action="store_true",
+                   help="replace model.nnmd / ffield.sannp already in --out")
     p.set_defaults(func=cmd_slhmc)
 
     d = sub.add_parser("demo", help="the embedded demo: SLHMC on EMT copper, 4 chains, "
@@ -101,8 +104,7 @@ def register(sub) -> None:
     r.add_argument("--format", choices=("csv", "html", "stats"), default="csv",
                    help="csv: every chain step; html: plots; stats: production-phase "
                         "<E>, <V> and acceptance with blocking error bars (JSON)")
-    r.add_argument("-o", "--output", default=None,
-                   help="file (csv, stats default: stdout; html default: report.html)")
+    add_out(r, help="file (csv, stats default: stdout; html default: report.html)")
     r.set_defaults(func=cmd_report)
 
 
@@ -140,6 +142,10 @@ def cmd_slhmc(args) -> int:
     from orchestrator.slhmc import CampaignConfig, run_campaign
 
     args.pressure = pressure_gpa(args.pressure, "--pressure")
+    if args.out is not None:
+        out = check_out(args.out, args.force, "--out", directory=True)
+        for name in ("model.nnmd", "ffield.sannp"):
+            check_out(out / name, args.force, "--out")
     cfg = CampaignConfig(
         reference=args.reference, structure=args.structure, campaign=args.campaign,
         chains=args.chains, steps=args.steps, temperature=args.temperature,
@@ -673,13 +679,18 @@ def _parity_png(store, version, batch, png, plt, campaigns=()) -> str:
 
 
 def cmd_report(args) -> int:
-    if args.format == "csv":
-        write_csv(args.store, args.output, args.campaign)
+    from services.store import Store
+
+    Store(args.store, read_only=True)  # a missing or foreign store: one clear error
+    out = args.out or ("report.html" if args.format == "html" else None)
+    if out is not None:
+        out = check_out(out, args.force)
+    writer = {"csv": write_csv, "stats": write_stats, "html": write_html}[args.format]
+    if out is None:
+        writer(args.store, None, args.campaign)
         return 0
-    if args.format == "stats":
-        write_stats(args.store, args.output, args.campaign)
-        return 0
-    out = args.output or "report.html"
-    write_html(args.store, out, args.campaign)
-    print(f"wrote {out}")
+    with atomic_path(out) as tmp:
+        writer(args.store, tmp, args.campaign)
+    if args.format == "html":
+        print(f"wrote {out}")
     return 0
