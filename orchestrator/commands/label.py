@@ -57,15 +57,28 @@ def _report_failures(failed, total: int, what: str) -> None:
 
 
 def cmd_label(args) -> int:
+    from ase.utils import string2index
+
+    from services.trainer.formats import canonical_format, read_structures
+
     src = Path(args.input)
-    if not src.is_file():
-        raise FileNotFoundError(f"--in {src}: no such file")
+    fmt = canonical_format(args.from_format) if getattr(args, "from_format", None) else None
     try:
-        structures = ase.io.read(src, index=args.index)
-    except Exception as exc:
-        raise ValueError(f"--in {src}: ASE cannot read it ({exc})") from exc
-    if not isinstance(structures, list):
-        structures = [structures]
+        index = string2index(args.index)
+    except ValueError:
+        index = None
+    if not isinstance(index, (int, slice)) or index == slice(None, None, 0):
+        raise ValueError(f"--index {args.index!r}: not an index or slice like 0, -1, :, ::2")
+    try:
+        structures = read_structures(src, fmt)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--in {src}: no such file") from None
+    except ValueError as exc:
+        raise ValueError(f"--in: {exc}") from None
+    try:
+        structures = structures[index] if isinstance(index, slice) else [structures[index]]
+    except IndexError:
+        raise ValueError(f"--index {args.index}: {src} has {len(structures)} structures") from None
     backend = _backend(args)
     done, failed = label_all(backend, structures)
     ref_hash = settings_hash(backend)
@@ -133,7 +146,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("label", help="label structures with the reference (E, F, stress)",
                               description=cmd_label.__doc__ or __doc__)
     p.add_argument("--in", dest="input", required=True, metavar="FILE",
-                   help="structures in any format ASE reads (extxyz, POSCAR, .pwi, ...)")
+                   help="structures: any format ASE reads (extxyz, POSCAR, .pwi, ...), mlearn JSON, "
+                        "n2p2 input.data, a DeePMD folder or a store")
+    p.add_argument("--from", dest="from_format", default=None, metavar="FORMAT",
+                   help="format of --in (default: detected)")
     p.add_argument("--out", required=True, metavar="OUT.extxyz", help="labelled structures")
     p.add_argument("--index", default=":", help="which structures of --in (ASE index, default ':')")
     _add_reference_args(p)

@@ -45,7 +45,10 @@ def register(sub) -> None:
     p.add_argument("--traj", default=None, metavar="OUT.extxyz", help="trajectory (all sites)")
     g = p.add_argument_group("unknown structures")
     g.add_argument("--training-data", nargs="+", default=None, metavar="FILE",
-                   help="training structures (ASE-readable) for the descriptor histograms")
+                   help="training structures for the descriptor histograms: extxyz (or anything "
+                        "ASE reads), mlearn JSON, n2p2 input.data, a DeePMD folder or a store")
+    g.add_argument("--training-data-format", default=None, metavar="FORMAT",
+                   help="format of the --training-data files (default: detected)")
     g.add_argument("--store", default=None, metavar="DIR",
                    help="Zarr store: the histograms' training data unless --training-data is "
                         "given, and where --reference labels go")
@@ -135,17 +138,22 @@ def parse_window(text: str):
 
 def training_histograms(pot, args, log):
     """Histograms of the model's descriptors over --training-data files or the --store."""
-    import ase.io
-
     from nnmd_kernels.novelty import FeatureHistograms
+    from services.trainer.formats import canonical_format, read_structures
 
     structures = []
     if args.training_data:
+        fmt = getattr(args, "training_data_format", None)
+        fmt = canonical_format(fmt) if fmt else None
         for f in args.training_data:
-            if not Path(f).is_file():
-                raise FileNotFoundError(f"--training-data {f}: no such file")
+            try:
+                frames = read_structures(f, fmt)
+            except FileNotFoundError:
+                raise FileNotFoundError(f"--training-data {f}: no such file") from None
+            except ValueError as exc:
+                raise ValueError(f"--training-data: {exc}") from None
             structures += [(a.positions, a.numbers, a.cell[:] if a.pbc.any() else None, a.pbc)
-                           for a in ase.io.read(f, index=":")]
+                           for a in frames]
         where = " ".join(args.training_data)
     else:
         from services.store import Store

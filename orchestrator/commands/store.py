@@ -1,5 +1,5 @@
 """`nnmd store info|check|export|import`: look into a Zarr store, check its chunks, move data
-in and out as extxyz."""
+out as extxyz and in from any format the reader knows (services/trainer/formats.py)."""
 
 from __future__ import annotations
 
@@ -43,9 +43,24 @@ def register(subparsers) -> None:
     q.add_argument("--stop", type=int, default=None, help="end record, exclusive (default: all)")
     q.set_defaults(func=_export)
 
-    q = sub.add_parser("import", help="append the frames of an extxyz file (source 'import')")
+    q = sub.add_parser(
+        "import",
+        help="append labelled structures (extxyz, mlearn JSON, n2p2 input.data, DeePMD, ...) "
+        "with source 'import'",
+    )
     common(q)
-    q.add_argument("input", help="extxyz file to read")
+    q.add_argument(
+        "input",
+        help="file to read: extxyz (or anything ASE reads), mlearn JSON, n2p2 input.data, "
+        "a DeePMD folder, or another store",
+    )
+    q.add_argument(
+        "--from",
+        dest="from_format",
+        default=None,
+        metavar="FORMAT",
+        help="format of the input (default: detected)",
+    )
     q.add_argument("--campaign", default="import", help="campaign name to file them under")
     q.add_argument(
         "--reference-settings-hash", default="", help="hash of the settings that made the labels"
@@ -109,13 +124,36 @@ def _export(args) -> int:
 def _import(args) -> int:
     from pathlib import Path
 
-    from services.store.extxyz import import_extxyz
-    from services.store.store import Store
+    from services.runtime.convert import from_atoms
+    from services.store.store import Provenance, Record, Store, safe_name
+    from services.trainer.formats import canonical_format, read_structures
 
-    if not Path(args.input).is_file():
-        raise FileNotFoundError(f"input: no file {args.input}")
+    fmt = canonical_format(args.from_format) if args.from_format else None
+    try:
+        frames = read_structures(args.input, fmt)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"input: no file {args.input}") from None
+    chain = safe_name(
+        Path(args.input.split("#")[0].rstrip("/")).stem.replace(" ", "_") or "file", "chain"
+    )
+    # the store is opened (created) before the names are checked, as it always was
     with Store(args.store).writer() as writer:
-        ids = import_extxyz(writer, args.input, args.campaign, args.reference_settings_hash)
+        safe_name(args.campaign, "campaign")
+        records = [
+            Record(
+                *from_atoms(atoms),
+                Provenance(
+                    campaign=args.campaign,
+                    chain=chain,
+                    step=k,
+                    source="import",
+                    reference_settings_hash=args.reference_settings_hash
+                    or str(atoms.info.get("nnmd_reference_settings_hash", "")),
+                ),
+            )
+            for k, atoms in enumerate(frames)
+        ]
+        ids = writer.append(records) if records else []
     print(
         f"imported {len(ids)} structures into {args.store}"
         + (f" (records {ids[0]}..{ids[-1]})" if ids else "")

@@ -8,10 +8,14 @@ import json
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a potential on energies and forces",
                        description="Train a Behler-Parrinello potential. Data: extxyz (or any ASE-readable "
-                                   "file with energies and forces), mlearn JSON, or an nnmd store (DIR or URL, "
-                                   "optionally URL#campaign).")
-    p.add_argument("--data", nargs="+", required=True, help="training data files or stores")
+                                   "file with energies and forces), mlearn JSON, n2p2 input.data, a DeePMD "
+                                   "folder, or an nnmd store (DIR or URL, optionally URL#campaign); the "
+                                   "format of each is detected (see docs/training.md, Data formats).")
+    p.add_argument("--data", nargs="+", required=True, help="training data files, folders or stores")
     p.add_argument("--test", nargs="*", default=[], help="held-out test data (reported, never trained on)")
+    p.add_argument("--format", dest="data_format", default=None, metavar="FORMAT",
+                   help="format of every --data/--test file instead of detecting it: extxyz, mlearn, "
+                        "n2p2, deepmd, store or an ase.io format name")
     p.add_argument("--out", required=True, help="output model file (.nnmd)")
     p.add_argument("--config", help="YAML/JSON of training settings (TrainConfig fields)")
     p.add_argument("--init", help="warm start from this model (keeps its descriptor and baseline)")
@@ -25,14 +29,16 @@ def register(sub) -> None:
 
 def _train(args) -> int:
     from nnmd_kernels import Potential
-    from services.trainer.data import read_structures
+    from services.trainer.data import read_training_data
+    from services.trainer.formats import canonical_format
     from services.trainer.run import load_config, run_training
 
     overrides = {k: v for k, v in (("max_epochs", args.epochs), ("n_models", args.models), ("seed", args.seed))
                  if v is not None}
     cfg = load_config(args.config, overrides)
-    data = read_structures(args.data)
-    test = read_structures(args.test) if args.test else None
+    fmt = canonical_format(args.data_format) if args.data_format else None
+    data = read_training_data(args.data, fmt)
+    test = read_training_data(args.test, fmt) if args.test else None
     init = Potential.load(args.init) if args.init else None
     _, metrics = run_training(data, args.out, cfg, init=init, test_structures=test, report_dir=args.report_dir,
                               progress=not args.no_progress)

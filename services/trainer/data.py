@@ -1,77 +1,56 @@
-"""Read labelled structures for training from files and stores.
+"""Labelled structures for training, from files and stores.
 
-Accepted inputs (any mix):
-- any file ASE can read with energies and forces (extxyz first);
-- the mlearn JSON format (a list of {"structure": pymatgen dict, "outputs": {...}}),
-  read without pymatgen: the lattice matrix and each site's Cartesian "xyz";
-- an nnmd Zarr store (a folder or fsspec URL), optionally "URL#campaign".
+Files are read by the one reader, :func:`services.trainer.formats.read_structures`
+(extxyz and anything ASE reads, mlearn JSON, n2p2 input.data, DeePMD folders, nnmd
+stores); this module turns its ``ase.Atoms`` into the trainer's
+``nnmd_kernels.training.Structure`` and insists on an energy. Stores (a folder or fsspec
+URL, optionally "URL#campaign") are read directly, skipping records without an energy.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from nnmd_kernels.elements import atomic_number
 from nnmd_kernels.training import Structure
+from services.trainer.formats import is_store, labels_of
+from services.trainer.formats import read_structures as read_atoms
+
+__all__ = ["atoms_to_structure", "is_store", "read_ase", "read_mlearn_json", "read_store",
+           "read_structures", "read_training_data"]
+
+
+def atoms_to_structure(a, tag: str) -> Structure:
+    """A training Structure from an ase.Atoms with its labels; ValueError without an energy."""
+    energy, forces, stress = labels_of(a)
+    if energy is None:
+        raise ValueError(f"{tag}: no energy (field 'energy'); label it first, e.g. nnmd label")
+    pbc = np.array(a.get_pbc(), dtype=bool)
+    return Structure(a.positions.copy(), a.numbers.copy(), a.cell.array.copy() if pbc.any() else None,
+                     pbc, energy, forces, stress, name=tag)
+
+
+def _from_file(path, format: str | None = None, tag_stem: bool = False) -> list[Structure]:
+    p = Path(str(path))
+    label = p.stem if tag_stem else p.name
+    out = []
+    for k, a in enumerate(read_atoms(path, format)):
+        group = a.info.get("group")
+        tag = f"{label}[{k}]" + (f" {group}" if isinstance(group, str) and group else "")
+        out.append(atoms_to_structure(a, tag))
+    return out
 
 
 def read_mlearn_json(path) -> list[Structure]:
-    """mlearn's format: energies and forces. Its `virial_stress` is not read: its
-    component order and sign convention are not documented with the data, and a
-    wrongly-signed stress would silently harm training."""
-    data = json.loads(Path(path).read_text())
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of mlearn entries")
-    out = []
-    for k, entry in enumerate(data):
-        tag = f"{path}: entry {k}"
-        try:
-            st = entry["structure"]
-            cell = np.array(st["lattice"]["matrix"], dtype=np.float64)
-            sites = st["sites"]
-            pos = np.array([s["xyz"] for s in sites], dtype=np.float64)
-            nums = np.array([atomic_number(s["species"][0]["element"]) for s in sites])
-            outputs = entry["outputs"]
-            energy = float(outputs["energy"])
-        except (KeyError, TypeError, IndexError) as exc:
-            raise ValueError(f"{tag}: missing field {exc}") from None
-        forces = outputs.get("forces")
-        forces = None if forces is None else np.array(forces, dtype=np.float64)
-        stress = None
-        name = f"{Path(path).stem}[{k}]" + (f" {entry.get('group', '')}" if entry.get("group") else "")
-        out.append(Structure(pos, nums, cell, np.array([True] * 3), energy, forces, stress, name=name))
-    return out
+    """mlearn's format: energies and forces (its ``virial_stress`` is not read; see formats)."""
+    return _from_file(path, "mlearn", tag_stem=True)
 
 
 def read_ase(path) -> list[Structure]:
-    from ase.io import read
-
-    try:
-        frames = read(str(path), index=":")
-    except Exception as exc:  # ASE raises many types for unreadable files
-        raise ValueError(f"{path}: ASE cannot read it ({type(exc).__name__}: {exc})") from None
-    out = []
-    for k, a in enumerate(frames):
-        tag = f"{Path(path).name}[{k}]"
-        try:
-            energy = a.get_potential_energy()
-        except Exception:
-            raise ValueError(f"{tag}: no energy (field 'energy'); label it first, e.g. nnmd label") from None
-        try:
-            forces = a.get_forces()
-        except Exception:
-            forces = None
-        try:
-            stress = a.get_stress(voigt=False)
-        except Exception:
-            stress = None
-        pbc = a.get_pbc()
-        out.append(Structure(a.positions.copy(), a.numbers.copy(), a.cell.array.copy() if pbc.any() else None,
-                             pbc.copy(), energy, forces, stress, name=tag))
-    return out
+    """Any file the reader knows (ASE formats included), with energies (forces and stress when
+    present)."""
+    return _from_file(path)
 
 
 def read_store(url: str, campaign: str | None = None) -> list[Structure]:
@@ -88,24 +67,23 @@ def read_store(url: str, campaign: str | None = None) -> list[Structure]:
     return out
 
 
-def is_store(path: str) -> bool:
-    p = Path(path.split("#")[0])
-    return "://" in path or (p.is_dir() and (p / "zarr.json").exists())
-
-
-def read_structures(paths) -> list[Structure]:
+def read_training_data(paths, format: str | None = None) -> list[Structure]:
+    """Training structures from files (any format the reader knows; ``format`` forces one for
+    all files) and stores (``DIR``, ``URL`` or ``URL#campaign``)."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
     out = []
     for path in paths:
         path = str(path)
-        if is_store(path):
+        if is_store(path) and format in (None, "store", "zarr"):
             url, _, campaign = path.partition("#")
             out.extend(read_store(url, campaign or None))
             continue
-        p = Path(path)
-        if not p.exists():
+        if not is_store(path) and not Path(path).exists():
             raise FileNotFoundError(f"training data {path} does not exist")
-        if p.suffix == ".json":
-            out.extend(read_mlearn_json(p))
-        else:
-            out.extend(read_ase(p))
+        out.extend(_from_file(path, format))
     return out
+
+
+# The older name: training Structures (not ase.Atoms; for those see formats.read_structures).
+read_structures = read_training_data
