@@ -59,8 +59,10 @@ def _report_failures(failed, total: int, what: str) -> None:
 def cmd_label(args) -> int:
     from ase.utils import string2index
 
+    from orchestrator.commands._output import atomic_path, check_out
     from services.trainer.formats import canonical_format, read_structures
 
+    out = check_out(args.out, args.force)
     src = Path(args.input)
     fmt = canonical_format(args.from_format) if getattr(args, "from_format", None) else None
     try:
@@ -85,9 +87,10 @@ def cmd_label(args) -> int:
     for a in done:  # `nnmd store import` keeps it
         a.info["nnmd_reference_settings_hash"] = ref_hash
     if done:
-        ase.io.write(args.out, done, format="extxyz")
+        with atomic_path(out) as tmp:
+            ase.io.write(tmp, done, format="extxyz")
     print(f"labelled {len(done)} of {len(structures)} structures with {backend.name} -> "
-          f"{args.out if done else '(nothing written)'}")
+          f"{out if done else '(nothing written)'}")
     if failed:
         _report_failures(failed, len(structures), "structure")
         return 1
@@ -108,9 +111,11 @@ def cmd_bootstrap(args) -> int:
                         friction_per_fs=args.friction, seed=args.seed, interval=args.interval)
     if not args.out and not args.store:
         raise ValueError("give --out FILE.extxyz and/or --store URL for the frames")
-    out = Path(args.out) if args.out else None
+    from orchestrator.commands._output import check_out
+
+    out = check_out(args.out, args.force) if args.out else None
     if out is not None and out.exists():
-        out.unlink()  # frames are appended as they come
+        out.unlink()  # --force: frames are appended as they come
     writer = None
     if args.store:
         from services.store import Store
@@ -150,7 +155,8 @@ def register(subparsers) -> None:
                         "n2p2 input.data, a DeePMD folder or a store")
     p.add_argument("--from", dest="from_format", default=None, metavar="FORMAT",
                    help="format of --in (default: detected)")
-    p.add_argument("--out", required=True, metavar="OUT.extxyz", help="labelled structures")
+    p.add_argument("-o", "--out", required=True, metavar="OUT.extxyz", help="labelled structures")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--index", default=":", help="which structures of --in (ASE index, default ':')")
     _add_reference_args(p)
     p.set_defaults(func=cmd_label)
@@ -166,7 +172,8 @@ def register(subparsers) -> None:
     b.add_argument("--friction", type=float, default=0.01, help="Langevin friction in 1/fs")
     b.add_argument("--interval", type=int, default=1, help="write every n-th frame")
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--out", default=None, metavar="OUT.extxyz", help="write frames here")
+    b.add_argument("-o", "--out", default=None, metavar="OUT.extxyz", help="write frames here")
+    b.add_argument("--force", action="store_true", help="replace --out if it exists")
     b.add_argument("--store", default=None, metavar="URL",
                    help="also append frames to this Zarr store (folder or fsspec URL)")
     b.add_argument("--campaign", default="bootstrap", help="campaign name in the store")

@@ -43,6 +43,8 @@ def register(sub) -> None:
     p.add_argument("--every", type=int, default=10,
                    help="write/check the structure every this many steps (default 10)")
     p.add_argument("--traj", default=None, metavar="OUT.extxyz", help="trajectory (all sites)")
+    p.add_argument("--force", action="store_true",
+                   help="replace --traj / --unknown-out if they exist")
     g = p.add_argument_group("unknown structures")
     g.add_argument("--training-data", nargs="+", default=None, metavar="FILE",
                    help="training structures for the descriptor histograms: extxyz (or anything "
@@ -201,9 +203,14 @@ def cmd_mc(args) -> int:
     def log(msg):
         print(msg, flush=True)
 
+    from orchestrator.commands._output import check_out
+
     t0 = time.perf_counter()
     if args.steps < 0 or args.every < 1:
         raise ValueError("--steps must be >= 0 and --every >= 1")
+    for option, path in (("--traj", args.traj), ("--unknown-out", args.unknown_out)):
+        if path:
+            check_out(path, args.force, option)
     if args.reference and not args.store:
         raise ValueError("--reference needs --store DIR to add the labelled structures to")
     pot = Potential.load(args.model)
@@ -250,7 +257,7 @@ def cmd_mc(args) -> int:
         + f"; E0 = {state.energy0:.4f} eV/atom")
     traj = Path(args.traj) if args.traj else None
     if traj is not None and traj.exists():
-        traj.unlink()  # frames are appended as they come
+        traj.unlink()  # --force was given (checked before the run): frames are appended
     unknown, checked, last_moves = [], 0, -1
     done, t_mc = 0, 0.0
     report_every = max(1, args.steps // 10)
@@ -283,7 +290,10 @@ def cmd_mc(args) -> int:
             log(f"  step {state.step:>8d}  E {state.energy / n_real:+.5f} eV/atom  "
                 f"acceptance {acc:.3f}" + (f"  unknown {len(unknown)}/{checked}" if novelty else ""))
     if args.unknown_out and unknown:
-        ase.io.write(args.unknown_out, unknown, format="extxyz")
+        from orchestrator.commands._output import atomic_path
+
+        with atomic_path(args.unknown_out) as tmp:
+            ase.io.write(tmp, unknown, format="extxyz")
     stored, failed = _label_and_store(backend, unknown, args, log) if backend else (0, 0)
 
     log(f"done in {time.perf_counter() - t0:.1f} s ({1e3 * t_mc / max(1, args.steps):.2f} ms "

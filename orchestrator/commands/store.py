@@ -22,6 +22,7 @@ def register(subparsers) -> None:
         )
 
     q = sub.add_parser("info", help="counts of structures, campaigns, models, trajectories")
+    q.add_argument("dir", nargs="?", default=None, help="store folder or URL (default: --store)")
     common(q)
     q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(func=_info)
@@ -37,7 +38,10 @@ def register(subparsers) -> None:
 
     q = sub.add_parser("export", help="write labelled structures to an extxyz file")
     common(q)
-    q.add_argument("output", help="extxyz file to write")
+    q.add_argument("output", nargs="?", default=None, help="extxyz file to write (or -o)")
+    q.add_argument("-o", "--out", dest="out", default=None, metavar="PATH",
+                   help="extxyz file to write")
+    q.add_argument("--force", action="store_true", help="replace the output if it exists")
     q.add_argument("--campaign", default=None, help="only this campaign")
     q.add_argument("--start", type=int, default=0, help="first record (default 0)")
     q.add_argument("--stop", type=int, default=None, help="end record, exclusive (default: all)")
@@ -71,7 +75,7 @@ def register(subparsers) -> None:
 def _info(args) -> int:
     from services.store.store import Store
 
-    info = Store(args.store, read_only=True).info()
+    info = Store(args.dir or args.store, read_only=True).info()
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -111,13 +115,19 @@ def _check(args) -> int:
 
 
 def _export(args) -> int:
+    from orchestrator.commands._output import atomic_path, check_out
     from services.store.extxyz import export_extxyz
     from services.store.store import Store
 
-    n = export_extxyz(
-        Store(args.store, read_only=True), args.output, args.start, args.stop, args.campaign
-    )
-    print(f"wrote {n} structures to {args.output}")
+    if args.output and args.out and args.output != args.out:
+        raise ValueError("give the output file once (OUTPUT or -o/--out)")
+    if not (args.output or args.out):
+        raise ValueError("give the extxyz file to write (-o FILE)")
+    out = check_out(args.output or args.out, args.force)
+    store = Store(args.store, read_only=True)
+    with atomic_path(out) as tmp:
+        n = export_extxyz(store, str(tmp), args.start, args.stop, args.campaign)
+    print(f"wrote {n} structures to {out}")
     return 0
 
 

@@ -16,7 +16,8 @@ def register(sub) -> None:
     p.add_argument("--format", dest="data_format", default=None, metavar="FORMAT",
                    help="format of every --data/--test file instead of detecting it: extxyz, mlearn, "
                         "n2p2, deepmd, store or an ase.io format name")
-    p.add_argument("--out", required=True, help="output model file (.nnmd)")
+    p.add_argument("-o", "--out", dest="out", required=True, help="output model file (.nnmd)")
+    p.add_argument("--force", action="store_true", help="replace the output model if it exists")
     p.add_argument("--config", help="YAML/JSON of training settings (TrainConfig fields)")
     p.add_argument("--init", help="warm start from this model (keeps its descriptor and baseline)")
     p.add_argument("--report-dir", help="where metrics.json and plots go (default: <out>_training/)")
@@ -29,10 +30,12 @@ def register(sub) -> None:
 
 def _train(args) -> int:
     from nnmd_kernels import Potential
+    from orchestrator.commands._output import check_out
     from services.trainer.data import read_training_data
     from services.trainer.formats import canonical_format
     from services.trainer.run import load_config, run_training
 
+    check_out(args.out, args.force)  # before hours of training, not after
     overrides = {k: v for k, v in (("max_epochs", args.epochs), ("n_models", args.models), ("seed", args.seed))
                  if v is not None}
     cfg = load_config(args.config, overrides)

@@ -187,9 +187,13 @@ def test_bootstrap_cli(tmp_path, capsys):
     assert frames[3].get_momenta().any() and "stress" in frames[3].calc.results
     # and into the Zarr store, provenance aimd, labels equal to the file's
     store = tmp_path / "store"
+    with pytest.raises(ValueError, match="--force"):  # exit 2 through nnmd's main
+        run_cli(["bootstrap", "--reference", "emt", "--structure", str(start), "--steps", "3",
+                 "--temperature", "300", "--out", str(out)])
+    assert len(ase.io.read(out, ":")) == 7  # the first run's file is untouched
     rc = run_cli(["bootstrap", "--reference", "emt", "--structure", str(start), "--steps", "3",
                   "--temperature", "300", "--store", str(store), "--campaign", "boot",
-                  "--out", str(out)])
+                  "--out", str(out), "--force"])
     assert rc == 0
     from services.store import Store
 
