@@ -1,7 +1,7 @@
 """Energy + forces cost of the CPU kernels on the source product's benchmark configuration.
 
-SEED.md section 5: Li10GeP2S12 (LGPS), Chebyshev 50 radial + 30 angular, Rc 6.0 A,
-Delta-NNP on, 2 x 40 twisted-tanh networks. Structures have the LGPS composition
+The source's benchmark (docs/source.md, "The benchmark"): Li10GeP2S12 (LGPS), Chebyshev
+50 radial + 30 angular, Rc 6.0 A, Delta-NNP on, 2 x 40 twisted-tanh networks. Structures have the LGPS composition
 at its crystal density (50 atoms per 8.72 x 8.72 x 12.63 A^3 cell) on a
 jittered lattice. Prints a table of microseconds per atom-step, broken down into
 neighbours / descriptors / network / forces (VJP + scatter), for each size.

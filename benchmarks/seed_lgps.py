@@ -1,4 +1,4 @@
-"""The source's GPU benchmark (SEED.md section 5), as closely as its published settings allow.
+"""The source's GPU benchmark (docs/source.md, "The benchmark"), as closely as its settings allow.
 
 Li10GeP2S12 at its crystal density (50 atoms per 8.72 x 8.72 x 12.63 A^3; the LGPS-like
 cubic cell of benchmarks/kernels.py), 21,600 atoms; Chebyshev 50 radial + 30 angular,
@@ -35,7 +35,7 @@ from nnmd_kernels.elements import MASSES  # noqa: E402
 from nnmd_kernels.gpu.device import gpu_available  # noqa: E402
 from nnmd_kernels.md.forces import potential_force_fn  # noqa: E402
 
-SOURCE = [  # SEED.md section 5: 21,600 atoms, 100 steps
+SOURCE = [  # docs/source.md, "The benchmark": 21,600 atoms, 100 steps
     ("source: Xeon Platinum, 72 cores (72 MPI)", "CPU", 150.8),
     ("source: EPYC 7742, 64 cores (64 MPI)", "CPU", 56.4),
     ("source: 1 x V100", "GPU", 21.6),

@@ -1,11 +1,11 @@
-"""The Delta-NNP baseline: an LJ-like two-body potential (SEED.md section 2).
+"""The Delta-NNP baseline: an LJ-like two-body potential (docs/source.md, "Delta-NNP").
 
 For a pair of elements (a, b), with p in (12, 10, 8, 6) and coefficients
 (A_12, A_10, A_8, A_6) = (A, B, C, D) in eV A^p:
 
     phi(r) = sum_p A_p [ r^-p - R^-p + p R^-(p+1) (r - R) ]      r < R, else 0
 
-the "shifted-force" form, so phi(R) = phi'(R) = 0 (SANNP_FORMAT.md). The total
+the "shifted-force" form, so phi(R) = phi'(R) = 0 (docs/sannp_format.md). The total
 is E_C = 1/2 sum_i sum_j phi(r_ij) over the full neighbour list; each atom gets
 half of each of its pairs.
 """

@@ -18,7 +18,7 @@ carry the chemistry:
 
 The feature vector is [radial channels (C_r x N_r), angular channels (C_a x N_a)],
 which for "z" and "blocks" is exactly the column layout of the source's
-ffield.sannp files (SANNP_FORMAT.md).
+ffield.sannp files (docs/sannp_format.md).
 
 Everything below the config works in *pair space*: a neighbour list is a set of
 directed pairs (i -> j) with displacement vectors r_ij = R_j - R_i (+ image

@@ -1,6 +1,7 @@
 """Metropolis Monte Carlo with local (O(neighbours)) energy updates: pure numerics, no I/O.
 
-SEED.md section 3: with a trained NNP, accept a move with probability
+The source's MC (docs/source.md, "Metropolis Monte Carlo for unknown structures"): with a
+trained NNP, accept a move with probability
 min(1, exp(-dE / kT)). Three moves:
 
     translate  one atom by a uniform displacement in [-d, d]^3 (d = max_displacement, A)

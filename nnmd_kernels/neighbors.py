@@ -3,8 +3,9 @@
 `neighbor_pairs` builds a full list (both i -> j and j -> i, periodic images of
 i itself included) with vesin's cell-list code, for periodic (triclinic), open
 and mixed boundaries. `NeighborList` keeps one built with a Verlet skin and only
-rebuilds when atoms (or the cell) have moved enough to matter (STYLE.md:
-allocate vs update). `naive_pairs` is the O(N^2 x images) oracle for tests.
+rebuilds when atoms (or the cell) have moved enough to matter (build once, then cheap
+updates, as in JAX-MD's partition.py, https://github.com/jax-md/jax-md). `naive_pairs`
+is the O(N^2 x images) oracle for tests.
 
 Index names: i = centre atom, j = neighbour atom, p = pair; shifts are integer
 image offsets S such that r_ij = R_j - R_i + S @ cell.

@@ -1,7 +1,8 @@
 """Novelty ("unknown structure") detection: per-feature histograms of the training descriptors.
 
-SEED.md section 3: of the many structures a Monte Carlo run visits, only those outside the
-distribution of the existing training data are worth labelling. For every element e and
+As in the source (docs/source.md, "Metropolis Monte Carlo for unknown structures"): of the
+many structures a Monte Carlo run visits, only those outside the distribution of the
+existing training data are worth labelling. For every element e and
 feature f the training set gives a range [min, max] and a histogram over that range widened
 by a margin. An atom is unknown when any of its features
 

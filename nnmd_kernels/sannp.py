@@ -1,6 +1,6 @@
 """Import/export of the source product's force-field file, ffield.sannp (Chebyshev case).
 
-Layout and math as its LAMMPS `pair_style nnp` computes them (shared/SANNP_FORMAT.md):
+Layout and math as its LAMMPS `pair_style nnp` computes them (docs/sannp_format.md):
 
     symmFunc elemWeight tanhCutoff withClassical     (3 = Chebyshev; 1 = Z weights / 0 = blocks;
                                                       1 = tanh^3 / 0 = cosine; 1 = LJ-like block)

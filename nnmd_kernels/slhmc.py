@@ -1,6 +1,6 @@
 """Self-learning hybrid Monte Carlo (SLHMC), exactly: pure numerics, no I/O.
 
-Nagai et al., Phys. Rev. B 102, 041124 (2020); DESIGN.md "SLHMC, exactly".
+Nagai et al., Phys. Rev. B 102, 041124 (2020); docs/slhmc.md, "What one chain step does".
 A chain step is split where the reference (QE, EMT, ...) must be called, so that the
 caller owns all I/O:
 

@@ -1,6 +1,7 @@
 """Metropolis explorers in a campaign: MC with the current NNP finds unknown structures.
 
-SEED.md section 3 inside a campaign. Beside the SLHMC chains, E explorers each run
+The source's unknown-structure search (docs/source.md, "Metropolis Monte Carlo for
+unknown structures") inside a campaign. Beside the SLHMC chains, E explorers each run
 rounds of Metropolis MC (nnmd_kernels.mc: translate / swap / vacancy moves, local
 energy updates) with the campaign's current model. Every `every` moves the structure is
 checked against the histograms of the training data's descriptors (nnmd_kernels.novelty,

@@ -1,7 +1,7 @@
 """Device neighbour lists with cell lists: `allocate` sizes buffers, `update` refills them.
 
-The shape of JAX-MD's partition.py (STYLE.md): `allocate(positions, cell, pbc, cutoff,
-skin, capacity_factor)` counts neighbours within cutoff + skin and sizes fixed buffers
+The shape of JAX-MD's jax_md/partition.py (https://github.com/jax-md/jax-md):
+`allocate(positions, cell, pbc, cutoff, skin, capacity_factor)` counts neighbours within cutoff + skin and sizes fixed buffers
 (K = capacity_factor x the largest count, per atom); `update(nbrs, positions, cell)`
 rebuilds into the same buffers only when some atom moved more than skin/2 since the last
 build (cell deformation counted, as in neighbors.NeighborList) and sets `overflow` when

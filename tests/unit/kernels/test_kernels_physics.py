@@ -1,4 +1,4 @@
-"""The physics suite for the potential (STYLE.md principle 6).
+"""The physics suite for the potential: one shared set of physical checks that it must pass.
 
 Finite-difference forces and stress, translation / rotation / permutation /
 periodic-image invariance, extensivity, isolated atoms, the three backends
