@@ -928,7 +928,6 @@ class Campaign:
 
 def read_structure(config: CampaignConfig):
     """The starting structure: --structure, or the QE input's own structure."""
-    import ase.io
 
     if not config.structure:
         from services.reference.spec import make_backend
@@ -940,13 +939,9 @@ def read_structure(config: CampaignConfig):
             raise ValueError("--structure is required unless --reference is qe:INPUT (then "
                              "the structure of the QE input is used)")
         return template.atoms.copy()
-    path = Path(config.structure)
-    if not path.is_file():
-        raise FileNotFoundError(f"--structure {path}: no such file")
-    try:
-        return ase.io.read(path)
-    except Exception as exc:
-        raise ValueError(f"--structure {path}: ASE cannot read it ({exc})") from exc
+    from services.trainer.formats import read_structure
+
+    return read_structure(config.structure, "--structure")
 
 
 def run_campaign(config: CampaignConfig, store_url: str, log=None, export_dir=None) -> dict:

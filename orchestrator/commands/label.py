@@ -100,7 +100,9 @@ def cmd_label(args) -> int:
 def cmd_bootstrap(args) -> int:
     backend = _backend(args)
     if args.structure:
-        atoms = ase.io.read(args.structure)
+        from services.trainer.formats import read_structure
+
+        atoms = read_structure(args.structure)
     elif isinstance(backend, QEBackend):
         atoms = backend.template.atoms
     else:

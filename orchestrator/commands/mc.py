@@ -216,7 +216,9 @@ def cmd_mc(args) -> int:
     pot = Potential.load(args.model)
     if not Path(args.structure).is_file():
         raise FileNotFoundError(f"--structure {args.structure}: no such file")
-    atoms = ase.io.read(args.structure)
+    from services.trainer.formats import read_structure
+
+    atoms = read_structure(args.structure)
     numbers = np.asarray(atoms.numbers)
     from ase.data import atomic_numbers, chemical_symbols
 

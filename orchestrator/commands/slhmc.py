@@ -681,10 +681,10 @@ def _parity_png(store, version, batch, png, plt, campaigns=()) -> str:
 def cmd_report(args) -> int:
     from services.store import Store
 
-    Store(args.store, read_only=True)  # a missing or foreign store: one clear error
     out = args.out or ("report.html" if args.format == "html" else None)
     if out is not None:
         out = check_out(out, args.force)
+    Store(args.store, read_only=True)  # a missing or foreign store: one clear error
     writer = {"csv": write_csv, "stats": write_stats, "html": write_html}[args.format]
     if out is None:
         writer(args.store, None, args.campaign)

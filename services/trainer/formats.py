@@ -667,3 +667,24 @@ def lost_labels(frames: list[Atoms], fmt: str) -> dict[str, int]:
 
 __all__ = ["FORMATS_HELP", "FORMAT_LABELS", "canonical_format", "detect_format", "is_store",
            "labels_of", "lost_labels", "read_structures", "write_structures"]
+
+
+def read_structure(path, option: str = "--structure", index=-1) -> Atoms:
+    """One structure from any file ASE reads (the last frame by default), or a one-line
+    ValueError naming the option, the file and what is wrong with it."""
+    import ase.io
+
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"{option} {path}: no such file")
+    if p.is_dir():
+        raise ValueError(f"{option} {path}: is a directory; give a structure file")
+    try:
+        atoms = ase.io.read(p, index=index)
+    except Exception as exc:  # ASE raises many kinds for a malformed file
+        why = " ".join(str(exc).split()) or type(exc).__name__
+        raise ValueError(f"{option} {path}: cannot read a structure from it ({why}); give "
+                         "a file ASE reads (extxyz, cif, POSCAR, QE input, ...)") from None
+    if not isinstance(atoms, Atoms) or len(atoms) == 0:
+        raise ValueError(f"{option} {path}: holds no atoms")
+    return atoms

@@ -16,13 +16,23 @@ from nnmd_kernels.training import TrainConfig, TrainResult, train
 def load_config(path: str | None, overrides: dict | None = None) -> TrainConfig:
     d = {}
     if path:
-        text = Path(path).read_text()
-        if path.endswith((".yaml", ".yml")):
-            import yaml
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(f"training config {path}: " + (
+                "a directory, not a file" if p.is_dir() else "no such file"
+                if not p.exists() else "not a regular file"))
+        kind = "YAML" if path.endswith((".yaml", ".yml")) else "JSON"
+        try:
+            text = p.read_text()
+            if kind == "YAML":
+                import yaml
 
-            d = yaml.safe_load(text) or {}
-        else:
-            d = json.loads(text)
+                d = yaml.safe_load(text) or {}
+            else:
+                d = json.loads(text)
+        except Exception as exc:  # OSError, UnicodeDecodeError, JSON or YAML syntax
+            where = " ".join(str(exc).split())
+            raise ValueError(f"training config {path}: not valid {kind} ({where})") from None
         if not isinstance(d, dict):
             raise ValueError(f"{path}: the training config must be a mapping of TrainConfig fields")
     d.update(overrides or {})
