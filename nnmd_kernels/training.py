@@ -539,6 +539,22 @@ class TrainResult:
     dropped: list  # indices of structures dropped as outliers
 
 
+def min_pair_distances(types, pair_i, pair_j, rij, species) -> dict:
+    """{"A-B": shortest distance (A)} over the pairs given, per element pair; A-B in the
+    order of `species` (A first), pairs never seen left out."""
+    types = np.asarray(types)
+    d = np.linalg.norm(np.asarray(rij, dtype=float), axis=1)
+    ti = types[np.asarray(pair_i, dtype=np.int64)]
+    tj = types[np.asarray(pair_j, dtype=np.int64)]
+    a, b = np.minimum(ti, tj), np.maximum(ti, tj)
+    out = {}
+    ne = len(species)
+    key = a * ne + b
+    for k in np.unique(key):
+        out[f"{species[k // ne]}-{species[k % ne]}"] = float(d[key == k].min())
+    return out
+
+
 def train(structures, cfg: TrainConfig | None = None, init: Potential | None = None,
           progress=None) -> TrainResult:
     """Train a potential (or warm-start from `init`) on labelled structures.
@@ -635,6 +651,10 @@ def train(structures, cfg: TrainConfig | None = None, init: Potential | None = N
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
         "warm_start": init.content_hash[:16] if init is not None else None,
         "setup_seconds": setup_time,
+        # shortest distance per element pair in the training set: MD stops below a fraction
+        # of it (services/md/guards.py); models without this key still load
+        "min_pair_distance_A": min_pair_distances(batch.types, batch.pair_i, batch.pair_j,
+                                                  batch.rij, species),
     }
     final = Potential(desc, nets, mean, std, e0, baseline, metadata=meta)
     # ensemble metrics over all structures (no train/val split: members differ)

@@ -189,3 +189,106 @@ def nernst_einstein_conductivity(
     return n_per_cm3 * q * q * diffusion_cm2_per_s / (
         BOLTZMANN_J_PER_K * temperature_k * haven_ratio
     )
+
+
+# A species whose diffusive MSD over the whole run, 6 D t, stays below this is "not
+# diffusive": it has not moved further than a vibration (ionic hops are ~2-4 A).
+NOT_DIFFUSIVE_MSD_A2 = 1.0
+
+
+@dataclass(frozen=True)
+class BlockDiffusion:
+    """D with a block-averaging error.
+
+    The trajectory is cut into n_blocks contiguous blocks of equal length; in each block
+    the MSD (every time origin inside the block) is fitted over the same lag window
+    (diffusion_coefficient), giving D_b. D is the mean of the D_b and its error the
+    standard error of that mean (analysis.blocking.blocked_mean; blocks longer than the
+    fit window are close to independent). diffusive: D > 2 x error and the diffusive
+    MSD over the run, 2 dim D duration, above NOT_DIFFUSIVE_MSD_A2 (1 A^2).
+    """
+
+    diffusion_a2_per_ps: float
+    error_a2_per_ps: float
+    block_values_a2_per_ps: tuple[float, ...]
+    window_ps: tuple[float, float]
+    block_duration_ps: float
+    duration_ps: float
+    dim: int
+    diffusive: bool
+    note: str
+
+    @property
+    def diffusion_cm2_per_s(self) -> float:
+        return self.diffusion_a2_per_ps * A2_PER_PS_TO_CM2_PER_S
+
+    @property
+    def error_cm2_per_s(self) -> float:
+        return self.error_a2_per_ps * A2_PER_PS_TO_CM2_PER_S
+
+    def as_dict(self):
+        return {
+            "D_A2_per_ps": self.diffusion_a2_per_ps,
+            "D_cm2_per_s": self.diffusion_cm2_per_s,
+            "D_err_A2_per_ps": self.error_a2_per_ps,
+            "D_err_cm2_per_s": self.error_cm2_per_s,
+            "D_method": f"block average: mean and standard error of D fitted in each of "
+                        f"{len(self.block_values_a2_per_ps)} contiguous blocks of "
+                        f"{self.block_duration_ps:g} ps (lag window {self.window_ps[0]:g}-"
+                        f"{self.window_ps[1]:g} ps)",
+            "D_blocks_A2_per_ps": list(self.block_values_a2_per_ps),
+            "n_blocks": len(self.block_values_a2_per_ps),
+            "block_duration_ps": self.block_duration_ps,
+            "window_ps": list(self.window_ps),
+            "diffusive": self.diffusive,
+            "diffusive_note": self.note,
+        }
+
+
+def block_diffusion(times_ps, unwrapped, n_blocks: int = 5, window=None, dim: int = 3,
+                    min_msd_a2: float = NOT_DIFFUSIVE_MSD_A2) -> BlockDiffusion:
+    """D and its error by block averaging (see BlockDiffusion).
+
+    times_ps: (T,) evenly spaced frame times; unwrapped: (T, N, 3) A of the species
+    (unwrapped, drift removed). window: (t0, t1) lag window in ps, default (0.1, 0.5) x
+    the block duration; it must fit inside a block (ValueError naming --blocks).
+    """
+    from nnmd_kernels.analysis.blocking import blocked_mean
+
+    t = np.asarray(times_ps, dtype=float)
+    x = np.asarray(unwrapped, dtype=float)
+    n_blocks = int(n_blocks)
+    if n_blocks < 2:
+        raise ValueError(f"--blocks must be >= 2 for an error bar, got {n_blocks}")
+    length = len(t) // n_blocks
+    if length < 4:
+        raise ValueError(f"{len(t)} frames make {n_blocks} blocks of {length} frames; an "
+                         "MSD needs at least 4 per block: use fewer --blocks or a longer run")
+    block_duration = float(t[length - 1] - t[0])
+    if window is None:
+        window = (0.1 * block_duration, 0.5 * block_duration)
+    t0, t1 = float(window[0]), float(window[1])
+    if t1 > block_duration:
+        raise ValueError(
+            f"the fit window {t0:g}-{t1:g} ps is longer than a block ({block_duration:g} ps, "
+            f"{n_blocks} blocks): use a window ending below {block_duration:g} ps or fewer "
+            f"--blocks")
+    lags = t[:length] - t[0]
+    values = []
+    for b in range(n_blocks):
+        seg = x[b * length:(b + 1) * length]
+        fit = diffusion_coefficient(lags, msd(seg), (t0, t1), dim)
+        values.append(fit.diffusion_a2_per_ps)
+    stats = blocked_mean(values)
+    d, err = float(stats.mean), float(stats.error)
+    duration = float(t[-1] - t[0])
+    floor = min_msd_a2 / (2.0 * dim * duration) if duration > 0 else np.inf
+    reasons = []
+    if not d > 2.0 * err:
+        reasons.append(f"D = {d:.3g} +- {err:.3g} A^2/ps is not above 2 x its error")
+    if not d > floor:
+        reasons.append(f"D = {d:.3g} A^2/ps is below {floor:.3g} A^2/ps, a diffusive MSD "
+                       f"of {min_msd_a2:g} A^2 over the {duration:g} ps run")
+    note = ("not diffusive: " + "; ".join(reasons)) if reasons else "diffusive"
+    return BlockDiffusion(d, err, tuple(float(v) for v in values), (t0, t1), block_duration,
+                          duration, dim, not reasons, note)

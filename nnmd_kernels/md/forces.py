@@ -33,3 +33,64 @@ def potential_force_fn(potential, numbers, pbc=(True, True, True), skin=1.0, bac
 
     force_fn.neighbors = neighbors  # exposed for diagnostics (n_builds)
     return force_fn
+
+
+def member_forces(potential, positions, numbers, cell=None, pbc=True, *, pairs=None,
+                  backend="auto") -> np.ndarray:
+    """Forces of every ensemble member, (M, N, 3) eV/A, without the pair baseline.
+
+    The baseline (Delta-NNP) is the same for all members, so it drops out of the spread
+    and is left out here. One descriptor evaluation, then one backward pass per member.
+    pairs: a neighbour list (nnmd_kernels.neighbors.Pairs) at these positions, else one is
+    built. Runs on the CPU kernels (numba, else numpy) whatever `backend` the MD uses.
+    """
+    from nnmd_kernels.neighbors import neighbor_pairs, validate_geometry
+    from nnmd_kernels.network import activation, forward
+    from nnmd_kernels.potential import _kernels
+
+    pos, cell, pbc = validate_geometry(positions, cell, pbc)
+    types = potential.types_of(numbers)
+    if pairs is None:
+        pairs = neighbor_pairs(pos, cell, pbc, potential.descriptor.cutoff)
+    kern = _kernels("numpy" if backend == "numpy" else "auto")
+    desc = potential.descriptor
+    n, m = len(pos), potential.n_models
+    tj = types[pairs.j]
+    rij = np.asarray(pairs.vectors, dtype=np.float64)
+    G = kern.descriptors(desc, rij, pairs.i, tj, n)
+    dG = np.zeros((m, n, desc.n_features))
+    for e, net in enumerate(potential.networks):
+        idx = np.flatnonzero(types == e)
+        if idx.size == 0:
+            continue
+        _, cache = forward(net, (G[idx] - potential.feature_mean[e]) / potential.feature_std[e])
+        _, df, _ = activation(net.activation)
+        # d y_m / d x for every member m separately: (M, n, F)
+        delta = np.broadcast_to(net.weights[-1][:, None, :, 0],
+                                (m, idx.size, net.weights[-1].shape[1]))
+        for layer in range(len(cache) - 1, -1, -1):
+            delta = (delta * df(cache[layer])) @ np.swapaxes(net.weights[layer], 1, 2)
+        dG[:, idx] = delta / potential.feature_std[e]
+    forces = np.empty((m, n, 3))
+    for k in range(m):
+        g = kern.descriptors_vjp(desc, rij, pairs.i, tj, n, dG[k])
+        for a in range(3):
+            forces[k, :, a] = (np.bincount(pairs.i, weights=g[:, a], minlength=n)
+                               - np.bincount(pairs.j, weights=g[:, a], minlength=n))
+    return forces
+
+
+def max_force_deviation(potential, positions, numbers, cell=None, pbc=True, *, pairs=None,
+                        backend="auto") -> float:
+    """Model deviation of an ensemble (DeePMD's max_devi_f), eV/A:
+
+        max_i sqrt( < |F_i^m - <F_i^m>_m|^2 >_m ),
+
+    the largest, over atoms, standard deviation (over the M members, population form) of
+    the force vector. 0.0 for a single model.
+    """
+    if potential.n_models < 2:
+        return 0.0
+    f = member_forces(potential, positions, numbers, cell, pbc, pairs=pairs, backend=backend)
+    spread = np.sqrt(np.mean(np.sum((f - f.mean(axis=0)) ** 2, axis=2), axis=0))  # (N,)
+    return float(spread.max()) if spread.size else 0.0

@@ -1,4 +1,5 @@
-"""`nnmd analyze TRAJ --species Li --temperature T`: MSD, D, Nernst-Einstein sigma, RDF."""
+"""`nnmd analyze TRAJ --species Li --temperature T`: MSD, D (with a block-averaging error and
+a diffusive / not diffusive verdict), Nernst-Einstein sigma (charges explicit), RDF."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from nnmd_kernels.analysis import (
     remove_drift,
     unwrap,
 )
+from nnmd_kernels.analysis.transport import block_diffusion
 
 
 def register(subparsers) -> None:
@@ -24,20 +26,31 @@ def register(subparsers) -> None:
         help="ionic transport from an MD trajectory: MSD, D, Nernst-Einstein conductivity, RDF",
         description=(
             "Reads an extxyz (or any ASE-readable) trajectory, unwraps it, removes the "
-            "centre-of-mass drift, and writes msd.png, rdf.png and results.json."
+            "centre-of-mass drift, and writes msd.png, rdf.png and results.json. D comes "
+            "with a block-averaging standard error and a diffusive / not diffusive verdict. "
+            "The Nernst-Einstein conductivity needs explicit charges (--charge Li=1)."
         ),
     )
     p.add_argument("traj", help="trajectory file (extxyz from `nnmd md`, or any ASE format)")
     p.add_argument("--species", required=True, help="mobile species, e.g. Li")
     p.add_argument("--temperature", type=float, required=True, help="temperature in K")
-    p.add_argument("--charge", type=float, default=1.0, help="ion charge in e (default 1)")
+    p.add_argument("--charge", action="append", default=[], metavar="SPECIES=Q",
+                   help="charge of a species in e, e.g. --charge Li=1 --charge O=-2 "
+                        "(repeatable); needed for the conductivity, never assumed")
+    p.add_argument("--conductivity", action="store_true",
+                   help="compute the Nernst-Einstein conductivity (implied by --charge and "
+                        "--haven-ratio; needs --charge for --species)")
     p.add_argument("--window", type=float, nargs=2, metavar=("T0", "T1"), default=None,
-                   help="fit window in ps (default 0.1..0.5 of the longest lag)")
+                   help="fit window (lag times) in ps; must fit in one block (default "
+                        "0.1..0.5 of the block duration)")
+    p.add_argument("--blocks", type=int, default=5,
+                   help="contiguous blocks for D's error bar (default 5)")
     p.add_argument("--frame-interval", type=float, default=None, metavar="FS",
                    help="time between frames in fs (default: from the frames' time_fs field)")
     p.add_argument("--skip", type=int, default=0, help="frames to drop at the start (equilibration)")
     p.add_argument("--rdf-rmax", type=float, default=6.0, help="RDF range in A (default 6)")
-    p.add_argument("--haven-ratio", type=float, default=1.0, help="Haven ratio (default 1)")
+    p.add_argument("--haven-ratio", type=float, default=None,
+                   help="Haven ratio for the conductivity (default 1)")
     p.add_argument("--out", default="analysis", help="output folder (default ./analysis)")
     p.set_defaults(func=run)
 
@@ -59,47 +72,119 @@ def _frame_times_ps(frames, interval_fs):
     return (t_fs - t_fs[0]) * 1e-3
 
 
-def analyze(frames, species, temperature, charge=1.0, window=None, interval_fs=None,
-            rdf_rmax=6.0, haven_ratio=1.0):
-    """Plain function behind the command: frames (list of ase.Atoms) -> results dict + curves."""
+def parse_charges(items) -> dict:
+    """['Li=1', 'O=-2'] -> {'Li': 1.0, 'O': -2.0}; ValueError naming --charge otherwise."""
+    charges = {}
+    for item in items or ():
+        sym, sep, value = str(item).partition("=")
+        sym = sym.strip()
+        try:
+            if not sep or not sym:
+                raise ValueError
+            q = float(value)
+        except ValueError:
+            raise ValueError(f"--charge {item!r}: write SPECIES=CHARGE in e, e.g. --charge Li=1 "
+                             "--charge O=-2") from None
+        if not np.isfinite(q) or q == 0:
+            raise ValueError(f"--charge {item!r}: the charge must be a non-zero number (e)")
+        if sym in charges and charges[sym] != q:
+            raise ValueError(f"--charge gives {sym} twice ({charges[sym]:g} and {q:g})")
+        charges[sym] = q
+    return charges
+
+
+def analyze(frames, species, temperature, charges=None, window=None, interval_fs=None,
+            rdf_rmax=6.0, haven_ratio=None, n_blocks=5, conductivity=None):
+    """Plain function behind the command: frames (list of ase.Atoms) -> results dict + curves.
+
+    charges: {species: charge in e}. conductivity: compute the Nernst-Einstein
+    conductivity (default: when charges or haven_ratio are given); it needs the charge of
+    `species` (ValueError naming --charge otherwise: no charge is ever assumed). Every
+    charged species gets its own D; sigma_total_S_per_cm sums their conductivities.
+    """
+    if isinstance(charges, (int, float)):
+        raise ValueError(f"charges must be {{species: charge}}, e.g. {{{species!r}: {charges}}}")
+    charges = dict(charges or {})
+    if conductivity is None:
+        conductivity = bool(charges) or haven_ratio is not None
     if len(frames) < 4:
         raise ValueError(f"the trajectory has {len(frames)} frames; the MSD needs at least 4")
     symbols = np.array(frames[0].get_chemical_symbols())
+    present = sorted(set(symbols))
     mobile = symbols == species
     if not mobile.any():
         raise ValueError(
-            f"--species {species} is not in the trajectory (it has {sorted(set(symbols))})"
+            f"--species {species} is not in the trajectory (it has {present})"
         )
+    for sym in charges:
+        if sym not in present:
+            raise ValueError(f"--charge {sym}=...: {sym} is not in the trajectory (it has "
+                             f"{present})")
+    if conductivity and species not in charges:
+        raise ValueError(
+            f"the Nernst-Einstein conductivity needs the charge of {species}: pass --charge "
+            f"{species}=Q (in e; repeatable, e.g. --charge Li=1 --charge O=-2); no charge is "
+            "assumed")
     if temperature <= 0:
         raise ValueError(f"--temperature must be > 0 K, got {temperature}")
+    haven = 1.0 if haven_ratio is None else float(haven_ratio)
     times = _frame_times_ps(frames, interval_fs)
     x = np.stack([f.positions for f in frames])  # (T, N, 3) A
     cells = np.stack([f.cell.array for f in frames])  # (T, 3, 3) A
     pbc = frames[0].pbc
     x_un = remove_drift(unwrap(x, cells, pbc), frames[0].get_masses())
+    blocks = block_diffusion(times, x_un[:, mobile], n_blocks, window)
     curve = msd(x_un[:, mobile])
-    fit = diffusion_coefficient(times, curve, window)
+    whole = diffusion_coefficient(times, curve, blocks.window_ps)  # the plotted fit
     volume = float(np.mean([abs(np.linalg.det(c)) for c in cells]))
-    sigma = nernst_einstein_conductivity(fit.diffusion_cm2_per_s, int(mobile.sum()), volume,
-                                         temperature, charge, haven_ratio)
-    every = max(1, len(frames) // 50)  # the RDF needs far fewer frames than the MSD
-    r, g_ss = rdf(x[::every], cells[::every], pbc, rdf_rmax, 120, mobile, mobile)
-    _, g_sa = rdf(x[::every], cells[::every], pbc, rdf_rmax, 120, mobile, None)
     results = {
         "species": species,
         "n_ions": int(mobile.sum()),
         "n_frames": len(frames),
         "duration_ps": float(times[-1]),
         "temperature_K": temperature,
-        "charge_e": charge,
+        "charge_e": charges.get(species),
+        "charges_e": charges,
         "mean_volume_A3": volume,
-        **fit.as_dict(),
-        "sigma_S_per_cm": sigma,
-        "haven_ratio": haven_ratio,
-        "assumptions": "Nernst-Einstein: no ion-ion cross-correlations (Haven ratio as given), "
-                       "tracer D of this species only",
-        "rdf_first_peak_A": float(r[np.argmax(g_ss)]) if np.any(g_ss > 0) else None,
+        **blocks.as_dict(),
+        "slope_A2_per_ps": whole.slope_a2_per_ps,
+        "intercept_A2": whole.intercept_a2,
+        "D_whole_run_A2_per_ps": whole.diffusion_a2_per_ps,
+        "D_whole_run_cm2_per_s": whole.diffusion_cm2_per_s,
+        "D_fit_stderr_cm2_per_s": whole.stderr_cm2_per_s,
+        "dim": whole.dim,
+        "sigma_S_per_cm": None,
+        "sigma_err_S_per_cm": None,
+        "haven_ratio": haven if conductivity else None,
     }
+    if conductivity:
+        per_species = {}
+        for sym, q in charges.items():
+            sel = symbols == sym
+            b = blocks if sym == species else block_diffusion(times, x_un[:, sel], n_blocks,
+                                                              blocks.window_ps)
+            n = int(sel.sum())
+            sig = nernst_einstein_conductivity(b.diffusion_cm2_per_s, n, volume, temperature,
+                                               q, haven)
+            sig_err = nernst_einstein_conductivity(b.error_cm2_per_s, n, volume, temperature,
+                                                   q, haven)
+            per_species[sym] = {"charge_e": q, "n_ions": n, "D_cm2_per_s": b.diffusion_cm2_per_s,
+                                "D_err_cm2_per_s": b.error_cm2_per_s, "diffusive": b.diffusive,
+                                "sigma_S_per_cm": sig, "sigma_err_S_per_cm": sig_err}
+        results["sigma_S_per_cm"] = per_species[species]["sigma_S_per_cm"]
+        results["sigma_err_S_per_cm"] = per_species[species]["sigma_err_S_per_cm"]
+        results["conductivity_by_species"] = per_species
+        results["sigma_total_S_per_cm"] = float(sum(v["sigma_S_per_cm"]
+                                                    for v in per_species.values()))
+        results["sigma_total_err_S_per_cm"] = float(np.sqrt(sum(
+            v["sigma_err_S_per_cm"] ** 2 for v in per_species.values())))
+        results["assumptions"] = (
+            "Nernst-Einstein: no ion-ion cross-correlations (Haven ratio as given), tracer D "
+            "of each charged species; charges as given with --charge")
+    every = max(1, len(frames) // 50)  # the RDF needs far fewer frames than the MSD
+    r, g_ss = rdf(x[::every], cells[::every], pbc, rdf_rmax, 120, mobile, mobile)
+    _, g_sa = rdf(x[::every], cells[::every], pbc, rdf_rmax, 120, mobile, None)
+    results["rdf_first_peak_A"] = float(r[np.argmax(g_ss)]) if np.any(g_ss > 0) else None
     return results, {"t_ps": times, "msd": curve, "r": r, "g_ss": g_ss, "g_sa": g_sa}
 
 
@@ -114,7 +199,8 @@ def _plots(out, species, curves, fit):
     t0, t1 = fit["window_ps"]
     tt = np.linspace(t0, t1, 20)
     ax.plot(tt, fit["slope_A2_per_ps"] * tt + fit["intercept_A2"], "--",
-            label=f"fit: D = {fit['D_cm2_per_s']:.3g} cm$^2$/s")
+            label=f"fit (whole run); blocks: D = {fit['D_cm2_per_s']:.3g} $\\pm$ "
+                  f"{fit['D_err_cm2_per_s']:.2g} cm$^2$/s")
     ax.set_xlabel("lag time (ps)")
     ax.set_ylabel("MSD (Å$^2$)")
     ax.legend()
@@ -136,17 +222,26 @@ def _plots(out, species, curves, fit):
 def run(args: argparse.Namespace) -> int:
     from ase.io import read
 
+    charges = parse_charges(args.charge)
     path = Path(args.traj)
     if not path.exists():
         raise FileNotFoundError(f"trajectory {path} does not exist")
     frames = read(str(path), index=":")
     frames = frames[args.skip:]
-    results, curves = analyze(frames, args.species, args.temperature, args.charge,
-                              args.window, args.frame_interval, args.rdf_rmax, args.haven_ratio)
+    conductivity = args.conductivity or bool(charges) or args.haven_ratio is not None
+    results, curves = analyze(frames, args.species, args.temperature, charges, args.window,
+                              args.frame_interval, args.rdf_rmax, args.haven_ratio,
+                              args.blocks, conductivity)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     _plots(out, args.species, curves, results)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"{args.species}: D = {results['D_cm2_per_s']:.4g} cm^2/s, "
-          f"sigma = {results['sigma_S_per_cm']:.4g} S/cm  ({out}/results.json, msd.png, rdf.png)")
+    line = (f"{args.species}: D = {results['D_cm2_per_s']:.4g} +- "
+            f"{results['D_err_cm2_per_s']:.2g} cm^2/s ({results['diffusive_note']})")
+    if results["sigma_S_per_cm"] is not None:
+        line += (f", sigma = {results['sigma_S_per_cm']:.4g} +- "
+                 f"{results['sigma_err_S_per_cm']:.2g} S/cm")
+        if len(results["conductivity_by_species"]) > 1:
+            line += f" (all charged species: {results['sigma_total_S_per_cm']:.4g} S/cm)"
+    print(f"{line}  ({out}/results.json, msd.png, rdf.png)")
     return 0

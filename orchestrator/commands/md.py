@@ -17,7 +17,10 @@ def register(subparsers) -> None:
         description=(
             "Runs NVE/NVT/NPT MD. Velocities come from the structure's momenta when it has "
             "them (extxyz), else from Maxwell-Boltzmann at --temperature. Writes an extxyz "
-            "trajectory (read it with `nnmd analyze`) and a thermo log."
+            "trajectory (read it with `nnmd analyze`) and a thermo log. Guards stop a run "
+            "that leaves the model's domain (non-finite energy or forces, temperature above "
+            "10 x the target, atoms closer than the training data allow, --max-deviation): "
+            "exit code 3, the trajectory ending with the last good frame. Bad input: exit 2."
         ),
     )
     p.add_argument("--model", required=True, help="potential file (.nnmd or ffield.sannp)")
@@ -54,7 +57,18 @@ def register(subparsers) -> None:
     p.add_argument("--lammps-input", default=None,
                    help="file of extra LAMMPS commands run after nnmd's setup (computes, "
                         "dumps, fixes; `unfix nnmd_integrate` to replace the integrator)")
-    p.add_argument("--quiet", action="store_true", help="do not echo thermo lines")
+    p.add_argument("--max-deviation", type=float, default=None, metavar="EV_PER_A",
+                   help="stop (exit 3) when the ensemble's model deviation (max over atoms of "
+                        "the force standard deviation across members, eV/A; computed at "
+                        "every thermo line and frame) exceeds this; needs an ensemble model "
+                        "(`nnmd train --models N`)")
+    p.add_argument("--guard-interval", type=int, default=10, metavar="STEPS",
+                   help="steps between checks of the interatomic-distance floor (also "
+                        "checked at every thermo line and frame; default 10)")
+    p.add_argument("--no-guards", action="store_true",
+                   help="run without the guards (and without the model-deviation column)")
+    p.add_argument("--quiet", action="store_true",
+                   help="do not echo thermo lines (with their ETA column)")
     p.set_defaults(func=run)
 
 
@@ -90,15 +104,29 @@ def _conditions(spec: MDSpec) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from services.md.guards import MDStopped
+
+    traj_path = Path(args.traj)
+    try:
+        return _run(args)
+    except MDStopped as exc:
+        # a guard stopped the run: one line, exit 3 (bad input is exit 2, in cli.main)
+        print(f"nnmd md: {exc.describe(traj_path)}".replace("\n", " "), file=sys.stderr)
+        return MDStopped.exit_code
+
+
+def _run(args: argparse.Namespace) -> int:
     from ase.io import read, write
 
     from nnmd_kernels import Potential
+    from services.md.guards import Guard, check_max_deviation
     from services.md.observers import (
         ExtxyzTrajectory,
         MDFrame,
         StoreTrajectory,
         ThermoLog,
         fan_out,
+        velocities_of,
     )
 
     spec = spec_from_args(args)
@@ -106,10 +134,15 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--np must be >= 1, got {args.np}")
     if args.np > 1 and args.engine != "lammps":
         raise ValueError("--np > 1 needs --engine lammps (the native engine runs in one process)")
+    if args.guard_interval < 1:
+        raise ValueError(f"--guard-interval must be >= 1 step, got {args.guard_interval}")
+    if args.no_guards and args.max_deviation is not None:
+        raise ValueError("--max-deviation is a guard: drop --no-guards to use it")
     for name in ("model", "structure"):
         if not Path(getattr(args, name)).exists():
             raise FileNotFoundError(f"--{name} {getattr(args, name)} does not exist")
     pot = Potential.load(args.model)
+    check_max_deviation(pot, args.max_deviation)  # one member: exit 2, names --models
     atoms = read(args.structure, index=-1)
     pot.types_of(atoms.numbers)  # unknown species: a clear error before anything runs
     traj_path = Path(args.traj)
@@ -120,26 +153,30 @@ def run(args: argparse.Namespace) -> int:
 
         safe_name(store[1], "--traj-name")
     echo = None if args.quiet else sys.stdout
+    guard_options = None if args.no_guards else {"max_deviation": args.max_deviation,
+                                                 "distance_interval": args.guard_interval}
+    deviation = guard_options is not None and pot.n_models > 1
 
     if args.engine == "lammps" and args.np > 1:
         from services.md.lammps import launch_lammps
 
         if not args.quiet:
-            sys.stdout.write(ThermoLog.HEADER)
+            sys.stdout.write(ThermoLog.echo_header_line(deviation))
+            sys.stdout.flush()
         result = launch_lammps(args.structure, args.model, spec, args.np,
                                traj_path.parent / (traj_path.stem + "_lammps"), traj=traj_path,
                                thermo=thermo_path, ranks_per_gpu=args.ranks_per_gpu,
-                               echo_thermo=not args.quiet, store=store)
+                               echo_thermo=not args.quiet, store=store, guard=guard_options)
         if args.final:
             write(args.final, read(result["final"]), format="extxyz")
         print(f"LAMMPS on {result['mpi_size']} ranks: {spec.steps} steps{_conditions(spec)} in "
               f"{result['wall_s']:.2f} s; trajectory {traj_path}, thermo {thermo_path}")
         return 0
 
+    guard = (Guard.for_spec(pot, atoms, spec, velocities_of(atoms), **guard_options)
+             if guard_options is not None else None)
     with open(thermo_path, "w") as fh:
-        thermo = ThermoLog(fh, echo=echo)
-        if echo is not None:
-            echo.write(ThermoLog.HEADER)
+        thermo = ThermoLog(fh, echo=echo, deviation=deviation, total_steps=spec.steps)
         traj = ExtxyzTrajectory(traj_path)
         writer = to_store = None
         if store is not None:
@@ -151,13 +188,14 @@ def run(args: argparse.Namespace) -> int:
             if args.engine == "native":
                 from services.md.native import run_native
 
-                state = run_native(atoms, pot, spec, thermo=thermo, traj=fan_out(traj, to_store))
+                state = run_native(atoms, pot, spec, thermo=thermo, traj=fan_out(traj, to_store),
+                                   guard=guard)
                 final = MDFrame.from_state(state)
             else:
                 from services.md.lammps import run_lammps
 
                 final, _ = run_lammps(atoms, pot, spec, thermo=thermo, traj=fan_out(traj, to_store),
-                                      log=thermo_path.with_suffix(".lammps.log"))
+                                      log=thermo_path.with_suffix(".lammps.log"), guard=guard)
         finally:
             traj.close()
             if writer is not None:

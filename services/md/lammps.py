@@ -31,6 +31,7 @@ from services.md.observers import MDFrame
 from services.md.spec import MDSpec
 
 FIX_ID = "nnmd_ext"  # the fix external; user commands may refer to it
+HALT_FIX = "nnmd_halt"  # the guards' fix halt (non-finite forces, temperature ceiling)
 INTEGRATOR_FIX = "nnmd_integrate"
 THERMOSTAT_FIX = "nnmd_thermostat"
 
@@ -150,10 +151,17 @@ class LammpsNNP:
         self.force_seconds = 0.0
         # serial: fold ghost gradients onto their owners instead of ghost-centre energies
         self.fold_ghosts = fold_ghosts
+        self.halt = False  # a guard's `fix halt` is set up (setup(..., guard=...))
+        self.bad_step = None  # first step whose energy or forces were not finite
 
     # -- setup ---------------------------------------------------------------------
-    def setup(self, numbers, masses, positions, cell, velocities, spec: MDSpec):
-        """Create the box and atoms and the fixes for spec. velocities (N, 3) A/fs."""
+    def setup(self, numbers, masses, positions, cell, velocities, spec: MDSpec, guard=None):
+        """Create the box and atoms and the fixes for spec. velocities (N, 3) A/fs.
+
+        guard (services.md.guards.Guard): a `fix halt` stops the run at the end of the
+        first step with a non-finite energy or force (flagged by the force callback on
+        every rank) or a temperature above the guard's ceiling.
+        """
         numbers = np.asarray(numbers)
         types = self.potential.types_of(numbers)  # unknown species -> ValueError
         present = sorted(set(types.tolist()))  # potential species indices in the structure
@@ -208,6 +216,13 @@ class LammpsNNP:
             f"thermo {spec.thermo_interval}",
         ]
         cmds += self._integrator_commands(spec)
+        if guard is not None:
+            cmds += [
+                "variable nnmd_bad internal 0",
+                f'variable nnmd_stop equal "v_nnmd_bad + (temp > {float(guard.t_max):.17g})"',
+                f"fix {HALT_FIX} all halt 1 v_nnmd_stop > 0 error soft",
+            ]
+            self.halt = True
         cmds += list(spec.lammps_commands)
         self.lmp.commands_list(cmds)
         self.lmp.set_fix_external_callback(FIX_ID, self._callback, None)
@@ -250,13 +265,19 @@ class LammpsNNP:
         else:
             e, forces, w = ghost_center_terms(self.potential, x_all, types, nlocal, self.backend)
         f[:] = forces
-        local = np.concatenate([[e], w.ravel()])
+        bad = 0.0 if (np.isfinite(e) and np.all(np.isfinite(forces))) else 1.0
+        local = np.concatenate([[e], w.ravel(), [bad]])
         total = np.empty_like(local)
         from mpi4py import MPI
 
         self.comm.Allreduce(local, total, op=MPI.SUM)
         self.energy = float(total[0])
-        self.virial = total[1:].reshape(3, 3)
+        self.virial = total[1:10].reshape(3, 3)
+        if total[10] != 0 or not np.isfinite(total[0]):  # the same verdict on every rank
+            if self.bad_step is None:
+                self.bad_step = int(ntimestep)
+            if self.halt:
+                self.lmp.set_internal_variable("nnmd_bad", 1.0)
         vir = self.virial
         self.lmp.fix_external_set_energy_global(FIX_ID, self.energy)
         self.lmp.fix_external_set_virial_global(
@@ -303,13 +324,20 @@ class LammpsNNP:
 
 
 def run_lammps(atoms, potential, spec: MDSpec, thermo=None, traj=None, comm=None,
-               velocities=None, backend="auto", log=None, fold_ghosts=True):
+               velocities=None, backend="auto", log=None, fold_ghosts=True, guard=None):
     """Run spec with LAMMPS on this process's communicator (all ranks call this).
 
     atoms: ase.Atoms (periodic). Velocities: the structure's momenta exactly, else
     `velocities` (N, 3) A/fs, else Maxwell-Boltzmann at spec.temperature with spec.seed
     (the same draw as the native engine). Observers run on rank 0 only. Returns
     (final MDFrame, info dict with timings) on every rank.
+
+    guard (services.md.guards.Guard): non-finite energies/forces and the temperature
+    ceiling stop LAMMPS at the step they happen (`fix halt`); at every thermo/trajectory
+    step, and every guard.distance_interval steps, rank 0 checks the frame in full
+    (distance floor; an ensemble's model deviation, which also goes into the frames).
+    A failure raises MDStopped on every rank, after the last good checked frame has gone
+    to `traj`.
     """
     from nnmd_kernels.md.state import make_rng, maxwell_boltzmann
     from services.md.observers import velocities_of
@@ -328,31 +356,32 @@ def run_lammps(atoms, potential, spec: MDSpec, thermo=None, traj=None, comm=None
     eng = LammpsNNP(potential, comm=comm, backend=backend, cmdargs=cmdargs,
                     fold_ghosts=fold_ghosts)
     try:
-        eng.setup(atoms.numbers, atoms.get_masses(), atoms.positions, atoms.cell.array, v, spec)
+        eng.setup(atoms.numbers, atoms.get_masses(), atoms.positions, atoms.cell.array, v, spec,
+                  guard=guard)
         rank0 = eng.comm.Get_rank() == 0
-        observers = [(spec.thermo_interval, thermo), (spec.traj_interval, traj)]
-        observers = [(n, fn) for n, fn in observers if fn is not None]
+        watch = _LammpsWatch(eng, guard, spec, thermo, traj, rank0)
         t_setup = time.perf_counter()
         eng.run(0, first=True)  # first force call (includes any JIT compile)
         frame = eng.frame()
-        if rank0:
-            for _, fn in observers:
-                fn(frame)
+        watch.observe(frame, 0)
         t0 = time.perf_counter()
         t_setup = t0 - t_setup
         step = 0
         # the same stops on every rank (observers exist on rank 0 only): frame() is collective
         intervals = [spec.thermo_interval, spec.traj_interval]
+        if guard is not None:
+            intervals.append(guard.distance_interval)
         while step < spec.steps:
             nxt = min([(step // n + 1) * n for n in intervals] + [spec.steps])
             eng.run(nxt - step)
-            step = nxt
-            frame = eng.frame() if (any(step % n == 0 for n in intervals)
-                                    or step == spec.steps) else frame
-            if rank0:
-                for n, fn in observers:
-                    if step % n == 0:
-                        fn(frame)
+            reached = int(eng.lmp.extract_global("ntimestep"))
+            halted = reached != nxt  # a guard's fix halt stopped LAMMPS early
+            step = reached
+            if halted or any(step % n == 0 for n in intervals) or step == spec.steps:
+                frame = eng.frame()
+                watch.observe(frame, step, halted)
+            if halted:  # the watch raised if it saw why; never run on past a halt
+                watch.stop(step, "LAMMPS fix halt stopped the run")
         wall = time.perf_counter() - t0
         info = {"ranks": eng.comm.Get_size(), "steps": spec.steps, "wall_s": wall,
                 "first_call_s": t_setup,
@@ -360,6 +389,88 @@ def run_lammps(atoms, potential, spec: MDSpec, thermo=None, traj=None, comm=None
         return frame, info
     finally:
         eng.close()
+
+
+class _LammpsWatch:
+    """Observers and guard checks of run_lammps at the steps where LAMMPS stops (rank 0
+    checks and writes; the verdict is broadcast so that every rank stops together)."""
+
+    def __init__(self, eng, guard, spec, thermo, traj, rank0):
+        self.eng, self.guard, self.spec = eng, guard, spec
+        self.thermo, self.traj, self.rank0 = thermo, traj, rank0
+        self.good = None  # the last frame that passed its checks (rank 0)
+        self.last_written = None
+
+    def observe(self, frame, step, halted=False):
+        spec = self.spec
+        thermo_due = step % spec.thermo_interval == 0
+        traj_due = step % spec.traj_interval == 0
+        if self.guard is None:
+            if self.rank0:
+                if thermo_due and self.thermo is not None:
+                    self.thermo(frame)
+                if traj_due and self.traj is not None:
+                    self.traj(frame)
+            return
+        reason = None
+        if self.rank0:
+            g = self.guard
+            if self.eng.bad_step is not None:
+                reason = (f"the potential energy or a force is not finite at step "
+                          f"{self.eng.bad_step}")
+            if reason is None:
+                reason = g.check_cheap(frame.energy, frame.forces, frame.velocities,
+                                       frame.masses)
+            if reason is None:
+                reason = g.check_distances(frame.positions, frame.cell, frame.pbc)
+            dev = None
+            if reason is None and (thermo_due or traj_due):
+                dev = g.model_deviation(frame.positions, frame.cell, frame.pbc)
+                reason = g.check_deviation(dev)
+            if reason is None and halted:
+                reason = (f"LAMMPS fix halt: temperature above {g.t_max:.4g} K ({g.t_rule})")
+            if reason is None:
+                import dataclasses
+
+                frame = dataclasses.replace(frame, max_force_dev=dev)
+                if thermo_due and self.thermo is not None:
+                    self.thermo(frame)
+                if traj_due and self.traj is not None:
+                    self.traj(frame)
+                    self.last_written = step
+                self.good = frame
+        reason = self.eng.comm.bcast(reason, root=0)
+        if reason is not None:
+            self.stop(step, reason)
+
+    def stop(self, step, reason):
+        from services.md.guards import MDStopped
+
+        info = None
+        if self.rank0:
+            good, written = None, False
+            p = self.good
+            if p is not None and self.last_written == p.step:
+                good, written = p.step, True
+            elif p is not None:
+                # checked at a distance-only stop: check in full before writing it
+                bad, dev = self.guard.check_full(p) if self.guard is not None else (None, None)
+                if bad is None:
+                    good = p.step
+                    if self.traj is not None:
+                        import dataclasses
+
+                        self.traj(dataclasses.replace(p, max_force_dev=dev))
+                        self.last_written, written = p.step, True
+                elif self.last_written is not None:
+                    good, written = self.last_written, True
+            exc = MDStopped(step, reason, good, written)
+            note = getattr(self.thermo, "note", None)
+            if note is not None:
+                note(exc.describe())
+            info = exc.to_dict()
+        info = self.eng.comm.bcast(info, root=0)
+        raise MDStopped.from_dict(info)
 
 
 def mpirun_executable() -> str:
@@ -380,13 +491,16 @@ def mpirun_executable() -> str:
 
 def launch_lammps(structure, model, spec: MDSpec, n_ranks: int, workdir, traj=None,
                   thermo=None, ranks_per_gpu: int = 2, timeout: float | None = None,
-                  echo_thermo: bool = False, store: tuple[str, str] | None = None) -> dict:
+                  echo_thermo: bool = False, store: tuple[str, str] | None = None,
+                  guard: dict | None = None) -> dict:
     """Run LAMMPS on n_ranks MPI ranks in a child `mpirun`; returns the worker's result dict.
 
     structure: an ASE-readable file (last frame used; momenta used exactly), model: a
     .nnmd file. Species are checked here, before mpirun starts. Ranks map to GPUs
     ranks_per_gpu at a time when GPUs are visible. store: (url, trajectory name) to also
-    append the frames to a Zarr store (rank 0 writes).
+    append the frames to a Zarr store (rank 0 writes). guard: keyword options of
+    services.md.guards.Guard.for_spec (e.g. {"max_deviation": 0.3}) to run with guards;
+    a guard's stop is raised here as MDStopped.
     """
     import json
     import subprocess
@@ -425,7 +539,13 @@ def launch_lammps(structure, model, spec: MDSpec, n_ranks: int, workdir, traj=No
         "gpus": gpus,
         "echo_thermo": echo_thermo,
         "store": {"url": store[0], "name": store[1]} if store else None,
+        "guard": guard,
     }
+    if guard is not None:
+        from services.md.guards import check_max_deviation
+
+        check_max_deviation(pot, guard.get("max_deviation"))  # exit 2 before mpirun
+    Path(job["result"]).unlink(missing_ok=True)  # never read a previous run's result
     job_path = workdir / "lammps_job.json"
     job_path.write_text(json.dumps(job, indent=1))
     cmd = [mpirun_executable(), "-np", str(n_ranks), sys.executable, "-m",
@@ -439,4 +559,9 @@ def launch_lammps(structure, model, spec: MDSpec, n_ranks: int, workdir, traj=No
         tail = (proc.stderr or "")[-3000:] if not echo_thermo else ""
         raise RuntimeError(f"LAMMPS under mpirun failed (exit {proc.returncode}); "
                            f"see {job['log']}\n{tail}")
-    return json.loads(Path(job["result"]).read_text())
+    result = json.loads(Path(job["result"]).read_text())
+    if result.get("stopped"):
+        from services.md.guards import MDStopped
+
+        raise MDStopped.from_dict(result["stopped"])
+    return result

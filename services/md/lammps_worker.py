@@ -45,11 +45,19 @@ def main(argv=None) -> int:
     atoms = read(job["structure"], index=-1)
     pot = Potential.load(job["model"])
     rank0 = comm.Get_rank() == 0
+    guard = None
+    if job.get("guard") is not None:
+        from services.md.guards import Guard
+        from services.md.observers import velocities_of
+
+        guard = Guard.for_spec(pot, atoms, spec, velocities_of(atoms), **job["guard"])
     thermo = traj = None
     thermo_file = None
     if rank0 and job.get("thermo"):
         thermo_file = open(job["thermo"], "w")  # noqa: SIM115
-        thermo = ThermoLog(thermo_file, echo=sys.stdout if job.get("echo_thermo") else None)
+        thermo = ThermoLog(thermo_file, echo=sys.stdout if job.get("echo_thermo") else None,
+                           deviation=guard is not None and guard.deviation,
+                           total_steps=spec.steps, echo_header=False)
     if rank0 and job.get("traj"):
         traj = ExtxyzTrajectory(job["traj"])
     store_writer = None
@@ -60,9 +68,14 @@ def main(argv=None) -> int:
 
         store_writer = Store(job["store"]["url"]).writer()
         to_store = StoreTrajectory(store_writer, job["store"]["name"])
+    from services.md.guards import MDStopped
+
+    stopped = None
     try:
         frame, info = run_lammps(atoms, pot, spec, thermo, fan_out(traj, to_store), comm=comm,
-                                 log=job.get("log"))
+                                 log=job.get("log"), guard=guard)
+    except MDStopped as exc:  # raised on every rank together
+        stopped = exc
     finally:
         if thermo_file is not None:
             thermo_file.close()
@@ -71,8 +84,13 @@ def main(argv=None) -> int:
         if store_writer is not None:
             store_writer.close()
     gpu_of_rank = comm.gather(os.environ.get("CUDA_VISIBLE_DEVICES") if gpu is not None else None)
+    if stopped is not None:
+        if rank0:
+            with open(job["result"], "w") as fh:
+                json.dump({"stopped": stopped.to_dict(), "mpi_size": comm.Get_size()}, fh)
+        return 0
     if rank0:
-        write(job["final"], frame.to_atoms(), format="extxyz")
+        write(job["final"], frame.to_atoms(), format="extxyz", parallel=False)  # rank 0 only
         info.update(energy_eV=frame.energy, step=frame.step, final=job["final"],
                     gpu_of_rank=gpu_of_rank, mpi_size=comm.Get_size())
         with open(job["result"], "w") as fh:

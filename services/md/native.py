@@ -40,17 +40,100 @@ def _frame_observers(spec, thermo=None, traj=None, extra=()):
 
 
 def run_native(atoms, potential, spec: MDSpec, thermo=None, traj=None, force_fn=None,
-               backend="auto"):
+               backend="auto", guard=None):
     """Run spec on one structure (ase.Atoms); returns the final MDState.
 
     thermo / traj: observers called with an MDFrame every thermo_interval / traj_interval.
     force_fn overrides the potential (tests, other calculators).
+    guard: a services.md.guards.Guard; then every step is checked (see GuardedRun) and a
+    failed check raises MDStopped after the last good frame has gone to `traj`.
     """
     if force_fn is None:
         force_fn = potential_force_fn(potential, atoms.numbers, atoms.pbc, spec.skin_a, backend)
     init_fn, step_fn = integrator(spec, force_fn)
     state = initial_state(atoms, spec, force_fn, init_fn)
-    return run(step_fn, state, spec.steps, _frame_observers(spec, thermo, traj))
+    if guard is None:
+        return run(step_fn, state, spec.steps, _frame_observers(spec, thermo, traj))
+    return GuardedRun(guard, spec, thermo, traj).run(step_fn, state)
+
+
+class GuardedRun:
+    """The native driver with guards: after every step the cheap checks (finite energy
+    and forces, temperature ceiling); every guard.distance_interval steps and at every
+    thermo/trajectory step the distance floor; at every thermo/trajectory step the model
+    deviation of an ensemble (into the frame: thermo column, extxyz info). A force call
+    that fails (atoms overlapping, non-finite positions) counts as a failed check.
+
+    On a failure: the previous step is checked in full and, if good, appended to `traj`
+    (unless already written), so the trajectory ends with the last good frame; a note
+    goes to the thermo log; MDStopped is raised.
+    """
+
+    def __init__(self, guard, spec: MDSpec, thermo=None, traj=None):
+        self.guard = guard
+        self.spec = spec
+        self.thermo = thermo
+        self.traj = traj
+        self.prev = None  # the last state that passed the checks of its step
+        self.last_written = None  # step of the last frame given to traj
+
+    def run(self, step_fn, state):
+        import numpy as np
+
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            self.observe(state)
+            for _ in range(self.spec.steps):
+                try:
+                    state = step_fn(state)
+                except ValueError as exc:  # e.g. overlapping atoms, NaN positions
+                    self.stop(state.step + 1, f"the force call failed: {exc}")
+                self.observe(state)
+        return state
+
+    def observe(self, s):
+        g, spec = self.guard, self.spec
+        thermo_due = s.step % spec.thermo_interval == 0
+        traj_due = s.step % spec.traj_interval == 0
+        reason = g.check_cheap(s.energy, s.forces, s.velocities, s.masses)
+        if reason is None and (thermo_due or traj_due or g.distance_due(s.step)):
+            reason = g.check_distances(s.positions, s.cell, s.pbc)
+        dev = None
+        if reason is None and (thermo_due or traj_due):
+            dev = g.model_deviation(s.positions, s.cell, s.pbc)
+            reason = g.check_deviation(dev)
+        if reason is not None:
+            self.stop(s.step, reason)
+        if (thermo_due and self.thermo is not None) or (traj_due and self.traj is not None):
+            frame = MDFrame.from_state(s, dev)
+            if thermo_due and self.thermo is not None:
+                self.thermo(frame)
+            if traj_due and self.traj is not None:
+                self.traj(frame)
+                self.last_written = s.step
+        self.prev = s
+
+    def stop(self, step: int, reason: str):
+        from services.md.guards import MDStopped
+
+        good, written = None, False
+        p = self.prev
+        if p is not None:
+            if self.last_written == p.step:
+                good, written = p.step, True
+            else:
+                bad, dev = self.guard.check_full(MDFrame.from_state(p))
+                if bad is None:
+                    good = p.step
+                    if self.traj is not None:
+                        self.traj(MDFrame.from_state(p, dev))
+                        self.last_written, written = p.step, True
+                elif self.last_written is not None:
+                    good, written = self.last_written, True
+        exc = MDStopped(step, reason, good, written)
+        note = getattr(self.thermo, "note", None)
+        if note is not None:
+            note(exc.describe())
+        raise exc
 
 
 def run_native_batch(structures, potential, spec: MDSpec, seeds=None, backend="auto"):
@@ -77,4 +160,4 @@ def total_energy(state) -> float:
     return float(state.energy + kinetic_energy(state.velocities, state.masses))
 
 
-__all__ = ["integrator", "initial_state", "run_native", "run_native_batch", "total_energy"]
+__all__ = ["GuardedRun", "integrator", "initial_state", "run_native", "run_native_batch", "total_energy"]

@@ -17,7 +17,7 @@ from nnmd_kernels.md.units import EV_PER_A3_TO_GPA, KB_EV_PER_K
 @dataclass(frozen=True)
 class MDFrame:
     """Positions (N, 3) A, velocities (N, 3) A/fs, cell (3, 3) A, energy eV, virial (3, 3) eV;
-    forces (N, 3) eV/A or None."""
+    forces (N, 3) eV/A or None; max_force_dev eV/A (an ensemble's model deviation) or None."""
 
     step: int
     time_fs: float
@@ -30,11 +30,12 @@ class MDFrame:
     energy: float
     virial: np.ndarray
     forces: np.ndarray | None = None
+    max_force_dev: float | None = None
 
     @classmethod
-    def from_state(cls, s: MDState) -> MDFrame:
+    def from_state(cls, s: MDState, max_force_dev: float | None = None) -> MDFrame:
         return cls(s.step, s.time_fs, s.numbers, s.masses, s.positions, s.velocities, s.cell,
-                   s.pbc, s.energy, s.virial, s.forces)
+                   s.pbc, s.energy, s.virial, s.forces, max_force_dev)
 
     @property
     def kinetic(self) -> float:
@@ -63,29 +64,81 @@ class MDFrame:
         atoms.set_velocities(self.velocities / units.fs)  # A/fs -> ASE velocity units
         atoms.info.update(step=int(self.step), time_fs=float(self.time_fs),
                           potential_energy=float(self.energy))
+        if self.max_force_dev is not None:
+            atoms.info["max_force_dev"] = float(self.max_force_dev)  # eV/A
         if self.forces is not None:
             atoms.arrays["forces"] = np.array(self.forces)
         return atoms
 
 
 class ThermoLog:
-    """Whitespace-separated columns: step time_fs T_K Epot_eV Ekin_eV Etot_eV P_GPa V_A3."""
+    """Whitespace-separated columns: step time_fs T_K Epot_eV Ekin_eV Etot_eV P_GPa V_A3,
+    then max_force_dev_eV_A (the ensemble's model deviation) with deviation=True.
+
+    echo (e.g. sys.stdout) gets the same lines plus an ETA column: the remaining wall
+    time, h:mm:ss, from the mean wall time per step so far (`-` on the first line);
+    total_steps is the run's length (no ETA column without it). The header goes to the
+    stream, and to echo when echo_header (default True).
+    """
 
     HEADER = "# step time_fs T_K Epot_eV Ekin_eV Etot_eV P_GPa V_A3\n"
+    DEVIATION_COLUMN = "max_force_dev_eV_A"
 
-    def __init__(self, stream, echo=None):
+    def __init__(self, stream, echo=None, *, deviation: bool = False,
+                 total_steps: int | None = None, echo_header: bool = True, clock=None):
+        import time
+
         self.stream = stream
         self.echo = echo
-        self.stream.write(self.HEADER)
+        self.deviation = deviation
+        self.total_steps = total_steps
+        self.clock = clock or time.monotonic
+        self._t0 = None  # (wall time, step) of the first line
+        self.header = self.header_line(deviation)
+        self.stream.write(self.header)
+        if echo is not None and echo_header:
+            echo.write(self.echo_header_line(deviation, total_steps is not None))
+
+    @classmethod
+    def header_line(cls, deviation: bool = False) -> str:
+        return cls.HEADER[:-1] + (f" {cls.DEVIATION_COLUMN}\n" if deviation else "\n")
+
+    @classmethod
+    def echo_header_line(cls, deviation: bool = False, eta: bool = True) -> str:
+        return cls.header_line(deviation)[:-1] + (" ETA\n" if eta else "\n")
+
+    def eta(self, step: int) -> str:
+        """Remaining wall time as h:mm:ss ('-' before any step has been timed)."""
+        now = self.clock()
+        if self._t0 is None:
+            self._t0 = (now, step)
+        t0, s0 = self._t0
+        if self.total_steps is None or step <= s0:
+            return "-"
+        left = max(self.total_steps - step, 0) * (now - t0) / (step - s0)
+        left = int(round(left))
+        return f"{left // 3600:d}:{left // 60 % 60:02d}:{left % 60:02d}"
 
     def __call__(self, frame: MDFrame) -> None:
         k = frame.kinetic
         line = (f"{frame.step:d} {frame.time_fs:.3f} {frame.temperature:.3f} {frame.energy:.8f} "
-                f"{k:.8f} {frame.energy + k:.8f} {frame.pressure_gpa:.7f} {frame.volume:.4f}\n")
-        self.stream.write(line)
+                f"{k:.8f} {frame.energy + k:.8f} {frame.pressure_gpa:.7f} {frame.volume:.4f}")
+        if self.deviation:
+            dev = frame.max_force_dev
+            line += " nan" if dev is None else f" {dev:.6g}"
+        eta = self.eta(frame.step)
+        self.stream.write(line + "\n")
         self.stream.flush()
         if self.echo is not None:
-            self.echo.write(line)
+            self.echo.write(line + (f" {eta}\n" if self.total_steps is not None else "\n"))
+            flush = getattr(self.echo, "flush", None)
+            if flush is not None:
+                flush()
+
+    def note(self, text: str) -> None:
+        """A comment line (`# text`) in the log, e.g. why the run stopped."""
+        self.stream.write(f"# {text}\n")
+        self.stream.flush()
 
 
 class ExtxyzTrajectory:
@@ -98,7 +151,9 @@ class ExtxyzTrajectory:
     def __call__(self, frame: MDFrame) -> None:
         from ase.io import write
 
-        write(self._file, frame.to_atoms(), format="extxyz")
+        # parallel=False: under MPI (LAMMPS ranks) ASE's write is otherwise collective
+        # (it broadcasts from rank 0), and only rank 0 writes frames
+        write(self._file, frame.to_atoms(), format="extxyz", parallel=False)
         self._file.flush()
 
     def close(self):

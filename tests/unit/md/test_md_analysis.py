@@ -122,43 +122,163 @@ def test_bad_inputs_name_the_problem():
         rdf(np.zeros((4, 3)), np.eye(3) * 5, select_a=np.zeros(4, bool))
 
 
-def test_analyze_command_writes_plots_and_json(tmp_path):
-    import argparse
-    import json
-
+def _li_s_frames(li, s_fixed, dt_ps):
     from ase import Atoms
-    from ase.io import write
 
-    from orchestrator.commands import analyze
-
-    rng = np.random.default_rng(5)
-    d_true, dt_ps = 0.05, 0.1
-    li = _random_walk(rng, 300, 64, d_true, dt_ps)
-    s_fixed = rng.uniform(0, 9, size=(32, 3))
     frames = []
+    n_li, n_s = li.shape[1], s_fixed.shape[1]
     for t, xt in enumerate(li):
-        a = Atoms(["Li"] * 64 + ["S"] * 32, positions=np.r_[xt, s_fixed], cell=TRICLINIC,
+        a = Atoms(["Li"] * n_li + ["S"] * n_s, positions=np.r_[xt, s_fixed[t]], cell=TRICLINIC,
                   pbc=True)
         a.wrap()
         a.info["time_fs"] = t * dt_ps * 1000
         frames.append(a)
-    traj = tmp_path / "md.extxyz"
-    write(traj, frames)
+    return frames
+
+
+def _parser():
+    import argparse
+
+    from orchestrator.commands import analyze
 
     parser = argparse.ArgumentParser()
     analyze.register(parser.add_subparsers())
+    return parser
+
+
+def test_analyze_command_writes_plots_and_json(tmp_path, capsys):
+    import json
+
+    from ase.io import write
+
+    rng = np.random.default_rng(5)
+    d_true, dt_ps = 0.05, 0.1
+    li = _random_walk(rng, 300, 64, d_true, dt_ps)
+    s_fixed = np.broadcast_to(rng.uniform(0, 9, size=(32, 3)), (300, 32, 3))
+    traj = tmp_path / "md.extxyz"
+    write(traj, _li_s_frames(li, s_fixed, dt_ps))
+
+    parser = _parser()
     out = tmp_path / "ana"
     args = parser.parse_args(["analyze", str(traj), "--species", "Li", "--temperature", "600",
-                              "--window", "1", "10", "--out", str(out)])
+                              "--window", "0.5", "2.5", "--charge", "Li=1", "--out", str(out)])
     assert args.func(args) == 0
     res = json.loads((out / "results.json").read_text())
-    # the same numbers as the library functions give, and D near the truth (one group of 64)
-    assert res["D_A2_per_ps"] == pytest.approx(d_true, rel=0.25)
+    # D is the mean over 5 blocks, with their standard error; near the truth
+    assert res["n_blocks"] == 5 and len(res["D_blocks_A2_per_ps"]) == 5
+    assert res["D_A2_per_ps"] == pytest.approx(np.mean(res["D_blocks_A2_per_ps"]), rel=1e-12)
+    assert res["D_err_A2_per_ps"] == pytest.approx(
+        np.std(res["D_blocks_A2_per_ps"], ddof=1) / np.sqrt(5), rel=1e-12)
+    assert abs(res["D_A2_per_ps"] - d_true) < 3 * res["D_err_A2_per_ps"]
+    assert res["diffusive"] is True and res["charge_e"] == 1.0
     volume = abs(np.linalg.det(TRICLINIC))
     assert res["sigma_S_per_cm"] == pytest.approx(
         nernst_einstein_conductivity(res["D_cm2_per_s"], 64, volume, 600.0), rel=1e-9)
+    assert res["sigma_err_S_per_cm"] == pytest.approx(
+        res["sigma_S_per_cm"] * res["D_err_A2_per_ps"] / res["D_A2_per_ps"], rel=1e-9)
     assert (out / "msd.png").stat().st_size > 1000 and (out / "rdf.png").stat().st_size > 1000
+    printed = capsys.readouterr().out
+    assert "Li: D = " in printed and " +- " in printed and "(diffusive)" in printed
 
     args = parser.parse_args(["analyze", str(traj), "--species", "Na", "--temperature", "600"])
     with pytest.raises(ValueError, match="--species Na"):
         args.func(args)
+    # a window longer than a block names the fix
+    args = parser.parse_args(["analyze", str(traj), "--species", "Li", "--temperature", "600",
+                              "--window", "1", "10", "--out", str(out)])
+    with pytest.raises(ValueError, match="longer than a block.*--blocks"):
+        args.func(args)
+
+
+def test_random_walk_d_within_three_errors(tmp_path):
+    """Positions as cumulative Gaussian steps of sigma per dimension: D = sigma^2 / (2 dt)."""
+    import json
+
+    from ase.io import write
+
+    rng = np.random.default_rng(11)
+    dt_ps, sigma, n_frames = 0.05, 0.04, 1500
+    d_true = sigma**2 / (2 * dt_ps)  # A^2/ps, 0.016
+    steps = rng.normal(scale=sigma, size=(n_frames - 1, 48, 3))
+    start = rng.uniform(0, 8, size=(1, 48, 3))
+    li = np.concatenate([start, start + np.cumsum(steps, axis=0)])
+    s_fixed = np.broadcast_to(rng.uniform(0, 9, size=(16, 3)), (n_frames, 16, 3))
+    traj = tmp_path / "liquid.extxyz"
+    write(traj, _li_s_frames(li, s_fixed, dt_ps))
+    out = tmp_path / "ana"
+    args = _parser().parse_args(["analyze", str(traj), "--species", "Li", "--temperature",
+                                 "600", "--out", str(out)])
+    assert args.func(args) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert 0 < res["D_err_A2_per_ps"] < 0.2 * d_true
+    assert abs(res["D_A2_per_ps"] - d_true) < 3 * res["D_err_A2_per_ps"]
+    assert res["D_cm2_per_s"] == pytest.approx(res["D_A2_per_ps"] * 1e-4)
+    assert res["diffusive"] is True and res["diffusive_note"] == "diffusive"
+    assert res["sigma_S_per_cm"] is None  # no conductivity asked for
+
+
+def test_vibrating_crystal_is_not_diffusive(tmp_path, capsys):
+    """Atoms vibrating about lattice sites (correlated AR(1) displacements, 0.1 A)."""
+    import json
+
+    from ase.build import bulk
+    from ase.io import write
+
+    rng = np.random.default_rng(12)
+    crystal = bulk("Li", "bcc", a=3.5, cubic=True).repeat(3)
+    crystal.numbers[::2] = 8
+    n, n_frames, phi = len(crystal), 1000, 0.9
+    u = np.zeros((n_frames, n, 3))
+    for t in range(1, n_frames):
+        u[t] = phi * u[t - 1] + rng.normal(scale=0.1 * np.sqrt(1 - phi**2), size=(n, 3))
+    frames = []
+    for t in range(n_frames):
+        a = crystal.copy()
+        a.positions += u[t]
+        a.wrap()
+        a.info["time_fs"] = 20.0 * t
+        frames.append(a)
+    write(tmp_path / "crystal.extxyz", frames)
+    out = tmp_path / "ana"
+    args = _parser().parse_args(["analyze", str(tmp_path / "crystal.extxyz"), "--species", "Li",
+                                 "--temperature", "300", "--out", str(out)])
+    assert args.func(args) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["diffusive"] is False
+    assert res["diffusive_note"].startswith("not diffusive: ")
+    assert "not diffusive" in capsys.readouterr().out
+
+
+def test_conductivity_needs_explicit_charges_exit_2(tmp_path, capsys):
+    from ase.io import write
+
+    from orchestrator import cli
+
+    rng = np.random.default_rng(13)
+    li = _random_walk(rng, 60, 8, 0.05, 0.1)
+    s_fixed = np.broadcast_to(rng.uniform(0, 9, size=(4, 3)), (60, 4, 3))
+    traj = tmp_path / "md.extxyz"
+    write(traj, _li_s_frames(li, s_fixed, 0.1))
+    base = ["analyze", str(traj), "--species", "Li", "--temperature", "600", "--out",
+            str(tmp_path / "ana")]
+    for extra in (["--conductivity"], ["--haven-ratio", "0.5"], ["--charge", "S=-2"]):
+        assert cli.main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("nnmd analyze: error: ")
+        assert "--charge Li=" in err and "no charge is assumed" in err
+    assert not (tmp_path / "ana").exists()
+    for bad, says in (("Li", "SPECIES=CHARGE"), ("Li=one", "SPECIES=CHARGE"),
+                      ("Li=0", "non-zero"), ("Na=1", "Na is not in the trajectory")):
+        assert cli.main([*base, "--charge", bad]) == 2
+        assert says in capsys.readouterr().err
+    # both charged species: each its own D and sigma, and their sum
+    assert cli.main([*base, "--charge", "Li=1", "--charge", "S=-2", "--window", "0.2",
+                     "0.8"]) == 0
+    import json
+
+    res = json.loads((tmp_path / "ana" / "results.json").read_text())
+    by = res["conductivity_by_species"]
+    assert by.keys() == {"Li", "S"} and by["S"]["charge_e"] == -2.0
+    assert res["sigma_total_S_per_cm"] == pytest.approx(
+        by["Li"]["sigma_S_per_cm"] + by["S"]["sigma_S_per_cm"])
+    assert res["charges_e"] == {"Li": 1.0, "S": -2.0}
