@@ -226,7 +226,14 @@ def run(args: argparse.Namespace) -> int:
     path = Path(args.traj)
     if not path.exists():
         raise FileNotFoundError(f"trajectory {path} does not exist")
-    frames = read(str(path), index=":")
+    if path.is_dir():
+        raise ValueError(f"trajectory {path}: is a directory; give a trajectory file")
+    try:
+        frames = read(str(path), index=":")
+    except Exception as exc:  # ASE raises many kinds for a malformed file
+        why = " ".join(str(exc).split()) or type(exc).__name__
+        raise ValueError(f"trajectory {path}: cannot read it ({why}); give an extxyz file "
+                         "from nnmd md, or any trajectory ASE reads") from None
     frames = frames[args.skip:]
     conductivity = args.conductivity or bool(charges) or args.haven_ratio is not None
     results, curves = analyze(frames, args.species, args.temperature, charges, args.window,

@@ -45,7 +45,11 @@ def register(subparsers) -> None:
     p.add_argument("--anisotropic", action="store_true", help="npt: box axes independent")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skin", type=float, default=1.0, help="neighbour-list skin, A (default 1)")
-    p.add_argument("--traj", default="md.extxyz", help="trajectory output (extxyz)")
+    p.add_argument("-o", "--traj", "--out", dest="traj", default="md.extxyz",
+                   help="trajectory output (extxyz; default ./md.extxyz); with it the thermo "
+                        "log TRAJ.thermo")
+    p.add_argument("--force", action="store_true",
+                   help="replace the trajectory, thermo log and --final file if they exist")
     p.add_argument("--traj-interval", type=int, default=10, help="steps between frames")
     p.add_argument("--store", default=None,
                    help="also append the frames to this Zarr store (path or fsspec URL)")
@@ -141,9 +145,17 @@ def _run(args: argparse.Namespace) -> int:
     for name in ("model", "structure"):
         if not Path(getattr(args, name)).exists():
             raise FileNotFoundError(f"--{name} {getattr(args, name)} does not exist")
+    from orchestrator.commands._output import check_out
+    from services.trainer.formats import read_structure
+
+    traj_out = check_out(args.traj, args.force, "--traj")
+    check_out(Path(args.thermo) if args.thermo else traj_out.with_suffix(".thermo"),
+              args.force, "--thermo")
+    if args.final:
+        check_out(args.final, args.force, "--final")
     pot = Potential.load(args.model)
     check_max_deviation(pot, args.max_deviation)  # one member: exit 2, names --models
-    atoms = read(args.structure, index=-1)
+    atoms = read_structure(args.structure, "--structure")
     pot.types_of(atoms.numbers)  # unknown species: a clear error before anything runs
     traj_path = Path(args.traj)
     thermo_path = Path(args.thermo) if args.thermo else traj_path.with_suffix(".thermo")

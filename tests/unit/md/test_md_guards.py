@@ -37,7 +37,7 @@ def inputs(tmp_path_factory):
 
 def _argv(inputs, tmp_path, *extra, model="m.nnmd", structure="s.extxyz"):
     return ["md", "--model", str(inputs / model), "--structure", str(inputs / structure),
-            "--dt", "0.5", "--traj", str(tmp_path / "t.extxyz"), *extra]
+            "--dt", "0.5", "--traj", str(tmp_path / "t.extxyz"), "--force", *extra]
 
 
 def _one_line(err):
