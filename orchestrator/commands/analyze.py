@@ -51,7 +51,9 @@ def register(subparsers) -> None:
     p.add_argument("--rdf-rmax", type=float, default=6.0, help="RDF range in A (default 6)")
     p.add_argument("--haven-ratio", type=float, default=None,
                    help="Haven ratio for the conductivity (default 1)")
-    p.add_argument("--out", default="analysis", help="output folder (default ./analysis)")
+    p.add_argument("-o", "--out", default="analysis", help="output folder (default ./analysis)")
+    p.add_argument("--force", action="store_true",
+                   help="replace results.json, msd.png and rdf.png already in --out")
     p.set_defaults(func=run)
 
 
@@ -222,7 +224,12 @@ def _plots(out, species, curves, fit):
 def run(args: argparse.Namespace) -> int:
     from ase.io import read
 
+    from orchestrator.commands._output import check_out
+
     charges = parse_charges(args.charge)
+    out = check_out(args.out, args.force, "--out", directory=True)
+    for name in ("results.json", "msd.png", "rdf.png") if out.is_dir() else ():
+        check_out(out / name, args.force, "--out")
     path = Path(args.traj)
     if not path.exists():
         raise FileNotFoundError(f"trajectory {path} does not exist")
@@ -239,7 +246,6 @@ def run(args: argparse.Namespace) -> int:
     results, curves = analyze(frames, args.species, args.temperature, charges, args.window,
                               args.frame_interval, args.rdf_rmax, args.haven_ratio,
                               args.blocks, conductivity)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     _plots(out, args.species, curves, results)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -33,8 +33,10 @@ def register(sub) -> None:
     r.add_argument("--executor", choices=("auto", "local", "ray"), default=None,
                    help="where reference calls run (default: the spec's, else auto: Ray "
                         "when RAY_ADDRESS is set)")
-    r.add_argument("--out", default=None, metavar="DIR",
+    r.add_argument("-o", "--out", default=None, metavar="DIR",
                    help="export the final model here (model.nnmd, ffield.sannp)")
+    r.add_argument("--force", action="store_true",
+                   help="replace model.nnmd / ffield.sannp already in --out")
     r.set_defaults(func=cmd_run)
 
     def remote(name, help_, with_spec=False):
@@ -69,6 +71,12 @@ def cmd_run(args) -> int:
     from orchestrator.coordinator.spec import parse_spec
 
     spec = parse_spec(args.spec, store=args.store)
+    if args.out:
+        from orchestrator.commands._output import check_out
+
+        out = check_out(args.out, args.force, "--out", directory=True)
+        for name in ("model.nnmd", "ffield.sannp") if out.is_dir() else ():
+            check_out(out / name, args.force, "--out")
     if args.executor:
         import dataclasses
 

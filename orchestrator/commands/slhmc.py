@@ -90,7 +90,9 @@ def register(sub) -> None:
 
     d = sub.add_parser("demo", help="the embedded demo: SLHMC on EMT copper, 4 chains, "
                        "re-training, model + store + report.html (~2 min)")
-    d.add_argument("--out", default="nnmd-demo", metavar="DIR", help="default ./nnmd-demo")
+    d.add_argument("-o", "--out", default="nnmd-demo", metavar="DIR",
+                   help="default ./nnmd-demo (a second demo there resumes and refreshes its "
+                        "model and reports)")
     d.add_argument("--steps", type=int, default=24, help="MC steps per chain (default 24)")
     d.add_argument("--chains", type=int, default=4)
     d.add_argument("--executor", choices=("ray", "local"), default="ray",
@@ -144,7 +146,7 @@ def cmd_slhmc(args) -> int:
     args.pressure = pressure_gpa(args.pressure, "--pressure")
     if args.out is not None:
         out = check_out(args.out, args.force, "--out", directory=True)
-        for name in ("model.nnmd", "ffield.sannp"):
+        for name in ("model.nnmd", "ffield.sannp") if out.is_dir() else ():
             check_out(out / name, args.force, "--out")
     cfg = CampaignConfig(
         reference=args.reference, structure=args.structure, campaign=args.campaign,

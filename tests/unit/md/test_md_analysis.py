@@ -185,8 +185,13 @@ def test_analyze_command_writes_plots_and_json(tmp_path, capsys):
         args.func(args)
     # a window longer than a block names the fix
     args = parser.parse_args(["analyze", str(traj), "--species", "Li", "--temperature", "600",
-                              "--window", "1", "10", "--out", str(out)])
+                              "--window", "1", "10", "--out", str(out), "--force"])
     with pytest.raises(ValueError, match="longer than a block.*--blocks"):
+        args.func(args)
+    # an earlier analysis in --out is not replaced without --force
+    args = parser.parse_args(["analyze", str(traj), "--species", "Li", "--temperature", "600",
+                              "--out", str(out)])
+    with pytest.raises(ValueError, match="--force"):
         args.func(args)
 
 
