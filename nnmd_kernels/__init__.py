@@ -13,6 +13,12 @@ from .neighbors import NeighborList, Pairs, neighbor_pairs
 from .network import ElementNetwork
 from .potential import Potential, PotentialResult
 
+# File formats and device backends register themselves with Potential when imported
+# (potential.py imports none of them); importing them here keeps Potential.load/save
+# (.nnmd, ffield.sannp) and backend="cuda" working for every user of the package.
+from . import model_file, sannp  # noqa: E402,F401  isort: skip
+from . import gpu  # noqa: E402,F401  isort: skip  (registers "cuda"; imports neither CuPy nor numba.cuda)
+
 __version__ = "0.1.0"
 
 __all__ = [

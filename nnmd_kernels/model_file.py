@@ -18,6 +18,10 @@
 Floats are written with Python's shortest round-trip repr, so a save/load
 round trip is bit-exact. A file whose hash does not match (corrupted, edited)
 or whose format_version is newer than this code is refused with a clear message.
+
+Importing this module registers the format ("nnmd": Potential.load / save) and the dict
+codec (Potential.to_dict / from_dict / content_hash) with Potential; potential.py itself
+never imports this module.
 """
 
 from __future__ import annotations
@@ -28,6 +32,11 @@ import os
 from pathlib import Path
 
 import numpy as np
+
+from .baseline import PairBaseline
+from .descriptor import ChebyshevDescriptor
+from .network import ElementNetwork
+from .potential import Potential, register_codec, register_format
 
 FORMAT = "nnmd-model"
 FORMAT_VERSION = 1
@@ -67,11 +76,6 @@ def _jsonable(obj):
 
 
 def potential_from_dict(model: dict):
-    from .baseline import PairBaseline
-    from .descriptor import ChebyshevDescriptor
-    from .network import ElementNetwork
-    from .potential import Potential
-
     try:
         desc = ChebyshevDescriptor.from_dict(model["descriptor"])
         sp = desc.species
@@ -155,13 +159,14 @@ def save_model(pot, path) -> str:
 
 
 def load_model(path):
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"model file {path} does not exist")
-    data = path.read_bytes()
-    head = data.lstrip()[:1]
-    if head == b"{":
-        return loads(data, str(path))
-    from .sannp import read_sannp
+    """Potential.load: a .nnmd, or any other registered format (ffield.sannp), by content."""
+    return Potential.load(path)
 
-    return read_sannp(data.decode(errors="replace"), source=str(path))
+
+def is_nnmd(data: bytes, path=None) -> bool:
+    """A .nnmd file is one JSON object; anything else goes to the other formats."""
+    return data.lstrip()[:1] == b"{"
+
+
+register_codec(potential_to_dict, potential_from_dict, content_hash)
+register_format("nnmd", detect=is_nnmd, load=loads, save=save_model)

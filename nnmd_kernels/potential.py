@@ -12,11 +12,20 @@ chosen by "auto"), "numpy" (the readable reference) and, for whole-structure
 energies only, "naive" (an O(N^2) oracle with explicit loops; tests only).
 "cuda" (gpu/potential_cuda.py) runs neighbours, descriptor, networks and forces on a
 GPU; "auto" picks it when CuPy sees a device, and never imports CuPy otherwise.
+
+This module imports no file format and no device backend, not even lazily: they
+depend on it, not the other way round. Each registers itself when imported
+(`register_format`, `register_codec`, `register_backend`); `import nnmd_kernels`
+imports model_file (.nnmd), sannp (ffield.sannp) and gpu (the "cuda" backend, whose
+registration imports neither CuPy nor numba.cuda), so `Potential.load/save` and
+`backend="cuda"` work as before for everyone who imports the package.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -27,18 +36,62 @@ from .elements import SYMBOLS, atomic_number
 from .neighbors import NeighborList, check_min_distance, neighbor_pairs, validate_geometry
 from .network import ElementNetwork, forward, input_gradient
 
-BACKENDS = ("auto", "numba", "numpy", "naive", "cuda")
+_CPU_BACKENDS = ("auto", "numba", "numpy", "naive")
 
 
-def _use_cuda(backend: str) -> bool:
-    """backend "cuda", or "auto" on a machine where CuPy sees a GPU (gpu/potential_cuda.py)."""
-    if backend == "cuda":
-        return True
-    if backend != "auto":
-        return False
-    from .gpu.device import gpu_available
+# -- pluggable device backends ---------------------------------------------------------
+@dataclass(frozen=True)
+class Backend:
+    """A backend that evaluates a whole Potential elsewhere (a device).
 
-    return gpu_available()
+    compute(potential, positions, numbers, cell, pbc, *, neighbors, forces) -> PotentialResult
+    compute_pairs(potential, types, pair_i, pair_j, rij, n_centers, *, forces) -> PairResult
+    available() -> bool: True when backend="auto" should pick it (must be cheap, never raise)
+    """
+
+    name: str
+    compute: Callable
+    compute_pairs: Callable
+    available: Callable[[], bool]
+
+
+_BACKENDS: dict[str, Backend] = {}
+
+# what backend="cuda" says when nnmd_kernels.gpu has not registered it
+_UNREGISTERED = {
+    "cuda": ("backend='cuda' is not registered: import nnmd_kernels.gpu (import nnmd_kernels does), "
+             "which needs numba.cuda and, to run, a CUDA device with CuPy (pip install nnmd[gpu]) or "
+             "numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1); or use backend='numba'"),
+}
+
+
+def register_backend(name: str, compute: Callable, compute_pairs: Callable,
+                     available: Callable[[], bool] = lambda: False) -> None:
+    """Make backend=`name` available to Potential.compute / compute_pairs (re-registering replaces)."""
+    if name in _CPU_BACKENDS:
+        raise ValueError(f"backend name {name!r} is reserved for the CPU kernels")
+    _BACKENDS[name] = Backend(name, compute, compute_pairs, available)
+
+
+def backends() -> tuple[str, ...]:
+    """The backend names Potential.compute accepts now: the CPU ones and every registered one."""
+    return _CPU_BACKENDS + tuple(n for n in _BACKENDS if n not in _CPU_BACKENDS)
+
+
+def _device_backend(backend: str) -> Backend | None:
+    """The registered backend that runs this call: `backend` itself, or for "auto" the
+    first registered backend whose available() is True; None for the CPU kernels."""
+    if backend == "auto":
+        for b in _BACKENDS.values():
+            if b.available():
+                return b
+        return None
+    if backend in _CPU_BACKENDS:
+        return None
+    b = _BACKENDS.get(backend)
+    if b is None and backend in _UNREGISTERED:
+        raise RuntimeError(_UNREGISTERED[backend])
+    return b  # None for an unknown name: _kernels names the valid ones
 
 
 def _kernels(backend: str):
@@ -53,7 +106,7 @@ def _kernels(backend: str):
             return descriptor_ref
     if backend == "numpy":
         return descriptor_ref
-    raise ValueError(f"backend must be one of {BACKENDS} (got {backend!r})")
+    raise ValueError(f"backend must be one of {backends()} (got {backend!r})")
 
 
 @dataclass(frozen=True)
@@ -178,10 +231,9 @@ class Potential:
         pair_i (P,) sorted, < n_centers; pair_j (P,) < N; rij (P, 3) = R_j - R_i, A.
         Energies are those of the n_centers centres; pair_grad includes every pair.
         """
-        if _use_cuda(backend):
-            from .gpu import potential_cuda
-
-            return potential_cuda.compute_pairs(self, types, pair_i, pair_j, rij, n_centers, forces=forces)
+        dev = _device_backend(backend)
+        if dev is not None:
+            return dev.compute_pairs(self, types, pair_i, pair_j, rij, n_centers, forces=forces)
         kern = _kernels(backend if backend != "naive" else "numpy")
         desc = self.descriptor
         types = np.asarray(types, dtype=np.int64)
@@ -225,10 +277,9 @@ class Potential:
         types = self.types_of(numbers)
         if len(types) != len(pos):
             raise ValueError(f"numbers has {len(types)} entries but positions has {len(pos)} atoms")
-        if _use_cuda(backend):
-            from .gpu import potential_cuda
-
-            return potential_cuda.compute(self, positions, numbers, cell, pbc, neighbors=neighbors, forces=forces)
+        dev = _device_backend(backend)
+        if dev is not None:
+            return dev.compute(self, positions, numbers, cell, pbc, neighbors=neighbors, forces=forces)
         if backend == "naive":
             from .naive import naive_energies
 
@@ -301,33 +352,80 @@ class Potential:
         return cls(desc, nets, mean, std, np.zeros(ne), baseline,
                    metadata={"origin": f"Potential.random(seed={seed})"})
 
-    # -- persistence ---------------------------------------------------------------
+    # -- persistence (through the registries below) ---------------------------------------
     def to_dict(self) -> dict:
-        from .model_file import potential_to_dict
-
-        return potential_to_dict(self)
+        """The `model` section of a .nnmd file (model_file.py)."""
+        return _codec("to_dict")(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> Potential:
-        from .model_file import potential_from_dict
+        return _codec("from_dict")(d)
 
-        return potential_from_dict(d)
-
-    def save(self, path) -> str:
-        """Write a versioned .nnmd model file; returns its content hash (sha256 hex)."""
-        from .model_file import save_model
-
-        return save_model(self, path)
+    def save(self, path, format: str = "nnmd") -> str:
+        """Write a model file, by default a versioned .nnmd (format="sannp": an ffield.sannp);
+        returns the content hash (sha256 hex: of the model for .nnmd, of the file text otherwise)."""
+        fmt = _FORMATS.get(format)
+        if fmt is None or fmt.save is None:
+            raise ValueError(f"cannot save format {format!r}: known formats that save are "
+                             f"{sorted(n for n, f in _FORMATS.items() if f.save is not None)}"
+                             f"{_FORMATS_HINT if not _FORMATS else ''}")
+        return fmt.save(self, path)
 
     @classmethod
     def load(cls, path) -> Potential:
-        """Read a .nnmd model file (or an ffield.sannp file, by extension or content)."""
-        from .model_file import load_model
-
-        return load_model(path)
+        """Read a model file of any registered format, recognised by its content: a .nnmd
+        (JSON) or an ffield.sannp (anything else) once nnmd_kernels is imported."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"model file {path} does not exist")
+        data = path.read_bytes()
+        for fmt in _FORMATS.values():
+            if fmt.detect(data, path):
+                return fmt.load(data, str(path))
+        raise ValueError(f"{path}: not a model file of a known format ({sorted(_FORMATS)})"
+                         f"{_FORMATS_HINT if not _FORMATS else ''}")
 
     @property
     def content_hash(self) -> str:
-        from .model_file import content_hash
+        return _codec("content_hash")(self)
 
-        return content_hash(self)
+
+# -- pluggable model file formats --------------------------------------------------------
+@dataclass(frozen=True)
+class ModelFormat:
+    """A model file format.
+
+    detect(data: bytes, path: Path) -> bool: whether `data` is in this format
+    load(data: bytes, source: str) -> Potential
+    save(potential, path) -> str (a sha256 hex digest), or None for a read-only format
+    """
+
+    name: str
+    detect: Callable
+    load: Callable
+    save: Callable | None = None
+
+
+_FORMATS: dict[str, ModelFormat] = {}
+_CODEC: dict[str, Callable] = {}
+_FORMATS_HINT = ("; no model file format is registered: import nnmd_kernels (or nnmd_kernels.model_file "
+                 "and nnmd_kernels.sannp), which registers .nnmd and ffield.sannp")
+
+
+def register_format(name: str, detect: Callable, load: Callable, save: Callable | None = None) -> None:
+    """Let Potential.load read (and, with `save`, Potential.save write) a file format.
+    Formats are tried in registration order; `detect` should not overlap another format's."""
+    _FORMATS[name] = ModelFormat(name, detect, load, save)
+
+
+def register_codec(to_dict: Callable, from_dict: Callable, content_hash: Callable) -> None:
+    """The dict form behind Potential.to_dict / from_dict / content_hash (model_file.py)."""
+    _CODEC.update(to_dict=to_dict, from_dict=from_dict, content_hash=content_hash)
+
+
+def _codec(name: str) -> Callable:
+    try:
+        return _CODEC[name]
+    except KeyError:
+        raise RuntimeError(f"Potential.{name}: no model codec is registered; import nnmd_kernels "
+                           "(or nnmd_kernels.model_file)") from None

@@ -18,9 +18,17 @@ per-element reference energy folds into the output bias. What the format cannot
 express (typespin weighting, the cos(theta) angle variable, aenet's twist,
 uneven hidden layers, a baseline cutoff other than R_max) is refused with a
 message saying what to change.
+
+Importing this module registers the format with Potential (potential.register_format,
+name "sannp"): Potential.load reads any non-JSON file as an ffield.sannp, and
+pot.save(path, format="sannp") writes one. potential.py itself never imports this module.
 """
 
 from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
 
 import numpy as np
 
@@ -28,8 +36,10 @@ from .baseline import PairBaseline
 from .descriptor import ChebyshevDescriptor
 from .elements import atomic_number
 from .network import ElementNetwork
+from .potential import Potential, register_format
 
-ACTIVATION_CODES = {"linear": 1, "sigmoid": 2, "tanh": 3, "elu": 4, "twisted_tanh": 5}
+# activ codes of line 4 (nnp_common.h); 6 is the exact GELU x Phi(x) with the error function
+ACTIVATION_CODES = {"linear": 1, "sigmoid": 2, "tanh": 3, "elu": 4, "twisted_tanh": 5, "gelu": 6}
 CODE_ACTIVATIONS = {v: k for k, v in ACTIVATION_CODES.items()}
 
 
@@ -100,8 +110,6 @@ def write_sannp(pot) -> str:
 
 def read_sannp(text: str, source: str = "ffield.sannp"):
     """Parse an ffield.sannp (Chebyshev) file into a Potential."""
-    from .potential import Potential
-
     raw = [ln.split("#")[0].strip() for ln in text.splitlines()]
     lines = [(k + 1, ln) for k, ln in enumerate(raw) if ln]
     pos = 0
@@ -217,3 +225,29 @@ def read_sannp(text: str, source: str = "ffield.sannp"):
     std = np.repeat(np.asarray(dev)[:, None], nf, axis=1)
     return Potential(desc, tuple(nets), mean, std, np.zeros(nelem), baseline,
                      metadata={"imported_from": "ffield.sannp"})
+
+
+def is_sannp(data: bytes, path=None) -> bool:
+    """Anything that is not a JSON object (.nnmd) is read as an ffield.sannp, whose parser
+    then says what is wrong with it (as Potential.load always did)."""
+    return data.lstrip()[:1] != b"{"
+
+
+def _load(data: bytes, source: str):
+    return read_sannp(data.decode(errors="replace"), source=source)
+
+
+def save_sannp(pot, path) -> str:
+    """Write ffield.sannp atomically (temp file + rename); returns the sha256 of its text."""
+    path = Path(path)
+    text = write_sannp(pot)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+register_format("sannp", detect=is_sannp, load=_load, save=save_sannp)

@@ -42,7 +42,14 @@ from .descriptor import ChebyshevDescriptor
 from .elements import atomic_number, symbol
 from .gpu.device import to_host
 from .neighbors import check_min_distance, neighbor_pairs, validate_geometry
-from .network import ElementNetwork, forward, forward_tangent, input_gradient, parameter_gradient
+from .network import (
+    ElementNetwork,
+    activation,
+    forward,
+    forward_tangent,
+    input_gradient,
+    parameter_gradient,
+)
 from .potential import Potential, _kernels
 
 
@@ -113,6 +120,7 @@ class TrainConfig:
             raise ValueError(f"optimizer must be 'lbfgs' or 'adam' (got {self.optimizer!r})")
         if self.n_models < 1:
             raise ValueError(f"n_models must be >= 1 (got {self.n_models})")
+        activation(self.activation)  # ValueError listing the known ones ("gelu", "twisted_tanh", ...)
         for name in ("energy_weight", "force_weight", "stress_weight", "l2", "jacobian_budget_gb"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (got {getattr(self, name)})")

@@ -15,14 +15,17 @@ float32 variant has not been measured against the 1e-5 force budget.
 
 from __future__ import annotations
 
+import math
 import weakref
 
 import numpy as np
 from numba import config, cuda
 
 from ..neighbors import MIN_DISTANCE, NeighborList, validate_geometry
+from ..potential import PairResult, PotentialResult
 from . import descriptor_cuda as dk
 from . import neighbors_cuda as nc
+from .device import array_module as _array_module
 from .device import default_xp, require_kernels, to_host
 
 THREADS = 32 if config.ENABLE_CUDASIM else 128
@@ -64,7 +67,47 @@ def _activation(name: str, xp):
             return xp.where(x > 0, 1.0, xp.exp(xp.minimum(x, 0.0)))
 
         return f, df
+    if name == "gelu":
+        return _gelu_value, _gelu_derivative
     raise ValueError(f"the cuda backend has no activation {name!r}")
+
+
+_INV_SQRT2 = 0.7071067811865476  # 1 / sqrt(2)
+_INV_SQRT_2PI = 0.3989422804014327  # 1 / sqrt(2 pi)
+
+
+@cuda.jit
+def _gelu_kernel(z, out, derivative):
+    """Exact GELU (network.py, ffield.sannp code 6), elementwise over flat arrays:
+    f = x Phi(x), f' = Phi(x) + x phi(x), Phi(x) = erfc(-x / sqrt 2) / 2 (= (1 + erf(x / sqrt 2)) / 2
+    without its cancellation for x << 0), phi(x) = exp(-x^2 / 2) / sqrt(2 pi)."""
+    k = cuda.grid(1)
+    if k >= z.shape[0]:
+        return
+    x = z[k]
+    cdf = 0.5 * math.erfc(-_INV_SQRT2 * x)
+    if derivative:
+        out[k] = cdf + x * (_INV_SQRT_2PI * math.exp(-0.5 * x * x))
+    else:
+        out[k] = x * cdf
+
+
+def _gelu_launch(z, derivative: bool):
+    """f or f' of z (any shape, float64) on z's device; the kernel runs on the flat view."""
+    xp = _array_module(z)
+    flat = xp.ascontiguousarray(z, dtype=xp.float64).reshape(-1)
+    out = xp.empty_like(flat)
+    if flat.shape[0]:
+        _gelu_kernel[(flat.shape[0] + THREADS - 1) // THREADS, THREADS](flat, out, derivative)
+    return out.reshape(z.shape)
+
+
+def _gelu_value(z):
+    return _gelu_launch(z, False)
+
+
+def _gelu_derivative(z):
+    return _gelu_launch(z, True)
 
 
 @cuda.jit
@@ -238,8 +281,6 @@ def check_min_distance(xp, pair_i, pair_j, rij, min_distance: float = MIN_DISTAN
 
 def compute_pairs(potential, types, pair_i, pair_j, rij, n_centers: int, *, forces: bool = True):
     """Potential.compute_pairs on the device: host arrays in, PairResult (numpy) out."""
-    from ..potential import PairResult
-
     require_kernels()
     xp = default_xp()
     dp = device_potential(potential, xp)
@@ -257,8 +298,6 @@ def compute(potential, positions, numbers, cell=None, pbc=False, *, neighbors=No
     """Potential.compute on the device. neighbors: None (a fresh device list), a
     neighbors_cuda.DeviceNeighborList (reused, Verlet skin) or a CPU NeighborList (its
     pairs are copied to the device)."""
-    from ..potential import PotentialResult
-
     require_kernels()
     pos, cell, pbc = validate_geometry(positions, cell, pbc)
     types = potential.types_of(numbers)
