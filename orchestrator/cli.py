@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "orchestrator.commands.model",  # export, import, info
     "orchestrator.commands.train",  # fit a potential
     "orchestrator.commands.md",  # production MD: native engine or LAMMPS
+    "orchestrator.commands.lammps",  # lammps plugin: build pair_style nnmd
     "orchestrator.commands.analyze",  # MSD, D, Nernst-Einstein sigma, RDF
     "orchestrator.commands.store",  # info, export, import (extxyz)
     "orchestrator.commands.convert",  # extxyz, mlearn JSON, n2p2, DeePMD, store -> files

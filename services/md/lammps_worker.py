@@ -73,7 +73,8 @@ def main(argv=None) -> int:
     stopped = None
     try:
         frame, info = run_lammps(atoms, pot, spec, thermo, fan_out(traj, to_store), comm=comm,
-                                 log=job.get("log"), guard=guard)
+                                 log=job.get("log"), guard=guard,
+                                 pair=job.get("pair", "external"))
     except MDStopped as exc:  # raised on every rank together
         stopped = exc
     finally:
