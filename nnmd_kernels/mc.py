@@ -20,6 +20,14 @@ lie within 2 Rc of those points: one cell-list query of radius 2 Rc around each 
 every periodic image needed (`CellIndex`, triclinic and small cells included), and
 dE = sum_{k affected} (E_k' - E_k) with the stored E_k.
 
+With the NNP (`NNPEnergy`, incremental=True, the default) run() goes further
+(mc_incremental.py, docs/mc.md): the workspace keeps every centre's descriptor G_k, and a
+move updates only the pair and triplet terms that involve the changed sites, re-runs the
+networks of the affected centres, and restores the old rows from an undo log on rejection.
+Any other LocalEnergy (and NNPEnergy(incremental=False)) takes the generic path above.
+Both paths make the same proposals from the same U_PER_STEP uniforms per step, so they
+produce the same chain.
+
     state = init(positions, numbers, cell, pbc, config, energy, seed)
     state = run(state, config, energy, n_steps)      # or step(state, config, energy)
 
@@ -54,6 +62,8 @@ from .neighbors import MIN_DISTANCE, neighbor_pairs, validate_geometry
 
 MOVES = ("translate", "swap", "vacancy")
 VACANCY = 0  # atomic number of a vacancy site ("X")
+U_PER_STEP = 8  # uniforms drawn per step (always, whatever the move): kind, picks, step, accept
+_CHUNK = 4096  # steps of uniforms drawn at once (the stream does not depend on it)
 
 
 # ---------------------------------------------------------------- the energy interface
@@ -77,16 +87,30 @@ class LocalEnergy(Protocol):
 class NNPEnergy:
     """The NNP (nnmd_kernels.potential.Potential) as a LocalEnergy, through compute_pairs.
 
+    incremental: run() keeps per-centre descriptors and updates only the terms a move
+    changes (nnmd_kernels/mc_incremental.py, docs/mc.md); False: every affected centre is
+    recomputed through compute_pairs (the generic LocalEnergy path, the old behaviour).
     serial_below: evaluations of fewer centres run the numba kernels on one thread; a
     local update is ~100 centres, too little work to pay for waking a thread pool (on a
     busy machine that costs more than the work itself).
     """
 
-    def __init__(self, potential, backend: str = "auto", serial_below: int = 512):
+    def __init__(self, potential, backend: str = "auto", serial_below: int = 512,
+                 incremental: bool = True):
         self.potential = potential
         self.backend = backend
         self.serial_below = int(serial_below)
         self.cutoff = float(potential.cutoff)
+        self.incremental = bool(incremental)
+        self._tables = None
+
+    def tables(self):
+        """The potential as flat arrays for the incremental kernels (built once)."""
+        if self._tables is None:
+            from .mc_incremental import Tables
+
+            self._tables = Tables(self.potential)
+        return self._tables
 
     def energies(self, numbers_c, positions_c, pair_i, numbers_j, rij) -> np.ndarray:
         pot = self.potential
@@ -446,7 +470,8 @@ class Workspace:
     """Mutable caches of a run, in sync with one state: the cell list and, per species, the
     movable sites (for O(1) uniform proposals). Built in O(N) from a state."""
 
-    def __init__(self, state: MCState, config: MCConfig, energy: LocalEnergy):
+    def __init__(self, state: MCState, config: MCConfig, energy: LocalEnergy,
+                 caches: bool = True):
         n = len(state.numbers)
         if config.fixed and config.fixed[-1] >= n:
             raise ValueError(f"fixed: site index {config.fixed[-1]} is out of range for "
@@ -455,9 +480,6 @@ class Workspace:
         self.numbers = np.array(state.numbers, dtype=np.int64)
         self.energies = np.array(state.energies, dtype=float)
         self.energy = float(state.energy)
-        # Bins 2 Rc wide: a move queries radius 2 Rc, so 2-3 bins per direction.
-        self.index = CellIndex(self.positions, state.cell, state.pbc, self.numbers != VACANCY,
-                               2.0 * energy.cutoff)
         movable = np.ones(n, dtype=bool)
         movable[list(config.fixed)] = False
         self.movable = movable
@@ -466,6 +488,43 @@ class Workspace:
             self.groups.setdefault(int(self.numbers[i]), []).append(int(i))
         self.config = config
         self.synced = None  # the state these caches describe
+        self.index = self.engine = None
+        if not caches:  # proposals only (init's check of the moves)
+            return
+        if _incremental(energy):
+            self._build_engine(state, config, energy)
+        else:
+            # Bins 2 Rc wide: a move queries radius 2 Rc, so 2-3 bins per direction.
+            self.index = CellIndex(self.positions, state.cell, state.pbc,
+                                   self.numbers != VACANCY, 2.0 * energy.cutoff)
+
+    def _build_engine(self, state, config, energy):
+        """The incremental engine (O(N): Verlet list, every descriptor) and the proposal
+        groups as arrays."""
+        from .mc_incremental import MIN_HALF_SKIN, Engine
+
+        step = math.sqrt(3.0) * config.max_displacement if config.translate > 0 else 0.0
+        # Half skin h >= the longest single step (x 1.01): a list rebuilt at the current
+        # positions is always valid for the proposed one.
+        self.engine = Engine(energy.tables(), self.positions, self.numbers, state.cell,
+                             state.pbc, max(MIN_HALF_SKIN, 1.01 * step))
+        # The engine's energies are its own full evaluation (equal to state.energies to
+        # rounding); the chain continues from them.
+        self.energies = self.engine.E
+        self.energy = math.fsum(self.engine.E)
+        zs = sorted(self.groups)
+        n = len(self.numbers)
+        self.gsites = np.zeros((len(zs), max(1, n)), dtype=np.int64)
+        self.gcount = np.zeros(len(zs), dtype=np.int64)
+        self.gof = np.full(n, -1, dtype=np.int64)
+        for g, z in enumerate(zs):
+            sites = self.groups[z]
+            self.gsites[g, :len(sites)] = sites
+            self.gcount[g] = len(sites)
+            self.gof[sites] = g
+        self.greal = np.array([g for g, z in enumerate(zs) if z != VACANCY and self.groups[z]],
+                              dtype=np.int64)
+        self.gvac = zs.index(VACANCY) if VACANCY in zs else -1
 
     def retype(self, i, z):
         """Site i gets atomic number z. Groups stay sorted, so that a proposal depends on the
@@ -506,48 +565,66 @@ def init(positions, numbers, cell, pbc, config: MCConfig, energy: LocalEnergy, s
     state = MCState(positions=pos.copy(), numbers=numbers.copy(), cell=cell, pbc=pbc,
                     energy=float(e.sum()), energies=e, energy0=float(e.sum()) / n_real,
                     rng_state=rng.bit_generator.state)
-    check_moves(config, Workspace(state, config, energy))
+    check_moves(config, Workspace(state, config, energy, caches=False))
     return state
 
 
-def _pick(groups, rng) -> int:
-    """A uniformly random site from the union of `groups` (lists of sites)."""
-    sizes = np.cumsum([len(g) for g in groups])
-    k = int(rng.integers(sizes[-1]))
-    a = int(np.searchsorted(sizes, k, side="right"))
-    return groups[a][k - (sizes[a] - len(groups[a]))]
+def _index(u: float, n: int) -> int:
+    """floor(u n) for a uniform u in [0, 1), clipped to n - 1."""
+    return min(int(u * n), n - 1)
 
 
-def _propose(kind, ws: Workspace, config: MCConfig, rng):
-    """(sites, displacement or None), or None when this move is impossible now."""
+def _pick(groups, u) -> int:
+    """The site floor(u n) of the union of `groups` (lists of sites, concatenated)."""
+    k = _index(u, sum(len(g) for g in groups))
+    for g in groups:
+        if k < len(g):
+            return g[k]
+        k -= len(g)
+    raise AssertionError("unreachable")
+
+
+def _propose(kind, ws: Workspace, config: MCConfig, u):
+    """(sites, displacement or None), or None when this move is impossible now.
+
+    u: this step's U_PER_STEP uniforms (u[1:4] picks, u[2:5] the displacement). The
+    incremental kernels (mc_incremental.run_moves) make the same proposals from the same u.
+    """
     real = [g for z, g in sorted(ws.groups.items()) if z != VACANCY and g]
     if kind == "translate":
         if not real:
             return None
-        return (_pick(real, rng),), rng.uniform(-config.max_displacement,
-                                                config.max_displacement, 3)
+        d = config.max_displacement
+        return (_pick(real, u[1]),), d * (2.0 * np.asarray(u[2:5]) - 1.0)
     if kind == "swap":
         if len(real) < 2:
             return None
         # Uniform over ordered pairs of atoms of different species: the species pair
         # (a, b), a != b, with weight n_a n_b, then one atom of each. A swap keeps every
         # n_a, so the reverse move has the same probability.
-        n = np.array([len(g) for g in real], dtype=float)
-        w = np.outer(n, n)
-        np.fill_diagonal(w, 0.0)
-        cw = np.cumsum(w.ravel())
-        ab = min(int(np.searchsorted(cw, rng.random() * cw[-1], side="right")), w.size - 1)
-        a, b = divmod(ab, len(real))
-        return (_pick([real[a]], rng), _pick([real[b]], rng)), None
+        n = [len(g) for g in real]
+        w = [(n[a] * n[b] if a != b else 0, a, b) for a in range(len(n)) for b in range(len(n))]
+        total = 0.0
+        for x, _, _ in w:
+            total += x
+        target, acc = u[1] * total, 0.0
+        a, b = len(n) - 1, len(n) - 2
+        for x, aa, bb in w:
+            if aa != bb:
+                acc += x
+                if acc > target:
+                    a, b = aa, bb
+                    break
+        return (real[a][_index(u[2], n[a])], real[b][_index(u[3], n[b])]), None
     vac = ws.groups.get(VACANCY)
     if not real or not vac:
         return None
-    return (_pick(real, rng), _pick([vac], rng)), None
+    return (_pick(real, u[1]), vac[_index(u[2], len(vac))]), None
 
 
-def _attempt(kind, ws: Workspace, config: MCConfig, energy: LocalEnergy, rng, n_real) -> bool:
-    prop = _propose(kind, ws, config, rng)
-    log_u = math.log(rng.random())  # drawn always: the stream does not depend on dE
+def _attempt(kind, ws: Workspace, config: MCConfig, energy: LocalEnergy, u, n_real) -> bool:
+    prop = _propose(kind, ws, config, u)
+    log_u = math.log(u[7]) if u[7] > 0 else -math.inf
     if prop is None:
         return False
     sites, data = prop
@@ -598,6 +675,26 @@ def _attempt(kind, ws: Workspace, config: MCConfig, energy: LocalEnergy, rng, n_
     return True
 
 
+def _incremental(energy) -> bool:
+    """The incremental engine applies: the NNP, with numba available."""
+    if not (isinstance(energy, NNPEnergy) and energy.incremental):
+        return False
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _uniforms(rng, n_steps):
+    """U_PER_STEP uniforms per step, in chunks (the same stream for any split of a run)."""
+    done = 0
+    while done < n_steps:
+        k = min(_CHUNK, n_steps - done)
+        yield rng.random((k, U_PER_STEP))
+        done += k
+
+
 def run(state: MCState, config: MCConfig, energy: LocalEnergy, n_steps: int,
         workspace: Workspace | None = None) -> MCState:
     """n_steps Metropolis moves from `state`; returns the new state (the input is untouched).
@@ -608,25 +705,67 @@ def run(state: MCState, config: MCConfig, energy: LocalEnergy, n_steps: int,
     if n_steps < 0:
         raise ValueError(f"n_steps must be >= 0, got {n_steps}")
     ws = workspace if workspace is not None else Workspace.__new__(Workspace)
-    if getattr(ws, "synced", None) is not state or ws.config is not config:
+    inc = _incremental(energy)
+    if (getattr(ws, "synced", None) is not state or ws.config is not config
+            or (ws.engine is not None) != inc):
         ws.__init__(state, config, energy)  # O(N): the caches describe another state
     ws.energy0 = state.energy0
     rng = make_rng(state.rng_state)
     p = config.probabilities
-    tried, accepted = dict(state.tried), dict(state.accepted)
     n_real = max(1, state.n_atoms)
     cp = np.cumsum(p)
-    for _ in range(n_steps):
-        kind = MOVES[min(int(np.searchsorted(cp, rng.random() * cp[-1], side="right")), 2)]
-        tried[kind] += 1
-        if _attempt(kind, ws, config, energy, rng, n_real):
-            accepted[kind] += 1
+    if inc:
+        tried, accepted = _run_incremental(ws, config, rng, n_steps, n_real, cp)
+        tried = {k: state.tried[k] + int(tried[a]) for a, k in enumerate(MOVES)}
+        accepted = {k: state.accepted[k] + int(accepted[a]) for a, k in enumerate(MOVES)}
+        eng = ws.engine
+        ws.positions = eng.pos
+        ws.numbers = eng.numbers()
+        ws.energies = eng.E
+        ws.energy = math.fsum(eng.E)  # re-summed once per call: no accumulated rounding
+    else:
+        tried, accepted = dict(state.tried), dict(state.accepted)
+        for U in _uniforms(rng, n_steps):
+            for u in U:
+                kind = MOVES[min(int(np.searchsorted(cp, u[0] * cp[-1], side="right")), 2)]
+                tried[kind] += 1
+                if _attempt(kind, ws, config, energy, u, n_real):
+                    accepted[kind] += 1
     new = state.replace(positions=ws.positions.copy(), numbers=ws.numbers.copy(),
                         energy=ws.energy, energies=ws.energies.copy(),
                         step=state.step + n_steps, tried=tried, accepted=accepted,
                         rng_state=rng.bit_generator.state)
     ws.synced = new
     return new
+
+
+def _run_incremental(ws: Workspace, config: MCConfig, rng, n_steps, n_real, cp):
+    """The moves in mc_incremental.run_moves; (tried (3,), accepted (3,))."""
+    from .mc_incremental import run_moves
+
+    eng = ws.engine
+    t = eng.t
+    betas = np.array([config.beta(k) for k in MOVES])
+    window = (np.array([*config.energy_window, 1.0]) if config.energy_window is not None
+              else np.zeros(3))
+    tried = np.zeros(3, dtype=np.int64)
+    accepted = np.zeros(3, dtype=np.int64)
+    estate = np.array([ws.energy])
+    for U in _uniforms(rng, n_steps):
+        s, last = 0, -1
+        while s < len(U):
+            s, rebuild = run_moves(
+                U, s, cp, betas, float(config.max_displacement), window, float(n_real),
+                float(ws.energy0), estate, eng.pos, eng.ref, eng.typ, ws.gof, ws.gsites,
+                ws.gcount, ws.greal, ws.gvac, eng.half_skin, eng.G, eng.B, eng.E, eng.off,
+                eng.nbr, eng.sh, t.mean, t.istd, t.P, eng.S, t.N, eng.xb, eng.a, eng.b,
+                eng.logc, eng.logG, eng.logB, eng.logE, eng.flag, tried, accepted, *eng.scratch)
+            if rebuild:
+                if s == last:
+                    raise RuntimeError("mc: Verlet list rebuilt twice for one proposal")
+                last = s
+                eng.rebuild()  # a site would leave its Verlet skin: O(N), rare
+    return tried, accepted
 
 
 def step(state: MCState, config: MCConfig, energy: LocalEnergy,

@@ -45,16 +45,17 @@ def full(pot, st):
     return pot.compute(st.positions[real], st.numbers[real], st.cell, st.pbc, forces=False)
 
 
+@pytest.mark.parametrize("incremental", [True, False])
 @pytest.mark.parametrize("geometry", sorted(CELLS))
 @pytest.mark.parametrize("move", mc.MOVES)
-def test_local_delta_equals_full_recomputation(pot, geometry, move):
+def test_local_delta_equals_full_recomputation(pot, geometry, move, incremental):
     cell, k, pbc = CELLS[geometry]
     # a fixed seed per case (str hashes change from run to run: PYTHONHASHSEED)
     rng = np.random.default_rng(zlib.crc32(f"{geometry}-{move}".encode()))
     pos, numbers = lattice(cell, k, rng, vacancy_fraction=0.2 if move == "vacancy" else 0.0)
     weights = {m: float(m == move) for m in mc.MOVES}
     cfg = mc.MCConfig(temperature=2e4, max_displacement=0.6, **weights)
-    energy = mc.NNPEnergy(pot)
+    energy = mc.NNPEnergy(pot, incremental=incremental)
     st = mc.init(pos, numbers, cell, pbc, cfg, energy, seed=1)
     ref = full(pot, st)
     assert abs(st.energy - ref.energy) < TOL
@@ -77,7 +78,8 @@ def test_local_delta_equals_full_recomputation(pot, geometry, move):
 
 
 def test_local_cost_is_flat_in_system_size(pot):
-    """The affected region does not grow with N: count the centres a move re-evaluates."""
+    """The affected region does not grow with N: count the centres a move re-evaluates
+    (the generic path, incremental=False; the incremental engine: test_mc_incremental.py)."""
     counted = []
 
     class Counting(mc.NNPEnergy):
@@ -90,7 +92,7 @@ def test_local_cost_is_flat_in_system_size(pot):
         rng = np.random.default_rng(0)
         pos, numbers = lattice(np.eye(3) * 2.6 * k, k, rng)
         cfg = mc.MCConfig(temperature=500.0, translate=1, swap=1)
-        energy = Counting(pot)
+        energy = Counting(pot, incremental=False)
         st = mc.init(pos, numbers, np.eye(3) * 2.6 * k, True, cfg, energy, seed=0)
         counted.clear()
         mc.run(st, cfg, energy, 20)
