@@ -29,9 +29,9 @@ def _add_reference_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, default=1, help="OpenMP/BLAS threads per rank")
     g.add_argument("--timeout", type=float, default=3600.0,
                    help="seconds before one pw.x run is killed (default 3600)")
-    g.add_argument("--attempts", type=int, default=2,
-                   help="tries per structure; a non-converged SCF is retried with half the "
-                        "mixing_beta and twice electron_maxstep (default 2)")
+    g.add_argument("--attempts", type=int, default=3,
+                   help="tries per structure; a non-converged SCF is retried with more "
+                        "iterations and lower mixing, then more smearing (default 3)")
     g.add_argument("--keep-scratch", choices=("never", "failed", "always"), default="failed",
                    help="keep each run's scratch folder (default: only when it failed)")
     g.add_argument("--scratch", default=None, help="folder for scratch folders (default: $TMPDIR)")

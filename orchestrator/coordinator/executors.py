@@ -47,7 +47,7 @@ class RayReferencePool:
             raise ValueError(f"resources.reference.workers must be >= 1, got {workers}")
         qe = dict(qe or {})
         options = {"reference": reference}
-        for key in ("ranks", "threads", "timeout_s", "attempts"):
+        for key in ("ranks", "threads", "timeout_s", "attempts", "restart", "restart_root"):
             if key in qe:
                 options[key] = qe[key]
         cpus = float(num_cpus if num_cpus is not None

@@ -18,7 +18,7 @@
       md_steps_jitter: 0.0         # trajectory lengths uniform in [(1 - j) n, n]
       on_failure: stop             # stop (chain ends as failed) | reject (biased)
     train: {...}                   # TrainConfig fields
-    qe: {ranks: 1, threads: 1, timeout_s: 3600, attempts: 2}
+    qe: {ranks: 1, threads: 1, timeout_s: 3600, attempts: 3, restart: true}
     executor: auto                 # local | ray | auto (ray when RAY_ADDRESS is set)
     resources:
       reference: {workers: 2, num_cpus: 1, ranks: 1, resources: {qe: 0.01}}

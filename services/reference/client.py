@@ -69,7 +69,8 @@ class ReferenceClient:
 
 
 def compute_request(atoms_list: Sequence[Atoms], properties: Sequence[str]):
-    """The ComputeRequest of these structures."""
+    """The ComputeRequest of these structures (``atoms.info["nnmd_id"]`` and
+    ``["nnmd_restart_from"]`` become ``Structure.id`` / ``restart_from_id``)."""
     return reference_pb2.ComputeRequest(
         structures=[structure_to_proto(from_atoms(a)[0]) for a in atoms_list],
         properties=list(properties))

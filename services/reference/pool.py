@@ -6,6 +6,11 @@ cores. The pool knows nothing about the work: ``compute(atoms_list)`` takes
 the next idle worker, and when a worker dies mid-request the same request goes
 to another worker (a replacement is started in the dead one's place); a dead
 actor is never handed out again.
+
+Structures travel to the workers with their ``atoms.info``, so QE restarts
+(``nnmd_id`` / ``nnmd_restart_from``) work in the pool when its workers share
+``QEConfig.restart_dir()`` (one node, or a shared ``restart_root``); a worker that
+cannot see the kept SCF starts cold.
 """
 
 from __future__ import annotations

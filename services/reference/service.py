@@ -6,6 +6,9 @@ labels. A structure whose calculation failed gets an empty ``Labels`` (no
 energy: "not computed"), never numbers; the reasons travel in the trailing
 metadata ``nnmd-failures`` as JSON ``[{"index", "reason", "message"}]``.
 Requests that carry an idempotency key run once; a retry gets the first answer.
+A structure's ``id`` and ``restart_from_id`` reach the backend as
+``atoms.info["nnmd_id"]`` / ``["nnmd_restart_from"]``: with a QE reference a
+structure restarts from the kept SCF of an earlier one (docs/reference.md).
 
 With ``destination`` set, the converged labels (never the failed ones) are
 appended to that Zarr store with the request's provenance, and the response
@@ -67,15 +70,16 @@ class ReferenceServicer(reference_pb2_grpc.ReferenceServicer):
     worker_cpus CPUs (default ranks x threads)."""
 
     def __init__(self, reference: str = "emt", workers: int = 0, ranks: int = 1,
-                 threads: int = 1, timeout_s: float = 3600.0, attempts: int = 2,
+                 threads: int = 1, timeout_s: float = 3600.0, attempts: int = 3,
                  keep_scratch: str = "failed", scratch: str | None = None,
                  max_atoms: int | None = None, worker_cpus: float | None = None,
                  backend: ReferenceBackend | None = None, max_structures: int | None = None,
-                 store_roots: list[str] | None = None) -> None:
+                 store_roots: list[str] | None = None, restart: bool = True,
+                 restart_root: str | None = None) -> None:
         self.spec = reference
         self.qe = QEConfig(ranks=ranks, threads=threads, timeout_s=timeout_s,
                            retry=RetryPolicy(attempts=attempts), keep=keep_scratch,
-                           scratch_root=scratch)
+                           scratch_root=scratch, restart=restart, restart_root=restart_root)
         # Validates the spec (and a QE input) here, at start-up, with a clear error.
         self.backend = backend if backend is not None else make_backend(reference, qe=self.qe)
         self.settings_hash = settings_hash(self.backend)
@@ -196,9 +200,17 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ranks", type=int, default=1, help="MPI ranks per pw.x run")
     p.add_argument("--threads", type=int, default=1, help="OpenMP/BLAS threads per rank")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per pw.x run")
-    p.add_argument("--attempts", type=int, default=2, help="tries per structure")
+    p.add_argument("--attempts", type=int, default=3,
+                   help="tries per structure (the retry ladder: as given; more SCF steps and "
+                        "less mixing; and more smearing where the input has smearing)")
     p.add_argument("--keep-scratch", choices=("never", "failed", "always"), default="failed")
     p.add_argument("--scratch", default=None, help="folder for scratch folders")
+    p.add_argument("--no-restart", dest="restart", action="store_false",
+                   help="never start pw.x from a kept SCF (Structure.restart_from_id ignored, "
+                        "nothing kept)")
+    p.add_argument("--restart-root", default=None, metavar="DIR",
+                   help="folder of kept SCFs for restarts (default: nnmd-qe-restart under "
+                        "--scratch or the temp dir); workers must share it")
     p.add_argument("--max-atoms", type=int, default=None, help="atoms per structure (default "
                    "$NNMD_MAX_ATOMS or 1,000,000)")
     p.add_argument("--max-structures", type=int, default=None,
@@ -213,7 +225,8 @@ def _options_from_args(args) -> dict:
             "threads": args.threads, "timeout_s": args.timeout, "attempts": args.attempts,
             "keep_scratch": args.keep_scratch, "scratch": args.scratch,
             "max_atoms": args.max_atoms, "max_structures": args.max_structures,
-            "store_roots": args.store_root}
+            "store_roots": args.store_root, "restart": args.restart,
+            "restart_root": args.restart_root}
 
 
 def _close(servicers) -> None:

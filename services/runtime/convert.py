@@ -26,6 +26,11 @@ from services.runtime.errors import InvalidArgument
 
 MAX_ATOMIC_NUMBER = len(chemical_symbols) - 1  # 118
 DEFAULT_MAX_ATOMS = int(os.environ.get("NNMD_MAX_ATOMS", "1000000"))
+MAX_ID_CHARS = 1024  # Structure.id and Structure.restart_from_id
+# ase.Atoms.info keys of Structure.id and Structure.restart_from_id. "id" is still
+# read (an older name of nnmd_id) when nnmd_id is absent.
+ID_KEY = "nnmd_id"
+RESTART_FROM_KEY = "nnmd_restart_from"
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,8 @@ class StructureArrays:
 
     positions (N, 3) Angstrom; numbers (N,) int32; cell (3, 3) Angstrom, rows
     a, b, c, or None; pbc (3,) bool; velocities (N, 3) Angstrom/fs or None.
+    id: the caller's id (``Structure.id``, ase ``atoms.info["nnmd_id"]``);
+    restart_from: ``Structure.restart_from_id`` (``atoms.info["nnmd_restart_from"]``).
     """
 
     positions: np.ndarray
@@ -42,6 +49,8 @@ class StructureArrays:
     pbc: np.ndarray | None = None
     velocities: np.ndarray | None = None
     id: str = ""
+    # id of an earlier structure whose reference state (QE SCF) may seed this one's
+    restart_from: str = ""
 
     @property
     def n_atoms(self) -> int:
@@ -134,7 +143,16 @@ def validate_structure(
                 f"singular cell (volume {volume:.3g} A^3)",
                 "the three cell vectors must be linearly independent",
             )
-    return StructureArrays(positions, numbers.astype(np.int32), cell, pbc, velocities, s.id)
+    for name, value in (("id", s.id), ("restart_from_id", s.restart_from)):
+        if len(value) > MAX_ID_CHARS:
+            raise InvalidArgument(f"{field}.{name}", f"is {len(value)} characters long, more "
+                                  f"than {MAX_ID_CHARS}", "send a shorter id, e.g. "
+                                  "campaign/chain/step")
+        if "\x00" in value:
+            raise InvalidArgument(f"{field}.{name}", "contains a NUL character",
+                                  "send printable text, e.g. campaign/chain/step")
+    return StructureArrays(positions, numbers.astype(np.int32), cell, pbc, velocities, s.id,
+                           s.restart_from)
 
 
 def _float_array(x, shape: tuple[int, ...], field: str) -> np.ndarray:
@@ -171,6 +189,7 @@ def structure_from_proto(
             else None
         ),
         id=msg.id,
+        restart_from=msg.restart_from_id,
     )
     if s.positions.size != 3 * n:
         raise InvalidArgument(
@@ -186,6 +205,7 @@ def structure_to_proto(s: StructureArrays) -> common_pb2.Structure:
         positions_angstrom=np.asarray(s.positions, np.float64).ravel().tolist(),
         numbers=np.asarray(s.numbers).astype(int).tolist(),
         id=s.id,
+        restart_from_id=s.restart_from,
     )
     if s.cell is not None:
         msg.cell_angstrom.extend(np.asarray(s.cell, np.float64).ravel().tolist())
@@ -245,7 +265,9 @@ def to_atoms(s: StructureArrays, labels: LabelArrays | None = None) -> Atoms:
     if s.velocities is not None:
         atoms.set_velocities(np.asarray(s.velocities, np.float64) / units.fs)
     if s.id:
-        atoms.info["id"] = s.id
+        atoms.info[ID_KEY] = s.id
+    if s.restart_from:
+        atoms.info[RESTART_FROM_KEY] = s.restart_from
     if labels is not None:
         results = {}
         if not np.isnan(labels.energy):
@@ -271,7 +293,8 @@ def from_atoms(atoms: Atoms) -> tuple[StructureArrays, LabelArrays]:
         cell=cell if cell.any() else None,
         pbc=np.array(atoms.pbc, dtype=bool),
         velocities=velocities,
-        id=str(atoms.info.get("id", "")),
+        id=str(atoms.info.get(ID_KEY) or atoms.info.get("id") or ""),
+        restart_from=str(atoms.info.get(RESTART_FROM_KEY) or ""),
     )
     energy, forces, stress = float("nan"), None, None
     results = atoms.calc.results if atoms.calc is not None else {}

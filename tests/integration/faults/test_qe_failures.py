@@ -5,9 +5,11 @@ the real /usr/bin/pw.x but, on chosen calls, makes the SCF not converge
 (electron_maxstep = 1, pw.x's exit code 2), crashes, hangs past the timeout, or points
 pw.x at a pseudopotential folder that does not exist. One reference worker, so the calls
 come in a fixed order. As documented (docs/reference.md, docs/coordinator.md): a
-non-converged SCF and a crash are retried (attempts: 2; the SCF retry with more steps and
-less mixing); a run that still fails, a timeout and a missing pseudopotential file (not
-retried) reject the move; no failed run's numbers are stored; the report counts each failed step.
+non-converged SCF and a crash are retried (attempts: 2, the first two rungs of the retry
+ladder: the SCF retry with more steps and less mixing, a crash on the same settings); with
+on_failure: reject, a run that still fails, a timeout and a missing pseudopotential file
+(not retried) reject the move; no failed run's numbers are stored; the report counts each
+failed step.
 """
 
 from __future__ import annotations
@@ -54,8 +56,12 @@ def test_failed_pw_runs_are_rejected_moves_and_never_labels(tmp_path):
             "chains": 2, "steps": 4, "temperature": 600.0, "md_steps": 3, "md_steps_min": 2,
             "md_steps_max": 10, "dt": 1.0, "retrain_every": 0, "bootstrap_steps": BOOTSTRAP,
             "bootstrap_dt": 1.0, "seed": 0, "train": TINY_TRAIN, "executor": "local",
+            "sampling": {"on_failure": "reject"},
+            # restarts off: a failed restarted attempt is followed by an extra cold one,
+            # which would shift the plan's one-mode-per-call order (restarts with failures:
+            # tests/integration/test_qe_restart.py and tests/unit/reference)
             "qe": {"pw": str(Path(__file__).parent / "data" / "faulty_pw.sh"),
-                   "timeout_s": 20.0, "attempts": 2},
+                   "timeout_s": 20.0, "attempts": 2, "restart": False},
             "resources": {"reference": {"workers": 1}}}
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "NNMD_FAULT")}

@@ -24,29 +24,29 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14nnmd/v1/common.proto\x12\x07nnmd.v1\"\x8c\x01\n\tStructure\x12\x1a\n\x12positions_angstrom\x18\x01 \x03(\x01\x12\x0f\n\x07numbers\x18\x02 \x03(\x05\x12\x15\n\rcell_angstrom\x18\x03 \x03(\x01\x12\x0b\n\x03pbc\x18\x04 \x03(\x08\x12\"\n\x1avelocities_angstrom_per_fs\x18\x05 \x03(\x01\x12\n\n\x02id\x18\x06 \x01(\t\"o\n\x06Labels\x12\x16\n\tenergy_ev\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1e\n\x16\x66orces_ev_per_angstrom\x18\x02 \x03(\x01\x12\x1f\n\x17stress_ev_per_angstrom3\x18\x03 \x03(\x01\x42\x0c\n\n_energy_ev\"\xbf\x01\n\nProvenance\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\x12\r\n\x05\x63hain\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\x04\x12#\n\x06source\x18\x04 \x01(\x0e\x32\x13.nnmd.v1.SourceKind\x12\x15\n\rmodel_version\x18\x05 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x06 \x01(\x08\x12\x1f\n\x17reference_settings_hash\x18\x07 \x01(\t\x12\x13\n\x0bwall_time_s\x18\x08 \x01(\x01\"\x17\n\x08StoreRef\x12\x0b\n\x03url\x18\x01 \x01(\t\"=\n\x08ModelRef\x12 \n\x05store\x18\x01 \x01(\x0b\x32\x11.nnmd.v1.StoreRef\x12\x0f\n\x07version\x18\x02 \x01(\x04\"j\n\nDatasetRef\x12 \n\x05store\x18\x01 \x01(\x0b\x32\x11.nnmd.v1.StoreRef\x12\x14\n\x0c\x66irst_record\x18\x02 \x01(\x04\x12\x12\n\nend_record\x18\x03 \x01(\x04\x12\x10\n\x08\x63\x61mpaign\x18\x04 \x01(\t\"?\n\rTrajectoryRef\x12 \n\x05store\x18\x01 \x01(\x0b\x32\x11.nnmd.v1.StoreRef\x12\x0c\n\x04name\x18\x02 \x01(\t\":\n\x0b\x45rrorDetail\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0c\n\x04hint\x18\x03 \x01(\t*\x80\x01\n\nSourceKind\x12\x1b\n\x17SOURCE_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10SOURCE_KIND_AIMD\x10\x01\x12\x13\n\x0fSOURCE_KIND_HMC\x10\x02\x12\x12\n\x0eSOURCE_KIND_MC\x10\x03\x12\x16\n\x12SOURCE_KIND_IMPORT\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14nnmd/v1/common.proto\x12\x07nnmd.v1\"\xa5\x01\n\tStructure\x12\x1a\n\x12positions_angstrom\x18\x01 \x03(\x01\x12\x0f\n\x07numbers\x18\x02 \x03(\x05\x12\x15\n\rcell_angstrom\x18\x03 \x03(\x01\x12\x0b\n\x03pbc\x18\x04 \x03(\x08\x12\"\n\x1avelocities_angstrom_per_fs\x18\x05 \x03(\x01\x12\n\n\x02id\x18\x06 \x01(\t\x12\x17\n\x0frestart_from_id\x18\x07 \x01(\t\"o\n\x06Labels\x12\x16\n\tenergy_ev\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1e\n\x16\x66orces_ev_per_angstrom\x18\x02 \x03(\x01\x12\x1f\n\x17stress_ev_per_angstrom3\x18\x03 \x03(\x01\x42\x0c\n\n_energy_ev\"\xbf\x01\n\nProvenance\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\x12\r\n\x05\x63hain\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\x04\x12#\n\x06source\x18\x04 \x01(\x0e\x32\x13.nnmd.v1.SourceKind\x12\x15\n\rmodel_version\x18\x05 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x06 \x01(\x08\x12\x1f\n\x17reference_settings_hash\x18\x07 \x01(\t\x12\x13\n\x0bwall_time_s\x18\x08 \x01(\x01\"\x17\n\x08StoreRef\x12\x0b\n\x03url\x18\x01 \x01(\t\"=\n\x08ModelRef\x12 \n\x05store\x18\x01 \x01(\x0b\x32\x11.nnmd.v1.StoreRef\x12\x0f\n\x07version\x18\x02 \x01(\x04\"j\n\nDatasetRef\x12 \n\x05store\x18\x01 \x01(\x0b\x32\x11.nnmd.v1.StoreRef\x12\x14\n\x0c\x66irst_record\x18\x02 \x01(\x04\x12\x12\n\nend_record\x18\x03 \x01(\x04\x12\x10\n\x08\x63\x61mpaign\x18\x04 \x01(\t\"?\n\rTrajectoryRef\x12 \n\x05store\x18\x01 \x01(\x0b\x32\x11.nnmd.v1.StoreRef\x12\x0c\n\x04name\x18\x02 \x01(\t\":\n\x0b\x45rrorDetail\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0c\n\x04hint\x18\x03 \x01(\t*\x80\x01\n\nSourceKind\x12\x1b\n\x17SOURCE_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10SOURCE_KIND_AIMD\x10\x01\x12\x13\n\x0fSOURCE_KIND_HMC\x10\x02\x12\x12\n\x0eSOURCE_KIND_MC\x10\x03\x12\x16\n\x12SOURCE_KIND_IMPORT\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nnmd.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SOURCEKIND']._serialized_start=805
-  _globals['_SOURCEKIND']._serialized_end=933
+  _globals['_SOURCEKIND']._serialized_start=830
+  _globals['_SOURCEKIND']._serialized_end=958
   _globals['_STRUCTURE']._serialized_start=34
-  _globals['_STRUCTURE']._serialized_end=174
-  _globals['_LABELS']._serialized_start=176
-  _globals['_LABELS']._serialized_end=287
-  _globals['_PROVENANCE']._serialized_start=290
-  _globals['_PROVENANCE']._serialized_end=481
-  _globals['_STOREREF']._serialized_start=483
-  _globals['_STOREREF']._serialized_end=506
-  _globals['_MODELREF']._serialized_start=508
-  _globals['_MODELREF']._serialized_end=569
-  _globals['_DATASETREF']._serialized_start=571
-  _globals['_DATASETREF']._serialized_end=677
-  _globals['_TRAJECTORYREF']._serialized_start=679
-  _globals['_TRAJECTORYREF']._serialized_end=742
-  _globals['_ERRORDETAIL']._serialized_start=744
-  _globals['_ERRORDETAIL']._serialized_end=802
+  _globals['_STRUCTURE']._serialized_end=199
+  _globals['_LABELS']._serialized_start=201
+  _globals['_LABELS']._serialized_end=312
+  _globals['_PROVENANCE']._serialized_start=315
+  _globals['_PROVENANCE']._serialized_end=506
+  _globals['_STOREREF']._serialized_start=508
+  _globals['_STOREREF']._serialized_end=531
+  _globals['_MODELREF']._serialized_start=533
+  _globals['_MODELREF']._serialized_end=594
+  _globals['_DATASETREF']._serialized_start=596
+  _globals['_DATASETREF']._serialized_end=702
+  _globals['_TRAJECTORYREF']._serialized_start=704
+  _globals['_TRAJECTORYREF']._serialized_end=767
+  _globals['_ERRORDETAIL']._serialized_start=769
+  _globals['_ERRORDETAIL']._serialized_end=827
 # @@protoc_insertion_point(module_scope)

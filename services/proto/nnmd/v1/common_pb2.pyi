@@ -21,20 +21,22 @@ SOURCE_KIND_MC: SourceKind
 SOURCE_KIND_IMPORT: SourceKind
 
 class Structure(_message.Message):
-    __slots__ = ("positions_angstrom", "numbers", "cell_angstrom", "pbc", "velocities_angstrom_per_fs", "id")
+    __slots__ = ("positions_angstrom", "numbers", "cell_angstrom", "pbc", "velocities_angstrom_per_fs", "id", "restart_from_id")
     POSITIONS_ANGSTROM_FIELD_NUMBER: _ClassVar[int]
     NUMBERS_FIELD_NUMBER: _ClassVar[int]
     CELL_ANGSTROM_FIELD_NUMBER: _ClassVar[int]
     PBC_FIELD_NUMBER: _ClassVar[int]
     VELOCITIES_ANGSTROM_PER_FS_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
+    RESTART_FROM_ID_FIELD_NUMBER: _ClassVar[int]
     positions_angstrom: _containers.RepeatedScalarFieldContainer[float]
     numbers: _containers.RepeatedScalarFieldContainer[int]
     cell_angstrom: _containers.RepeatedScalarFieldContainer[float]
     pbc: _containers.RepeatedScalarFieldContainer[bool]
     velocities_angstrom_per_fs: _containers.RepeatedScalarFieldContainer[float]
     id: str
-    def __init__(self, positions_angstrom: _Optional[_Iterable[float]] = ..., numbers: _Optional[_Iterable[int]] = ..., cell_angstrom: _Optional[_Iterable[float]] = ..., pbc: _Optional[_Iterable[bool]] = ..., velocities_angstrom_per_fs: _Optional[_Iterable[float]] = ..., id: _Optional[str] = ...) -> None: ...
+    restart_from_id: str
+    def __init__(self, positions_angstrom: _Optional[_Iterable[float]] = ..., numbers: _Optional[_Iterable[int]] = ..., cell_angstrom: _Optional[_Iterable[float]] = ..., pbc: _Optional[_Iterable[bool]] = ..., velocities_angstrom_per_fs: _Optional[_Iterable[float]] = ..., id: _Optional[str] = ..., restart_from_id: _Optional[str] = ...) -> None: ...
 
 class Labels(_message.Message):
     __slots__ = ("energy_ev", "forces_ev_per_angstrom", "stress_ev_per_angstrom3")
