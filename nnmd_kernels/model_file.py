@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 
@@ -147,14 +145,10 @@ def loads(text: str | bytes, source: str = "<string>"):
 
 def save_model(pot, path) -> str:
     """Write atomically (temp file + rename) so a crash never leaves half a model."""
-    path = Path(path)
+    from nnmd_kernels._atomic import write_text_atomic
+
     text, digest = dumps(pot)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
     return digest
 
 

@@ -27,8 +27,6 @@ pot.save(path, format="sannp") writes one. potential.py itself never imports thi
 from __future__ import annotations
 
 import hashlib
-import os
-from pathlib import Path
 
 import numpy as np
 
@@ -239,14 +237,10 @@ def _load(data: bytes, source: str):
 
 def save_sannp(pot, path) -> str:
     """Write ffield.sannp atomically (temp file + rename); returns the sha256 of its text."""
-    path = Path(path)
+    from nnmd_kernels._atomic import write_text_atomic
+
     text = write_sannp(pot)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

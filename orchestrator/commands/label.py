@@ -60,7 +60,7 @@ def cmd_label(args) -> int:
     from ase.utils import string2index
 
     from orchestrator.commands._output import atomic_path, check_out
-    from services.trainer.formats import canonical_format, read_structures
+    from services.trainer.formats import canonical_format, read_structures_for
 
     out = check_out(args.out, args.force)
     src = Path(args.input)
@@ -71,12 +71,7 @@ def cmd_label(args) -> int:
         index = None
     if not isinstance(index, (int, slice)) or index == slice(None, None, 0):
         raise ValueError(f"--index {args.index!r}: not an index or slice like 0, -1, :, ::2")
-    try:
-        structures = read_structures(src, fmt)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"--in {src}: no such file") from None
-    except ValueError as exc:
-        raise ValueError(f"--in: {exc}") from None
+    structures = read_structures_for("--in", src, fmt)
     try:
         structures = structures[index] if isinstance(index, slice) else [structures[index]]
     except IndexError:

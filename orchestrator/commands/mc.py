@@ -141,19 +141,14 @@ def parse_window(text: str):
 def training_histograms(pot, args, log):
     """Histograms of the model's descriptors over --training-data files or the --store."""
     from nnmd_kernels.novelty import FeatureHistograms
-    from services.trainer.formats import canonical_format, read_structures
+    from services.trainer.formats import canonical_format, read_structures_for
 
     structures = []
     if args.training_data:
         fmt = getattr(args, "training_data_format", None)
         fmt = canonical_format(fmt) if fmt else None
         for f in args.training_data:
-            try:
-                frames = read_structures(f, fmt)
-            except FileNotFoundError:
-                raise FileNotFoundError(f"--training-data {f}: no such file") from None
-            except ValueError as exc:
-                raise ValueError(f"--training-data: {exc}") from None
+            frames = read_structures_for("--training-data", f, fmt)
             structures += [(a.positions, a.numbers, a.cell[:] if a.pbc.any() else None, a.pbc)
                            for a in frames]
         where = " ".join(args.training_data)

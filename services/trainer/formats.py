@@ -688,3 +688,13 @@ def read_structure(path, option: str = "--structure", index=-1) -> Atoms:
     if not isinstance(atoms, Atoms) or len(atoms) == 0:
         raise ValueError(f"{option} {path}: holds no atoms")
     return atoms
+
+
+def read_structures_for(option: str, path, format: str | None = None) -> list[Atoms]:
+    """read_structures with the command-line option that named the file in every error."""
+    try:
+        return read_structures(path, format)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{option} {path}: no such file") from None
+    except ValueError as exc:
+        raise ValueError(f"{option}: {exc}") from None
