@@ -287,3 +287,53 @@ def test_conductivity_needs_explicit_charges_exit_2(tmp_path, capsys):
     assert res["sigma_total_S_per_cm"] == pytest.approx(
         by["Li"]["sigma_S_per_cm"] + by["S"]["sigma_S_per_cm"])
     assert res["charges_e"] == {"Li": 1.0, "S": -2.0}
+
+
+def _emt_md(tmp_path, temperature, steps=1500, every=10, seed=3):
+    """Real MD of 108-atom Cu with ASE's EMT (Langevin, 2 fs): frames to extxyz."""
+    from ase import units
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from ase.io import write
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    atoms = bulk("Cu", "fcc", a=3.61 * (1.06 if temperature > 2000 else 1.0),
+                 cubic=True).repeat(3)
+    atoms.calc = EMT()
+    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature,
+                                 rng=np.random.default_rng(seed))
+    dyn = Langevin(atoms, 2.0 * units.fs, temperature_K=temperature, friction=0.02,
+                   rng=np.random.default_rng(seed))
+    frames = []
+
+    def keep():
+        a = atoms.copy()
+        a.calc = None
+        a.info["time_fs"] = 2.0 * dyn.nsteps
+        frames.append(a)
+
+    dyn.attach(keep, interval=every)
+    dyn.run(steps)
+    path = tmp_path / f"cu{temperature}.extxyz"
+    write(path, frames[len(frames) // 5:])  # equilibration dropped
+    return path
+
+
+@pytest.mark.parametrize("temperature, diffusive", [(300, False), (3500, True)])
+def test_real_md_crystal_and_liquid(tmp_path, temperature, diffusive):
+    """EMT copper as a crystal (300 K: not diffusive) and as a liquid (3500 K, 6% expanded:
+    D with an error bar, well above it)."""
+    import json
+
+    path = _emt_md(tmp_path, temperature)
+    out = tmp_path / "ana"
+    args = _parser().parse_args(["analyze", str(path), "--species", "Cu", "--temperature",
+                                 str(temperature), "--out", str(out)])
+    assert args.func(args) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["diffusive"] is diffusive, res["diffusive_note"]
+    if diffusive:
+        d, err = res["D_cm2_per_s"], res["D_err_cm2_per_s"]
+        assert err > 0 and d > 3 * err
+        assert 1e-5 < d < 1e-3  # liquid metals: ~1e-4 cm^2/s

@@ -106,3 +106,21 @@ def test_report_screenshot_in_chromium(report):
             browser.close()
     assert shot.stat().st_size > 20_000
     print(f"\nreport.html screenshot: {shot}")
+
+
+def test_report_piped_into_head_is_clean(report):
+    """`nnmd report ... | head -1`: the header line, and no BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    url, _ = report
+    root = Path(__file__).parents[3]
+    for fmt in ("csv", "stats"):
+        out = subprocess.run(
+            ["bash", "-c", f"{sys.executable} -m orchestrator.cli report --store {url} "
+                           f"--format {fmt} | head -1"],
+            capture_output=True, text=True, cwd=root, timeout=120)
+        assert out.stdout.strip() in ("campaign,chain,step,phase,move,status,accepted,"
+                                      "energy_ref,energy_proposal,n_md_steps,model_version,"
+                                      "volume", "[")
+        assert out.stderr == "", out.stderr
