@@ -22,25 +22,35 @@ fi
 # OpenMPI-linked; it is run with /usr/bin/mpirun, not the venv's MPICH) and a
 # threaded OpenBLAS that makes pw.x 2-4x faster. Installed with apt-get as root,
 # or through passwordless sudo; elsewhere the QE tests skip with a reason.
-QE_PKGS="quantum-espresso quantum-espresso-data openmpi-bin libopenblas0-pthread chromium"
+QE_PKGS="quantum-espresso quantum-espresso-data openmpi-bin libopenblas0-pthread"
+BROWSER_PKGS="chromium"
 if [ "${NNMD_SKIP_APT:-0}" != "1" ] && command -v apt-get >/dev/null 2>&1 && command -v dpkg >/dev/null 2>&1; then
     SUDO=""
     if [ "$(id -u)" != "0" ]; then
         if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO="none"; fi
     fi
-    missing=""
-    for p in $QE_PKGS; do
-        dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
-    done
-    if [ -n "$missing" ] && [ "$SUDO" != "none" ]; then
+    updated=0
+    # one apt-get per group, so a browser that cannot be installed never costs the QE tests
+    for group in "QE:$QE_PKGS" "browser:$BROWSER_PKGS"; do
+        what="${group%%:*}"
+        missing=""
+        for p in ${group#*:}; do
+            dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
+        done
+        [ -z "$missing" ] && continue
+        if [ "$SUDO" = "none" ]; then
+            echo "[install] warning: not root and no passwordless sudo; not installing$missing ($what tests will skip)"
+            continue
+        fi
         echo "[install] apt-get install:$missing"
-        $SUDO apt-get update -qq >/dev/null 2>&1 || true
+        if [ "$updated" = "0" ]; then
+            $SUDO apt-get update -qq >/dev/null 2>&1 || true
+            updated=1
+        fi
         # shellcheck disable=SC2086
         DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null 2>&1 \
-            || echo "[install] warning: apt-get install of$missing failed; QE tests will skip"
-    elif [ -n "$missing" ]; then
-        echo "[install] warning: not root and no passwordless sudo; not installing$missing (QE tests will skip)"
-    fi
+            || echo "[install] warning: apt-get install of$missing failed; $what tests will skip"
+    done
 fi
 if command -v pw.x >/dev/null 2>&1 && [ -x /usr/bin/mpirun ] && [ -f /usr/share/espresso/pseudo/Si.pz-vbc.UPF ]; then
     echo "[install] Quantum ESPRESSO: $(command -v pw.x), /usr/bin/mpirun, pseudopotentials in /usr/share/espresso/pseudo"
