@@ -1,6 +1,6 @@
 """Accuracy on the mlearn Si benchmark, beside the published n2p2 / SNAP figures.
 
-Trains on shared/datasets/mlearn-si/training.json only, evaluates on test.json,
+Trains on datasets/mlearn-si/training.json only, evaluates on test.json,
 for several seeds, with and without the Delta-NNP baseline. Prints a table of
 energy RMSE/MAE (meV/atom, per structure) and force RMSE/MAE (meV/A, per
 component): mean +- standard deviation over seeds, and the training time.
@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("NNMD_SHARED", ROOT.parent / "shared")) / "datasets" / "mlearn-si"
+DATA = ROOT / "datasets" / "mlearn-si"
 
-# Zuo et al., J. Phys. Chem. A 124, 731 (2020) models, evaluated on these files (shared/datasets/README.md)
+# Zuo et al., J. Phys. Chem. A 124, 731 (2020) models, evaluated on these files (datasets/README.md, docs/benchmarks.md)
 PUBLISHED = {
     "n2p2 NNP (test)": (6.93, 5.63, 169.7, 108.6),
     "n2p2 NNP (training)": (10.92, 7.49, 168.9, 102.8),

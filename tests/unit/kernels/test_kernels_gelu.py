@@ -1,7 +1,7 @@
 """The exact GELU activation (ffield.sannp code 6): derivatives, forces, files, training.
 
 GELU(x) = x Phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2: the exact form that the source
-product's LAMMPS pair style evaluates (/work/shared/SANNP_FORMAT.md, docs/sannp_format.md),
+product's LAMMPS pair style evaluates (docs/sannp_format.md),
 not the tanh approximation.
 """
 
@@ -20,7 +20,7 @@ from nnmd_kernels.training import Structure, TrainConfig, train
 
 
 def gelu_spec(x: float) -> float:
-    """GELU exactly as SANNP_FORMAT.md writes it (erf form), in scalar Python."""
+    """GELU exactly as docs/sannp_format.md writes it (erf form), in scalar Python."""
     return x * 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
 
 

@@ -19,8 +19,8 @@ from services.trainer import formats
 from services.trainer.data import read_training_data
 from services.trainer.formats import detect_format, read_structures, write_structures
 
-# the public mlearn Si data (Zuo et al. 2020), where a checkout keeps it ($NNMD_DATASETS)
-MLEARN_TEST = Path(os.environ.get("NNMD_DATASETS", "/work/shared/datasets")) / "mlearn-si/test.json"
+# the public mlearn Si data (Zuo et al. 2020), shipped in datasets/ (see its README)
+MLEARN_TEST = Path(__file__).parents[3] / "datasets" / "mlearn-si" / "test.json"
 
 
 def emt_frames(n=4, seed=0, cluster=False):
