@@ -53,6 +53,12 @@ def read_ase(path) -> list[Structure]:
     return _from_file(path)
 
 
+def store_label_name(structure_id: str, step: int) -> str:
+    """The name a stored label gets as a training structure (campaigns hash it to choose
+    their held-out labels, so it must not change)."""
+    return f"store:{structure_id or step}"
+
+
 def read_store(url: str, campaign: str | None = None) -> list[Structure]:
     from services.store.store import Store
 
@@ -63,7 +69,7 @@ def read_store(url: str, campaign: str | None = None) -> list[Structure]:
         if not np.isfinite(lab.energy):
             continue
         out.append(Structure(s.positions, s.numbers, s.cell, np.asarray(s.pbc), lab.energy, lab.forces,
-                             lab.stress, name=f"store:{s.id or rec.provenance.step}"))
+                             lab.stress, name=store_label_name(s.id, rec.provenance.step)))
     return out
 
 
