@@ -309,7 +309,8 @@ def _pooled(per_chain) -> dict:
             "converged": all(b.converged for b in per_chain)}
 
 
-def production_stats(store_url: str, campaign: str | None = None) -> list[dict]:
+def production_stats(store_url: str, campaign: str | None = None,
+                     rows: list[dict] | None = None) -> list[dict]:
     """<E_ref>, <V> and acceptance over the production phase only, per campaign and
     temperature, with blocking error bars (each chain blocked, the chains pooled).
     Burn-in steps never enter them: their kernel was still adapting."""
@@ -317,7 +318,7 @@ def production_stats(store_url: str, campaign: str | None = None) -> list[dict]:
     from orchestrator.slhmc import CAMPAIGN_DOC
     from services.store import Store
 
-    rows = report_rows(store_url, campaign)
+    rows = report_rows(store_url, campaign) if rows is None else rows
     store = Store(store_url, read_only=True)
     out = []
     for (camp, temp), chains in sorted(_groups_of(rows).items()):
@@ -408,6 +409,9 @@ def write_html(store_url, out, campaign=None) -> None:
     store = Store(store_url, read_only=True)
     chains = sorted({(r["campaign"], r["chain"]) for r in rows})
     names = sorted({c for c, _ in chains}) or ([campaign] if campaign else [])
+    # each campaign's document (settings, runs), read once for the whole page
+    docs = {name: store.read_checkpoint(name, CAMPAIGN_DOC) or {} for name in names}
+    configs = {name: doc.get("config") or {} for name, doc in docs.items()}
 
     def png(fig) -> str:
         buf = io.BytesIO()
@@ -429,8 +433,8 @@ def write_html(store_url, out, campaign=None) -> None:
             kw = dict(label=label(key), ls=styles[(i // 10) % 4], lw=1.2)
             (ax.step(x, y, where="post", **kw) if step_plot else ax.plot(x, y, **kw))
         ax.set(xlabel="chain step", ylabel=ylabel)
-        for key_c in names:
-            b = _burn_in_of(store, key_c)
+        for cfg in configs.values():
+            b = cfg.get("burn_in")
             if b:
                 ax.axvline(b + 0.5, color="k", lw=0.8, alpha=0.6)
         if len(chains) <= 12:
@@ -506,14 +510,14 @@ def write_html(store_url, out, campaign=None) -> None:
         axes[0].legend(fontsize=6, ncol=2)
         figs.append(("Learning curves (solid: training, dashed: validation)", png(fig)))
         figs.append(("Parity of the latest model, by label source (held-out labels: training "
-                     "never saw them)", _parity_png(store, models[-1][0], batch, png, plt,
-                                                    names)))
+                     "never saw them)", _parity_png(store, models[-1][0], batch, png, plt, max(
+                         (float(c.get("holdout_fraction", 0.0)) for c in configs.values()),
+                         default=0.0))))
 
     # settings and wall time, per campaign
     settings, timing = [], []
     for name in names:
-        doc = store.read_checkpoint(name, CAMPAIGN_DOC) or {}
-        cfg = doc.get("config", {})
+        doc, cfg = docs[name], configs[name]
         conds = cfg.get("chain_groups") or [{"count": cfg.get("chains"), **{
             k: cfg.get(k) for k in ("temperature", "ensemble", "pressure_gpa")}}]
         cond_text = "; ".join(
@@ -580,19 +584,12 @@ table{{border-collapse:collapse}} tr:nth-child(even){{background:#f3f3f3}}</styl
 {int((src == 'mc').sum())} mc).</p>
 <h2>Settings</h2>{''.join(settings)}
 {timing_html}
-{_stats_html(production_stats(store_url, campaign))}
+{_stats_html(production_stats(store_url, campaign, rows))}
 <h2>Models</h2>
 <table><tr><th>model</th><th>structures</th><th>chain labels</th><th>E RMSE train meV/atom</th>
 <th>F RMSE train meV/A</th><th>held-out labels</th><th>E RMSE held-out meV/atom</th>
 <th>F RMSE held-out meV/A</th><th>training s</th></tr>{table}</table>{body}</body></html>"""
     Path(out).write_text(html)
-
-
-def _burn_in_of(store, campaign) -> int | None:
-    from orchestrator.slhmc import CAMPAIGN_DOC
-
-    return ((store.read_checkpoint(campaign, CAMPAIGN_DOC) or {}).get("config") or {}).get(
-        "burn_in")
 
 
 def _stats_html(stats: list[dict]) -> str:
@@ -625,19 +622,16 @@ def _stats_html(stats: list[dict]) -> str:
             + "".join(rows) + "</table>" + (f"<ul>{''.join(notes)}</ul>" if notes else ""))
 
 
-def _parity_png(store, version, batch, png, plt, campaigns=()) -> str:
+def _parity_png(store, version, batch, png, plt, fraction=0.0) -> str:
     """Energy per atom and force components: the model against the labels, coloured by
     source; the bootstrap's few points are drawn last, on top, and held-out labels (never
-    trained on) get their own marker."""
+    trained on; `fraction`: the campaigns' holdout_fraction) get their own marker."""
     import numpy as np
 
     from nnmd_kernels.model_file import loads
-    from orchestrator.slhmc import CAMPAIGN_DOC, is_held_out
+    from orchestrator.slhmc import is_held_out
+    from services.trainer.data import store_label_name
 
-    fraction = 0.0
-    for c in campaigns:
-        cfg = (store.read_checkpoint(c, CAMPAIGN_DOC) or {}).get("config") or {}
-        fraction = max(fraction, float(cfg.get("holdout_fraction", 0.0)))
     data, _ = store.load_model(version)
     pot = loads(data, source=f"model v{version}")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
@@ -647,7 +641,7 @@ def _parity_png(store, version, batch, png, plt, campaigns=()) -> str:
         for k in np.flatnonzero(a["source"] == kind)[-400:]:
             rec = batch.record(int(k))
             s = rec.structure
-            name = f"store:{s.id or rec.provenance.step}"
+            name = store_label_name(s.id, rec.provenance.step)
             held = is_held_out(name, fraction)
             try:
                 res = pot.compute(s.positions, s.numbers, s.cell, s.pbc)
