@@ -286,3 +286,31 @@ def check_max_deviation(potential, max_deviation) -> None:
 __all__ = ["COVALENT_FRACTION", "DISTANCE_INTERVAL", "DistanceFloor", "Guard", "MDStopped",
            "TEMPERATURE_FACTOR", "TRAINING_FRACTION", "check_max_deviation",
            "temperature_ceiling"]
+
+
+def stop_at_last_good(step: int, reason: str, frame, last_written, guard, traj, thermo):
+    """The MDStopped for a guard stop at `step`, after making sure the trajectory ends on
+    the last good frame: `frame` (an MDFrame of the step before, or None) is checked in
+    full and written when it passes and is not written yet; a failing one leaves the last
+    frame written as the last good one. The thermo log gets the stop as a note.
+    Returns (the exception, the step last written)."""
+    import dataclasses
+
+    good, written = None, False
+    if frame is not None:
+        if last_written == frame.step:
+            good, written = frame.step, True
+        else:
+            bad, dev = guard.check_full(frame) if guard is not None else (None, None)
+            if bad is None:
+                good = frame.step
+                if traj is not None:
+                    traj(dataclasses.replace(frame, max_force_dev=dev))
+                    last_written, written = frame.step, True
+            elif last_written is not None:
+                good, written = last_written, True
+    exc = MDStopped(step, reason, good, written)
+    note = getattr(thermo, "note", None)
+    if note is not None:
+        note(exc.describe())
+    return exc, last_written

@@ -555,30 +555,13 @@ class _LammpsWatch:
             self.stop(step, reason)
 
     def stop(self, step, reason):
-        from services.md.guards import MDStopped
+        from services.md.guards import MDStopped, stop_at_last_good
 
         info = None
-        if self.rank0:
-            good, written = None, False
-            p = self.good
-            if p is not None and self.last_written == p.step:
-                good, written = p.step, True
-            elif p is not None:
-                # checked at a distance-only stop: check in full before writing it
-                bad, dev = self.guard.check_full(p) if self.guard is not None else (None, None)
-                if bad is None:
-                    good = p.step
-                    if self.traj is not None:
-                        import dataclasses
-
-                        self.traj(dataclasses.replace(p, max_force_dev=dev))
-                        self.last_written, written = p.step, True
-                elif self.last_written is not None:
-                    good, written = self.last_written, True
-            exc = MDStopped(step, reason, good, written)
-            note = getattr(self.thermo, "note", None)
-            if note is not None:
-                note(exc.describe())
+        if self.rank0:  # the last good frame is written there; every rank raises the same
+            exc, self.last_written = stop_at_last_good(step, reason, self.good,
+                                                       self.last_written, self.guard,
+                                                       self.traj, self.thermo)
             info = exc.to_dict()
         info = self.eng.comm.bcast(info, root=0)
         raise MDStopped.from_dict(info)

@@ -113,26 +113,11 @@ class GuardedRun:
         self.prev = s
 
     def stop(self, step: int, reason: str):
-        from services.md.guards import MDStopped
+        from services.md.guards import stop_at_last_good
 
-        good, written = None, False
-        p = self.prev
-        if p is not None:
-            if self.last_written == p.step:
-                good, written = p.step, True
-            else:
-                bad, dev = self.guard.check_full(MDFrame.from_state(p))
-                if bad is None:
-                    good = p.step
-                    if self.traj is not None:
-                        self.traj(MDFrame.from_state(p, dev))
-                        self.last_written, written = p.step, True
-                elif self.last_written is not None:
-                    good, written = self.last_written, True
-        exc = MDStopped(step, reason, good, written)
-        note = getattr(self.thermo, "note", None)
-        if note is not None:
-            note(exc.describe())
+        frame = MDFrame.from_state(self.prev) if self.prev is not None else None
+        exc, self.last_written = stop_at_last_good(step, reason, frame, self.last_written,
+                                                   self.guard, self.traj, self.thermo)
         raise exc
 
 
