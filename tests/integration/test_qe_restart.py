@@ -10,32 +10,15 @@ is a restart through the Reference gRPC service.
 
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
-
 import numpy as np
 import pytest
 from ase import units
 
 from services.reference import QEBackend, QEConfig
 from services.reference.qe_restart import LEAF
+from tests.integration.qe_env import QE_MARKS, SI8
 
-ROOT = Path(__file__).resolve().parents[2]
-SI8 = ROOT / "examples" / "si8.pwi"
-MPIRUN = "/usr/bin/mpirun"
-PSEUDO = Path("/usr/share/espresso/pseudo/Si.pz-vbc.UPF")
-
-_missing = [what for what, ok in (
-    ("pw.x on PATH", shutil.which("pw.x")),
-    (MPIRUN, os.path.exists(MPIRUN)),
-    (str(PSEUDO), PSEUDO.exists()),
-) if not ok]
-pytestmark = [
-    pytest.mark.qe,
-    pytest.mark.skipif(bool(_missing), reason="Quantum ESPRESSO not installed (missing "
-                       f"{', '.join(_missing)}); run scripts/install.sh as root"),
-]
+pytestmark = QE_MARKS
 
 
 def tolerance_ev(backend: QEBackend) -> float:

@@ -7,7 +7,6 @@ and missing programs typed. Each pw.x run takes a few seconds."""
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import subprocess
@@ -30,22 +29,9 @@ from services.reference import (
 )
 from services.reference.aimd import AIMDConfig, run_aimd
 from services.reference.qe import pw_environment
+from tests.integration.qe_env import MPIRUN, QE_MARKS, SI8
 
-ROOT = Path(__file__).resolve().parents[2]
-SI8 = ROOT / "examples" / "si8.pwi"
-MPIRUN = "/usr/bin/mpirun"
-PSEUDO = Path("/usr/share/espresso/pseudo/Si.pz-vbc.UPF")
-
-_missing = [what for what, ok in (
-    ("pw.x on PATH", shutil.which("pw.x")),
-    (MPIRUN, os.path.exists(MPIRUN)),
-    (str(PSEUDO), PSEUDO.exists()),
-) if not ok]
-pytestmark = [
-    pytest.mark.qe,
-    pytest.mark.skipif(bool(_missing), reason="Quantum ESPRESSO not installed (missing "
-                       f"{', '.join(_missing)}); run scripts/install.sh as root"),
-]
+pytestmark = QE_MARKS
 
 CFG = QEConfig(ranks=1, timeout_s=300)
 

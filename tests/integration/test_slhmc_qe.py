@@ -5,24 +5,17 @@ About 30 s (a dozen pw.x runs)."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from services.store import Store
+from tests.integration.qe_env import QE_MARKS
 
 ROOT = Path(__file__).resolve().parents[2]
-PSEUDO = Path("/usr/share/espresso/pseudo/Si.pz-vbc.UPF")
-_missing = [w for w, ok in (("pw.x on PATH", shutil.which("pw.x")),
-                            ("/usr/bin/mpirun", os.path.exists("/usr/bin/mpirun")),
-                            (str(PSEUDO), PSEUDO.exists())) if not ok]
-pytestmark = [pytest.mark.qe, pytest.mark.skipif(
-    bool(_missing), reason=f"Quantum ESPRESSO not installed (missing {', '.join(_missing)})")]
+pytestmark = QE_MARKS
 
 TINY_TRAIN = {"descriptor": {"n_radial": 6, "n_angular": 3, "r_radial": 4.5, "r_angular": 4.0},
               "hidden": [8, 8], "max_epochs": 15, "warmup_epochs": 5}

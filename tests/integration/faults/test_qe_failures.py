@@ -23,19 +23,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 import yaml
 
 from services.store import Store
+from tests.integration.qe_env import QE_MARKS
 from tests.unit.coordinator.conftest import TINY_TRAIN
 
 ROOT = Path(__file__).resolve().parents[3]
-PSEUDO = Path("/usr/share/espresso/pseudo/Si.pz-vbc.UPF")
-_missing = [w for w, ok in (("pw.x", os.path.exists("/usr/bin/pw.x")),
-                            ("/usr/bin/mpirun", os.path.exists("/usr/bin/mpirun")),
-                            (str(PSEUDO), PSEUDO.exists())) if not ok]
-pytestmark = [pytest.mark.qe, pytest.mark.skipif(
-    bool(_missing), reason=f"Quantum ESPRESSO not installed (missing {', '.join(_missing)})")]
+pytestmark = QE_MARKS
 
 BOOTSTRAP = 3  # AIMD steps: BOOTSTRAP + 1 pw.x runs
 # after the bootstrap: (pw.x modes of one chain step's attempts, the step's outcome)
