@@ -2,23 +2,11 @@
 
 import numpy as np
 import pytest
-from ase.build import bulk
 
 from orchestrator.commands.slhmc import report_rows, write_csv
 from orchestrator.slhmc import Campaign, CampaignConfig, chain_name
 from services.store import Store
-
-TINY_TRAIN = {"descriptor": {"n_radial": 6, "n_angular": 3, "r_radial": 4.5, "r_angular": 4.0},
-              "hidden": [8, 8], "max_epochs": 15, "warmup_epochs": 5}
-
-
-@pytest.fixture(scope="module")
-def cu(tmp_path_factory):
-    d = tmp_path_factory.mktemp("cu")
-    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 2))
-    path = d / "cu.xyz"
-    atoms.write(path)
-    return atoms, str(path)
+from tests.unit.slhmc.conftest import TINY_TRAIN
 
 
 def config(path, steps, **kw):

@@ -16,9 +16,8 @@ from ase.build import bulk
 from orchestrator.commands.slhmc import write_html
 from orchestrator.slhmc import Campaign, CampaignConfig
 from services.store import Store
+from tests.unit.slhmc.conftest import TINY_TRAIN
 
-TINY_TRAIN = {"descriptor": {"n_radial": 6, "n_angular": 3, "r_radial": 4.5, "r_angular": 4.0},
-              "hidden": [8, 8], "max_epochs": 10, "warmup_epochs": 3}
 ARTIFACTS = Path(os.environ.get("NNMD_ARTIFACTS", Path(__file__).parents[3] / "artifacts"))
 
 

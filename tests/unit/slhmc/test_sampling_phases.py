@@ -19,18 +19,7 @@ from orchestrator.coordinator.spec import SpecError, parse_spec
 from orchestrator.slhmc import Campaign, CampaignConfig, LocalReference, chain_name
 from services.reference.types import Failure, FailureReason
 from services.store import Store
-
-TINY_TRAIN = {"descriptor": {"n_radial": 6, "n_angular": 3, "r_radial": 4.5, "r_angular": 4.0},
-              "hidden": [8, 8], "max_epochs": 10, "warmup_epochs": 3}
-
-
-@pytest.fixture(scope="module")
-def cu(tmp_path_factory):
-    d = tmp_path_factory.mktemp("cu")
-    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 2))
-    path = d / "cu.xyz"
-    atoms.write(path)
-    return atoms, str(path)
+from tests.unit.slhmc.conftest import TINY_TRAIN
 
 
 def config(path, **kw):
