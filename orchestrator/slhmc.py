@@ -884,7 +884,6 @@ class Campaign:
 
     def export_model(self, out_dir) -> list[str]:
         """The campaign's latest model as model.nnmd (+ ffield.sannp when it can be written)."""
-        from nnmd_kernels.sannp import write_sannp
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -893,9 +892,7 @@ class Campaign:
         paths = [out_dir / "model.nnmd"]
         pot.save(paths[0])
         try:
-            tmp = out_dir / ".ffield.sannp.tmp"
-            tmp.write_text(write_sannp(pot))
-            os.replace(tmp, out_dir / "ffield.sannp")  # never half a file
+            pot.save(out_dir / "ffield.sannp", format="sannp")  # atomic, as the model is
             paths.append(out_dir / "ffield.sannp")
         except (ValueError, NotImplementedError) as exc:
             self.log(f"ffield.sannp not written: {exc}")
