@@ -8,6 +8,8 @@
         print(event["kind"], event.get("chain"), event.get("step"))
     client.status(cid)                                       # dict: state, chains, n_labels, ...
     client.export_model(cid, "/tmp/model.nnmd")              # or format="sannp"
+    name, data = client.export_bytes(cid, "lammps")          # the file itself, no shared disk
+    client.list(); client.history(cid); client.report_html(cid)
     client.stop(cid)
 
 Failures are grpc.RpcError with standard codes: NOT_FOUND (unknown campaign),
@@ -59,6 +61,10 @@ def _spec_dict(spec) -> dict:
     return d
 
 
+def _none(x: float) -> float | None:
+    return None if x != x else x
+
+
 class Client:
     """address: host:port of `nnmd serve coordinator`. token: default $NNMD_TOKEN.
     Other keyword arguments go to services.runtime.channel.connect (tls, tls_ca, ...)."""
@@ -69,14 +75,57 @@ class Client:
         self._channel = connect(address, token=token, timeout_s=timeout_s, **connect_kwargs)
         self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
 
-    def start(self, spec, *, store: str | None = None, name: str | None = None) -> str:
-        """Starts (or resumes) a campaign; returns its id (the campaign's name)."""
+    def start(self, spec, *, store: str | None = None, name: str | None = None,
+              files: dict[str, bytes] | None = None, validate_only: bool = False) -> str:
+        """Starts (or resumes) a campaign; returns its id (the campaign's name).
+
+        files: inputs sent along ({bare name: bytes}, 8 MiB in all) for a coordinator
+        that shares no storage with this client; spec fields that name them by their
+        bare name (structure: cu.xyz, reference: qe:pw.in) resolve to the coordinator's
+        copy. validate_only: check the spec (and files) and return the name; nothing
+        starts."""
         req = coordinator_pb2.StartRequest(config_json=json.dumps(_spec_dict(spec)),
-                                           campaign=name or "")
+                                           campaign=name or "", validate_only=validate_only)
         if store:
             req.store.CopyFrom(common_pb2.StoreRef(url=store))
+        for fname, content in (files or {}).items():
+            req.files.add(name=fname, content=bytes(content))
         # one key for this call: the channel's retries on UNAVAILABLE cannot start it twice
         return self._stub.Start(req, metadata=idempotency_metadata()).campaign
+
+    def list(self) -> list[dict]:
+        """The campaigns the coordinator runs or its default store holds: campaign, state,
+        n_chains, steps_done, steps_total, acceptance (None before any step), n_labels,
+        model_version, reference, store."""
+        resp = self._stub.List(coordinator_pb2.ListRequest())
+        return [{"campaign": c.campaign, "state": STATE_NAMES[c.state],
+                 "n_chains": c.n_chains, "steps_done": c.steps_done,
+                 "steps_total": c.steps_total,
+                 "acceptance": None if c.acceptance_rate != c.acceptance_rate
+                 else c.acceptance_rate, "n_labels": c.n_labels,
+                 "model_version": c.model_version, "reference": c.reference,
+                 "store": c.store_url} for c in resp.campaigns]
+
+    def history(self, campaign: str, *, offset: int = 0, limit: int = 20,
+                max_points: int = 2000) -> dict:
+        """The campaign's traces so far (orchestrator/coordinator/history.py): settings,
+        chain_names, the page offset:offset+limit of chains' traces, the aggregate over
+        all chains, labels over time, models with errors and learning curves, the log."""
+        resp = self._stub.History(coordinator_pb2.HistoryRequest(
+            campaign=campaign, offset=offset, limit=limit, max_points=max_points))
+        return json.loads(resp.json)
+
+    def export_bytes(self, campaign: str, format: str = "nnmd", *,
+                     version: int = 0) -> tuple[str, bytes]:
+        """(file name, content) of the campaign's model (version 0 = latest) as nnmd
+        (model.nnmd), sannp (ffield.sannp) or lammps (nnmd-lammps.zip)."""
+        resp = self._stub.ExportModel(coordinator_pb2.ExportModelRequest(
+            campaign=campaign, version=version, format=format, return_content=True))
+        return resp.filename, resp.content
+
+    def report_html(self, campaign: str) -> bytes:
+        """The campaign's report.html, as `nnmd report` writes it."""
+        return self._stub.Report(coordinator_pb2.ReportRequest(campaign=campaign)).html
 
     def status(self, campaign: str) -> dict:
         st = self._stub.Status(coordinator_pb2.StatusRequest(campaign=campaign))
@@ -90,7 +139,10 @@ class Client:
                             "state": c.state, "failure": c.failure} for c in st.chains]}
 
     def watch(self, campaign: str, timeout_s: float | None = None) -> Iterator[dict]:
-        """Events as dicts (kind: step | model_published | state) until the campaign ends."""
+        """Events as dicts until the campaign ends. kind "step": chain, step, accepted,
+        energy_ref (eV), volume (A^3), n_md_steps, acceptance_rate, phase, status,
+        n_labels; "model_published": model_version, n_labels and its training errors;
+        "chain_failed"; "log": message; "state": state, message."""
         stream = self._stub.Watch(coordinator_pb2.WatchRequest(campaign=campaign),
                                   timeout=timeout_s or 365 * 24 * 3600.0)
         try:
@@ -98,11 +150,20 @@ class Client:
                 out = {"campaign": ev.campaign, "kind": ev.kind, "time": ev.time_s}
                 if ev.kind == "step":
                     out.update(chain=ev.chain, step=ev.step, accepted=ev.accepted,
-                               model_version=ev.model_version, message=ev.message)
+                               model_version=ev.model_version, message=ev.message,
+                               energy_ref=_none(ev.energy_ref_ev),
+                               volume=_none(ev.volume_angstrom3), n_md_steps=ev.n_md_steps,
+                               acceptance_rate=_none(ev.acceptance_rate), phase=ev.phase,
+                               status=ev.status, n_labels=ev.n_labels)
                 elif ev.kind == "model_published":
-                    out.update(model_version=ev.model_version)
+                    out.update(model_version=ev.model_version, n_labels=ev.n_labels,
+                               energy_rmse_mev_per_atom=_none(ev.energy_rmse_mev_per_atom),
+                               force_rmse_mev_per_angstrom=_none(
+                                   ev.force_rmse_mev_per_angstrom))
                 elif ev.kind == "chain_failed":
                     out.update(chain=ev.chain, step=ev.step, message=ev.message)
+                elif ev.kind == "log":
+                    out.update(message=ev.message)
                 else:
                     out.update(state=STATE_NAMES[ev.state], message=ev.message)
                 yield out

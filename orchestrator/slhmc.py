@@ -287,6 +287,7 @@ class Campaign:
         self.bootstrap_backend = None  # the backend of the AIMD bootstrap (default: backend)
         self.train_fn = None  # train(structures, config, init=) elsewhere (default: here)
         self._trained_at = 0  # chain labels the current model was trained with
+        self.last_model_meta: dict | None = None  # metadata of the last model trained here
         self._t0 = time.perf_counter()
 
     # ------------------------------------------------------------ settings
@@ -433,6 +434,7 @@ class Campaign:
                     "val_force_rmse"))] for h in result.history[0]]}
         meta["holdout"] = holdout_errors(result.potential, held)
         version = self.writer.publish_model(text.encode(), meta)
+        self.last_model_meta = meta
         self._trained_at = n_hmc
         self.stats["retrainings"] += 1
         self.stats["seconds_training"] += time.perf_counter() - t0
@@ -621,7 +623,12 @@ class Campaign:
             version = await asyncio.to_thread(self.maybe_train, n_labels)
             if version != self.version:
                 self.version = version
+                meta = self.last_model_meta or {}
                 self._emit({"kind": "model_published", "model_version": version,
+                            "n_labels": int(meta.get("n_labels", n_labels)),
+                            "energy_rmse_mev_per_atom": meta.get("energy_rmse_mev_per_atom"),
+                            "force_rmse_mev_per_angstrom":
+                                meta.get("force_rmse_mev_per_angstrom"),
                             "time": time.time()})
         except BaseException as exc:  # the campaign fails; chains stop at their next step
             self._failure = exc
@@ -737,8 +744,9 @@ class Campaign:
             states[n] = new
             self.stats["chain_steps"] += 1
             tried = new.hmc_tried + new.volume_tried
-            self._emit({"kind": "step", "chain": n, **row, "acceptance_rate":
-                        (new.hmc_accepted + new.volume_accepted) / tried if tried else math.nan})
+            self._emit({"kind": "step", "chain": n, **row, "n_labels": int(self._n_hmc or 0),
+                        "acceptance_rate": (new.hmc_accepted + new.volume_accepted) / tried
+                        if tried else math.nan})
             if outcome is not None and outcome.ok:
                 self._labels_added()
             low = min((st.step for c, st in states.items() if c not in self._failed),

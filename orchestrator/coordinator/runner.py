@@ -53,11 +53,22 @@ class CampaignRun:
         self.events: collections.deque = collections.deque(maxlen=history)
         self.started = time.time()
         self.pool = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop run() runs on
 
     # ------------------------------------------------------------ events
     def log(self, msg: str) -> None:
         self.message = msg
         self._log(msg)
+        event = {"kind": "log", "message": msg}
+        loop = self._loop
+        try:
+            on_loop = loop is None or asyncio.get_running_loop() is loop
+        except RuntimeError:  # a thread (training, the bootstrap): hand it to the loop
+            on_loop = False
+        if on_loop:
+            self._publish(event)
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(self._publish, event)
 
     def _publish(self, event: dict) -> None:
         event = {"campaign": self.name, "time": time.time(), **event}
@@ -103,7 +114,7 @@ class CampaignRun:
         from orchestrator.slhmc import Campaign, read_structure
 
         spec, cfg = self.spec, self.spec.config
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         executor = spec.resolved_executor()
         try:
             self._set_state("running", f"starting ({executor} executor)")

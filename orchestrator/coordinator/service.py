@@ -8,7 +8,12 @@ MD, store writes and training in threads; the reference local or on Ray). Starti
 campaign that is already running returns its id; starting one the store already holds
 resumes it from its checkpoints. Status, Watch (a stream of events until the campaign
 ends), Stop (after each chain's current step; resumable), ExportModel (a version of the
-campaign's model as model.nnmd or ffield.sannp). An unknown campaign is NOT_FOUND.
+campaign's model as model.nnmd, ffield.sannp or a LAMMPS zip, written to a destination or
+returned), List (every campaign, a line each), History (a campaign's traces so far, for a
+live view: orchestrator/coordinator/history.py) and Report (report.html). Start may carry
+small input files (a QE input, a structure) for clients that share no disk with the
+coordinator (the web console), kept under --upload-dir, and may only validate. An unknown
+campaign is NOT_FOUND.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import asyncio
 import json
 import logging
 import math
+import os
 import time
 
 from orchestrator.coordinator.runner import TERMINAL, CampaignRun, status_from_store
@@ -35,7 +41,10 @@ _STATE = {"pending": coordinator_pb2.CAMPAIGN_STATE_PENDING,
           "stopped": coordinator_pb2.CAMPAIGN_STATE_STOPPED,
           "failed": coordinator_pb2.CAMPAIGN_STATE_FAILED}
 MAX_CONFIG_BYTES = 1 << 20
-EXPORT_FORMATS = ("nnmd", "sannp")
+MAX_UPLOAD_BYTES = 8 << 20
+MAX_CONTENT_BYTES = 32 << 20
+EXPORT_FORMATS = ("nnmd", "sannp", "lammps")
+EXPORT_NAMES = {"nnmd": "model.nnmd", "sannp": "ffield.sannp", "lammps": "nnmd-lammps.zip"}
 
 
 def _check_name(name: str, field: str) -> str:
@@ -53,7 +62,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
 
     def __init__(self, store: str = "nnmd-store", executor: str = "auto",
                  max_campaigns: int = 16, base_dir: str | None = None,
-                 store_roots: list[str] | None = None, allow_code: bool = False) -> None:
+                 store_roots: list[str] | None = None, allow_code: bool = False,
+                 upload_dir: str | None = None) -> None:
         if executor not in EXECUTORS:
             raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
         self.store = store
@@ -65,6 +75,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self.executor = executor
         self.max_campaigns = max_campaigns
         self.base_dir = base_dir
+        # uploaded inputs (Start's files): one folder per set of files
+        self.upload_dir = upload_dir or os.path.join(base_dir or os.getcwd(), "nnmd-uploads")
         self.runs: dict[str, CampaignRun] = {}
         self.tasks: dict[str, asyncio.Task] = {}
         self._idempotency = IdempotencyCache()
@@ -102,15 +114,25 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         raw.setdefault("executor", self.executor)
         store = request.store.url if request.HasField("store") and request.store.url else None
         self._check_code(raw)
+        files = _check_files(request.files)
+        base_dir, staging = self.base_dir, None
+        if files:  # bare names in the spec resolve to the uploaded files
+            base_dir, staging = await asyncio.to_thread(
+                self._write_uploads, files, request.validate_only)
         try:
             spec = await asyncio.to_thread(
                 parse_spec, raw, store=store or (None if raw.get("store") else self.store),
-                base_dir=self.base_dir)
+                base_dir=base_dir)
         except SpecError as exc:
             raise InvalidArgument(f"config.{exc.field}", exc.reason, exc.hint) from None
+        finally:
+            if staging is not None:
+                staging.cleanup()
         from services.store.store import check_store_url
 
         check_store_url(spec.store, "store.url" if store else "config.store", self.store_roots)
+        if request.validate_only:
+            return coordinator_pb2.StartResponse(campaign=spec.name)
 
         async def start():
             old = self.runs.get(spec.name)
@@ -130,6 +152,31 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
 
         name = await self._idempotency.run(context, start)
         return coordinator_pb2.StartResponse(campaign=name)
+
+    def _write_uploads(self, files: dict[str, bytes], temporary: bool):
+        """Writes uploaded inputs to a folder named by their content (the same files give
+        the same folder, so a resumed campaign finds its paths again); a temporary one
+        when only validating. Returns (folder, TemporaryDirectory or None)."""
+        import hashlib
+        import tempfile
+        from pathlib import Path
+
+        if temporary:
+            tmp = tempfile.TemporaryDirectory(prefix="nnmd-upload-")
+            folder, staging = Path(tmp.name), tmp
+        else:
+            h = hashlib.sha256()
+            for name in sorted(files):
+                h.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
+            folder, staging = Path(self.upload_dir) / h.hexdigest()[:16], None
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, content in files.items():
+            path = folder / name
+            if not (path.is_file() and path.read_bytes() == content):
+                part = path.with_name(path.name + ".part")
+                part.write_bytes(content)
+                part.replace(path)
+        return str(folder), staging
 
     def _check_code(self, raw: dict) -> None:
         if self.allow_code:
@@ -191,23 +238,38 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         if fmt not in EXPORT_FORMATS:
             raise InvalidArgument("format", f"unknown format {fmt!r}",
                                   f"use one of {', '.join(EXPORT_FORMATS)}")
-        if not request.destination:
+        if request.return_content:
+            if request.destination:
+                raise InvalidArgument("destination", "given with return_content",
+                                      "ask for one: the file in the response, or written "
+                                      "to a destination")
+        elif not request.destination:
             raise InvalidArgument("destination", "empty",
                                   "a path (on the coordinator's host) or an fsspec URL")
-        from services.store.store import check_store_url
+        else:
+            from services.store.store import check_store_url
 
-        check_store_url(request.destination, "destination", self.store_roots)
+            check_store_url(request.destination, "destination", self.store_roots)
         run = self._run_of(name)
         store = run.spec.store if run is not None else self.store
-        version, dest = await asyncio.to_thread(self._export, name, store, int(request.version),
-                                                request.destination, fmt)
+        version, data = await asyncio.to_thread(self._export, name, store,
+                                                int(request.version), fmt)
+        filename = EXPORT_NAMES[fmt]
+        if request.return_content:
+            if len(data) > MAX_CONTENT_BYTES:
+                raise FailedPrecondition("return_content", f"the file has {len(data)} bytes "
+                                         f"(the limit is {MAX_CONTENT_BYTES})",
+                                         "export to a destination instead")
+            return coordinator_pb2.ExportModelResponse(
+                model=common_pb2.ModelRef(store=common_pb2.StoreRef(url=store),
+                                          version=version), content=data, filename=filename)
+        dest = await asyncio.to_thread(_write_destination, request.destination, data)
         return coordinator_pb2.ExportModelResponse(
             model=common_pb2.ModelRef(store=common_pb2.StoreRef(url=store), version=version),
-            destination=dest)
+            destination=dest, filename=filename)
 
-    def _export(self, name, store_url, version, destination, fmt):
-        import fsspec
-
+    def _export(self, name, store_url, version, fmt) -> tuple[int, bytes]:
+        """(version, the file's bytes) of the campaign's model `version` (0: latest)."""
         from nnmd_kernels.model_file import loads
         from orchestrator.slhmc import campaign_models
         from services.store import Store
@@ -234,13 +296,73 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             except (ValueError, NotImplementedError) as exc:
                 raise FailedPrecondition("format", f"this model cannot be written as "
                                          f"ffield.sannp: {exc}", "export as nnmd") from None
+        elif fmt == "lammps":
+            data = _lammps_bundle(loads(data, source=f"model v{version}"), data, name,
+                                  version)
+        return version, data
+
+    # ------------------------------------------------------------ console views
+    def _summaries(self) -> list[dict]:
+        from orchestrator.commands.slhmc import campaigns
+        from orchestrator.coordinator.history import campaign_summary
+        from orchestrator.slhmc import CAMPAIGN_DOC
+        from services.store import Store
+
+        out = {}
+        for name, run in list(self.runs.items()):
+            out[name] = campaign_summary(run.status(), _settings(run.spec.config))
         try:
-            with fsspec.open(destination, "wb") as f:
-                f.write(data)
-        except (OSError, ValueError) as exc:
-            raise InvalidArgument("destination", f"cannot write {destination!r} ({exc})",
-                                  "give a writable path or URL") from None
-        return version, destination
+            store = Store(self.store, read_only=True)
+            names = campaigns(store)
+        except Exception:  # noqa: BLE001 - no store yet: only the running ones
+            names = []
+        for name in names:
+            if name in out:
+                continue
+            st = status_from_store(self.store, name)
+            if st is not None:
+                doc = store.read_checkpoint(name, CAMPAIGN_DOC) or {}
+                out[name] = campaign_summary(st, doc.get("config") or {})
+        return [out[k] for k in sorted(out)]
+
+    async def List(self, request, context):
+        rows = await asyncio.to_thread(self._summaries)
+        return coordinator_pb2.ListResponse(campaigns=[coordinator_pb2.CampaignSummary(
+            campaign=r["campaign"], state=_STATE.get(r["state"], 0), n_chains=r["n_chains"],
+            steps_done=r["steps_done"], steps_total=r["steps_total"],
+            acceptance_rate=r["acceptance"], n_labels=r["n_labels"],
+            model_version=r["model_version"], reference=r["reference"],
+            store_url=r["store"]) for r in rows])
+
+    async def History(self, request, context):
+        from orchestrator.coordinator.history import campaign_history
+
+        name = _check_name(request.campaign, "campaign")
+        run = self._run_of(name)
+        store = run.spec.store if run is not None else self.store
+        kw = {"offset": int(request.offset), "limit": int(request.limit),
+              "max_points": int(request.max_points)}
+        if run is not None:
+            kw.update(state=run.state, message=run.message, events=list(run.events))
+        doc = await asyncio.to_thread(campaign_history, store, name, **kw)
+        if doc is None:
+            if run is None:
+                self._status(name)  # NOT_FOUND, naming the store
+            doc = {"campaign": name, "state": run.state, "message": run.message,
+                   "settings": _settings(run.spec.config), "chain_names": [], "n_chains": 0,
+                   "chains": {}, "aggregate": {}, "labels": {"time": [], "n_labels": []},
+                   "models": [], "events": [e for e in run.events
+                                            if e.get("kind") in ("log", "state")][-200:]}
+        return coordinator_pb2.HistoryResponse(json=json.dumps(doc, allow_nan=False))
+
+    async def Report(self, request, context):
+        name = _check_name(request.campaign, "campaign")
+        run = self._run_of(name)
+        store = run.spec.store if run is not None else self.store
+        if run is None:
+            await asyncio.to_thread(self._status, name)  # NOT_FOUND when unknown
+        html = await asyncio.to_thread(_report_html, store, name)
+        return coordinator_pb2.ReportResponse(html=html)
 
     async def close(self) -> None:
         for run in self.runs.values():
@@ -248,6 +370,80 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         tasks = [t for t in self.tasks.values() if not t.done()]
         if tasks:
             await asyncio.wait(tasks, timeout=60)
+
+
+def _check_files(files) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    total = 0
+    for i, f in enumerate(files):
+        field = f"files[{i}].name"
+        name = f.name
+        if not name or "/" in name or "\\" in name or name in (".", "..") or \
+                name.startswith(".") or len(name) > 255:
+            raise InvalidArgument(field, f"{name!r} is not a bare file name",
+                                  "send files as plain names such as cu.xyz or pw.in")
+        if name in out:
+            raise InvalidArgument(field, f"{name!r} is sent twice", "send each file once")
+        total += len(f.content)
+        if total > MAX_UPLOAD_BYTES:
+            raise InvalidArgument("files", f"more than {MAX_UPLOAD_BYTES >> 20} MiB in all",
+                                  "put large inputs on storage the coordinator reads and "
+                                  "name them in the spec")
+        out[name] = bytes(f.content)
+    return out
+
+
+def _write_destination(destination: str, data: bytes) -> str:
+    import fsspec
+
+    try:
+        with fsspec.open(destination, "wb") as f:
+            f.write(data)
+    except (OSError, ValueError) as exc:
+        raise InvalidArgument("destination", f"cannot write {destination!r} ({exc})",
+                              "give a writable path or URL") from None
+    return destination
+
+
+def _lammps_bundle(pot, model_json: bytes, campaign: str, version: int) -> bytes:
+    """A zip: nnmd.model (pair_style nnmd's model), in.nnmd (the input lines) and
+    model.nnmd (the model itself), like `nnmd export --format lammps`."""
+    import io
+    import zipfile
+
+    from services.md.lammps_plugin import PluginBuildError, input_snippet, model_text, plugin_path
+
+    try:
+        lib = plugin_path(build=False)
+        lib = lib if lib.exists() else "nnmdplugin.so"
+    except PluginBuildError:
+        lib = "nnmdplugin.so"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("nnmd.model", model_text(pot))
+        z.writestr("in.nnmd", f"# {campaign}, model v{version}; build the plugin with "
+                   "`nnmd lammps plugin` and put its path on the plugin load line\n"
+                   + input_snippet(lib, "nnmd.model", pot.species))
+        z.writestr("model.nnmd", model_json)
+    return buf.getvalue()
+
+
+def _report_html(store_url: str, campaign: str) -> bytes:
+    import tempfile
+    from pathlib import Path
+
+    from orchestrator.commands.slhmc import write_html
+
+    with tempfile.TemporaryDirectory(prefix="nnmd-report-") as tmp:
+        out = Path(tmp) / "report.html"
+        write_html(store_url, out, campaign)
+        return out.read_bytes()
+
+
+def _settings(cfg) -> dict:
+    from dataclasses import asdict, is_dataclass
+
+    return asdict(cfg) if is_dataclass(cfg) else dict(cfg)
 
 
 def _nan0(x) -> float:
@@ -269,13 +465,26 @@ def _status_proto(st: dict):
         message=st.get("message", "")[:4096])
 
 
+def _f(x) -> float:
+    try:
+        return float(x) if x is not None else math.nan
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def _event_proto(ev: dict):
     return coordinator_pb2.CampaignEvent(
         campaign=ev.get("campaign", ""), kind=ev.get("kind", ""), chain=ev.get("chain", ""),
         step=int(ev.get("step", 0)), accepted=bool(ev.get("accepted", False)),
         model_version=int(ev.get("model_version", 0) or 0),
         state=_STATE.get(ev.get("state", ""), 0), message=str(ev.get("message", ""))[:4096],
-        time_s=float(ev.get("time", time.time())))
+        time_s=float(ev.get("time", time.time())),
+        energy_ref_ev=_f(ev.get("energy_ref")), volume_angstrom3=_f(ev.get("volume")),
+        n_md_steps=int(ev.get("n_md_steps", 0) or 0),
+        acceptance_rate=_f(ev.get("acceptance_rate")), phase=str(ev.get("phase", "")),
+        status=str(ev.get("status", "")), n_labels=int(ev.get("n_labels", 0) or 0),
+        energy_rmse_mev_per_atom=_f(ev.get("energy_rmse_mev_per_atom")),
+        force_rmse_mev_per_angstrom=_f(ev.get("force_rmse_mev_per_angstrom")))
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
@@ -288,6 +497,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store-root", action="append", default=None, metavar="DIR",
                    help="campaign stores must lie in this folder (or URL prefix); repeatable "
                         "(default: any store this server can reach)")
+    p.add_argument("--upload-dir", default=None, metavar="DIR",
+                   help="where inputs uploaded with Start (the web console's QE input or "
+                        "structure) are kept, a folder per set of files (default: "
+                        "./nnmd-uploads)")
     p.add_argument("--allow-code", action="store_true",
                    help="let specs name programs or code to run here (qe.pw, qe.mpirun, "
                         "ase:module:factory references); off by default")
@@ -296,7 +509,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 def _options_from_args(args) -> dict:
     return {"store": args.store, "executor": args.executor,
             "max_campaigns": args.max_campaigns, "store_roots": args.store_root,
-            "allow_code": args.allow_code}
+            "allow_code": args.allow_code, "upload_dir": args.upload_dir}
 
 
 async def _close(servicers) -> None:

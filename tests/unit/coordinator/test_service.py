@@ -131,3 +131,78 @@ def test_stop_and_errors(coordinator, tiny_spec):
     with Client(coordinator, token="wrong") as bad, pytest.raises(grpc.RpcError) as info:
         bad.status("tiny")
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_console_rpcs(coordinator, tiny_spec, tmp_path):
+    """What a client sharing no disk with the coordinator needs (the web console): inputs
+    uploaded with Start, validation alone, the campaign list, the traces so far, the
+    model and report as bytes, and step events that carry energy and volume."""
+    import io
+    import json
+    import zipfile
+
+    structure = (tmp_path / "cu.xyz").read_bytes()
+    spec = {**tiny_spec, "name": "uploaded", "structure": "upload-cu.xyz"}
+    with Client(coordinator, token=TOKEN) as client:
+        # validation only: a bad field is named, a good spec starts nothing
+        with pytest.raises(grpc.RpcError) as info:
+            client.start({**spec, "temperature": -5}, files={"upload-cu.xyz": structure},
+                         validate_only=True)
+        assert error_detail(info.value).field == "config.temperature"
+        with pytest.raises(grpc.RpcError) as info:
+            client.start(spec, validate_only=True)  # the file was not sent
+        assert error_detail(info.value).field == "config.structure"
+        with pytest.raises(grpc.RpcError) as info:
+            client.start(spec, files={"../cu.xyz": structure})
+        assert error_detail(info.value).field == "files[0].name"
+        assert client.start(spec, files={"upload-cu.xyz": structure},
+                            validate_only=True) == "uploaded"
+        assert "uploaded" not in [c["campaign"] for c in client.list()]
+
+        cid = client.start(spec, files={"upload-cu.xyz": structure})
+        events = list(client.watch(cid, timeout_s=600))
+        assert events[-1]["state"] == "finished", events[-3:]
+        steps = [e for e in events if e["kind"] == "step"]
+        assert all(e["energy_ref"] is not None and e["volume"] > 0 for e in steps)
+        assert all(0.0 <= e["acceptance_rate"] <= 1.0 for e in steps)
+        assert max(e["n_labels"] for e in steps) == 6
+        published = [e for e in events if e["kind"] == "model_published"]
+        assert published and published[-1]["energy_rmse_mev_per_atom"] > 0
+        assert any(e["kind"] == "log" and "training" in e["message"] for e in events)
+
+        rows = {c["campaign"]: c for c in client.list()}
+        row = rows["uploaded"]
+        assert (row["state"], row["n_chains"], row["steps_done"], row["steps_total"],
+                row["n_labels"], row["reference"]) == ("finished", 2, 6, 6, 6, "emt")
+        assert 0.0 <= row["acceptance"] <= 1.0 and row["model_version"] >= 2
+
+        h = client.history(cid, limit=1, max_points=2)
+        assert h["state"] == "finished" and h["n_chains"] == 2
+        assert h["chain_names"] == ["chain000", "chain001"] and list(h["chains"]) == ["chain000"]
+        trace = h["chains"]["chain000"]
+        assert trace["step"] == [1, 3]  # thinned to 2 points, the last one kept
+        assert len(trace["energy_ref"]) == len(trace["volume"]) == 2
+        assert h["aggregate"]["step"] == [1, 3] and h["aggregate"]["n_chains"] == [2, 2]
+        assert h["labels"]["n_labels"][-1] == 6
+        assert h["settings"]["temperature"] == 600.0
+        assert h["models"] and h["models"][-1]["history"]
+        assert h["models"][-1]["energy_rmse_mev_per_atom"] > 0
+        assert any("training" in e.get("message", "") for e in h["events"])
+        json.dumps(h, allow_nan=False)
+
+        name, data = client.export_bytes(cid)
+        assert name == "model.nnmd"
+        (tmp_path / name).write_bytes(data)
+        assert Potential.load(tmp_path / name).species == ("Cu",)
+        name, data = client.export_bytes(cid, "sannp")
+        assert name == "ffield.sannp" and data
+        name, data = client.export_bytes(cid, "lammps")
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            assert sorted(z.namelist()) == ["in.nnmd", "model.nnmd", "nnmd.model"]
+            assert "pair_coeff * * nnmd.model Cu" in z.read("in.nnmd").decode()
+        html = client.report_html(cid)
+        assert html.startswith(b"<!") or b"<html" in html[:500]
+        for call in (client.history, client.report_html, client.export_bytes):
+            with pytest.raises(grpc.RpcError) as info:
+                call("no-such-campaign")
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND

@@ -25,15 +25,27 @@ CAMPAIGN_STATE_FINISHED: CampaignState
 CAMPAIGN_STATE_FAILED: CampaignState
 CAMPAIGN_STATE_STOPPED: CampaignState
 
+class InputFile(_message.Message):
+    __slots__ = ("name", "content")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    content: bytes
+    def __init__(self, name: _Optional[str] = ..., content: _Optional[bytes] = ...) -> None: ...
+
 class StartRequest(_message.Message):
-    __slots__ = ("config_json", "store", "campaign")
+    __slots__ = ("config_json", "store", "campaign", "files", "validate_only")
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     STORE_FIELD_NUMBER: _ClassVar[int]
     CAMPAIGN_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     config_json: str
     store: _common_pb2.StoreRef
     campaign: str
-    def __init__(self, config_json: _Optional[str] = ..., store: _Optional[_Union[_common_pb2.StoreRef, _Mapping]] = ..., campaign: _Optional[str] = ...) -> None: ...
+    files: _containers.RepeatedCompositeFieldContainer[InputFile]
+    validate_only: bool
+    def __init__(self, config_json: _Optional[str] = ..., store: _Optional[_Union[_common_pb2.StoreRef, _Mapping]] = ..., campaign: _Optional[str] = ..., files: _Optional[_Iterable[_Union[InputFile, _Mapping]]] = ..., validate_only: _Optional[bool] = ...) -> None: ...
 
 class StartResponse(_message.Message):
     __slots__ = ("campaign",)
@@ -92,7 +104,7 @@ class WatchRequest(_message.Message):
     def __init__(self, campaign: _Optional[str] = ...) -> None: ...
 
 class CampaignEvent(_message.Message):
-    __slots__ = ("campaign", "kind", "chain", "step", "accepted", "model_version", "state", "message", "time_s")
+    __slots__ = ("campaign", "kind", "chain", "step", "accepted", "model_version", "state", "message", "time_s", "energy_ref_ev", "volume_angstrom3", "n_md_steps", "acceptance_rate", "phase", "status", "n_labels", "energy_rmse_mev_per_atom", "force_rmse_mev_per_angstrom")
     CAMPAIGN_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     CHAIN_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +114,15 @@ class CampaignEvent(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     TIME_S_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_REF_EV_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_ANGSTROM3_FIELD_NUMBER: _ClassVar[int]
+    N_MD_STEPS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTANCE_RATE_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    N_LABELS_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_RMSE_MEV_PER_ATOM_FIELD_NUMBER: _ClassVar[int]
+    FORCE_RMSE_MEV_PER_ANGSTROM_FIELD_NUMBER: _ClassVar[int]
     campaign: str
     kind: str
     chain: str
@@ -111,7 +132,16 @@ class CampaignEvent(_message.Message):
     state: CampaignState
     message: str
     time_s: float
-    def __init__(self, campaign: _Optional[str] = ..., kind: _Optional[str] = ..., chain: _Optional[str] = ..., step: _Optional[int] = ..., accepted: _Optional[bool] = ..., model_version: _Optional[int] = ..., state: _Optional[_Union[CampaignState, str]] = ..., message: _Optional[str] = ..., time_s: _Optional[float] = ...) -> None: ...
+    energy_ref_ev: float
+    volume_angstrom3: float
+    n_md_steps: int
+    acceptance_rate: float
+    phase: str
+    status: str
+    n_labels: int
+    energy_rmse_mev_per_atom: float
+    force_rmse_mev_per_angstrom: float
+    def __init__(self, campaign: _Optional[str] = ..., kind: _Optional[str] = ..., chain: _Optional[str] = ..., step: _Optional[int] = ..., accepted: _Optional[bool] = ..., model_version: _Optional[int] = ..., state: _Optional[_Union[CampaignState, str]] = ..., message: _Optional[str] = ..., time_s: _Optional[float] = ..., energy_ref_ev: _Optional[float] = ..., volume_angstrom3: _Optional[float] = ..., n_md_steps: _Optional[int] = ..., acceptance_rate: _Optional[float] = ..., phase: _Optional[str] = ..., status: _Optional[str] = ..., n_labels: _Optional[int] = ..., energy_rmse_mev_per_atom: _Optional[float] = ..., force_rmse_mev_per_angstrom: _Optional[float] = ...) -> None: ...
 
 class StopRequest(_message.Message):
     __slots__ = ("campaign",)
@@ -126,21 +156,91 @@ class StopResponse(_message.Message):
     def __init__(self, state: _Optional[_Union[CampaignState, str]] = ...) -> None: ...
 
 class ExportModelRequest(_message.Message):
-    __slots__ = ("campaign", "version", "destination", "format")
+    __slots__ = ("campaign", "version", "destination", "format", "return_content")
     CAMPAIGN_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
+    RETURN_CONTENT_FIELD_NUMBER: _ClassVar[int]
     campaign: str
     version: int
     destination: str
     format: str
-    def __init__(self, campaign: _Optional[str] = ..., version: _Optional[int] = ..., destination: _Optional[str] = ..., format: _Optional[str] = ...) -> None: ...
+    return_content: bool
+    def __init__(self, campaign: _Optional[str] = ..., version: _Optional[int] = ..., destination: _Optional[str] = ..., format: _Optional[str] = ..., return_content: _Optional[bool] = ...) -> None: ...
 
 class ExportModelResponse(_message.Message):
-    __slots__ = ("model", "destination")
+    __slots__ = ("model", "destination", "content", "filename")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    FILENAME_FIELD_NUMBER: _ClassVar[int]
     model: _common_pb2.ModelRef
     destination: str
-    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., destination: _Optional[str] = ...) -> None: ...
+    content: bytes
+    filename: str
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., destination: _Optional[str] = ..., content: _Optional[bytes] = ..., filename: _Optional[str] = ...) -> None: ...
+
+class ListRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CampaignSummary(_message.Message):
+    __slots__ = ("campaign", "state", "n_chains", "steps_done", "steps_total", "acceptance_rate", "n_labels", "model_version", "reference", "store_url")
+    CAMPAIGN_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    N_CHAINS_FIELD_NUMBER: _ClassVar[int]
+    STEPS_DONE_FIELD_NUMBER: _ClassVar[int]
+    STEPS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTANCE_RATE_FIELD_NUMBER: _ClassVar[int]
+    N_LABELS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    STORE_URL_FIELD_NUMBER: _ClassVar[int]
+    campaign: str
+    state: CampaignState
+    n_chains: int
+    steps_done: int
+    steps_total: int
+    acceptance_rate: float
+    n_labels: int
+    model_version: int
+    reference: str
+    store_url: str
+    def __init__(self, campaign: _Optional[str] = ..., state: _Optional[_Union[CampaignState, str]] = ..., n_chains: _Optional[int] = ..., steps_done: _Optional[int] = ..., steps_total: _Optional[int] = ..., acceptance_rate: _Optional[float] = ..., n_labels: _Optional[int] = ..., model_version: _Optional[int] = ..., reference: _Optional[str] = ..., store_url: _Optional[str] = ...) -> None: ...
+
+class ListResponse(_message.Message):
+    __slots__ = ("campaigns",)
+    CAMPAIGNS_FIELD_NUMBER: _ClassVar[int]
+    campaigns: _containers.RepeatedCompositeFieldContainer[CampaignSummary]
+    def __init__(self, campaigns: _Optional[_Iterable[_Union[CampaignSummary, _Mapping]]] = ...) -> None: ...
+
+class HistoryRequest(_message.Message):
+    __slots__ = ("campaign", "offset", "limit", "max_points")
+    CAMPAIGN_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MAX_POINTS_FIELD_NUMBER: _ClassVar[int]
+    campaign: str
+    offset: int
+    limit: int
+    max_points: int
+    def __init__(self, campaign: _Optional[str] = ..., offset: _Optional[int] = ..., limit: _Optional[int] = ..., max_points: _Optional[int] = ...) -> None: ...
+
+class HistoryResponse(_message.Message):
+    __slots__ = ("json",)
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    json: str
+    def __init__(self, json: _Optional[str] = ...) -> None: ...
+
+class ReportRequest(_message.Message):
+    __slots__ = ("campaign",)
+    CAMPAIGN_FIELD_NUMBER: _ClassVar[int]
+    campaign: str
+    def __init__(self, campaign: _Optional[str] = ...) -> None: ...
+
+class ReportResponse(_message.Message):
+    __slots__ = ("html",)
+    HTML_FIELD_NUMBER: _ClassVar[int]
+    html: bytes
+    def __init__(self, html: _Optional[bytes] = ...) -> None: ...

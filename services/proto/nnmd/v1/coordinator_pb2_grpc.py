@@ -59,6 +59,21 @@ class CoordinatorStub:
                 request_serializer=nnmd_dot_v1_dot_coordinator__pb2.ExportModelRequest.SerializeToString,
                 response_deserializer=nnmd_dot_v1_dot_coordinator__pb2.ExportModelResponse.FromString,
                 _registered_method=True)
+        self.List = channel.unary_unary(
+                '/nnmd.v1.Coordinator/List',
+                request_serializer=nnmd_dot_v1_dot_coordinator__pb2.ListRequest.SerializeToString,
+                response_deserializer=nnmd_dot_v1_dot_coordinator__pb2.ListResponse.FromString,
+                _registered_method=True)
+        self.History = channel.unary_unary(
+                '/nnmd.v1.Coordinator/History',
+                request_serializer=nnmd_dot_v1_dot_coordinator__pb2.HistoryRequest.SerializeToString,
+                response_deserializer=nnmd_dot_v1_dot_coordinator__pb2.HistoryResponse.FromString,
+                _registered_method=True)
+        self.Report = channel.unary_unary(
+                '/nnmd.v1.Coordinator/Report',
+                request_serializer=nnmd_dot_v1_dot_coordinator__pb2.ReportRequest.SerializeToString,
+                response_deserializer=nnmd_dot_v1_dot_coordinator__pb2.ReportResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -97,6 +112,28 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def List(self, request, context):
+        """The campaigns this coordinator runs or its default store holds, a line each.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def History(self, request, context):
+        """A campaign's traces so far (chains, labels, models, log) for a live view; Watch
+        then brings what follows.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Report(self, request, context):
+        """The campaign's report.html (the same page as `nnmd report --format html`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +161,21 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.ExportModel,
                     request_deserializer=nnmd_dot_v1_dot_coordinator__pb2.ExportModelRequest.FromString,
                     response_serializer=nnmd_dot_v1_dot_coordinator__pb2.ExportModelResponse.SerializeToString,
+            ),
+            'List': grpc.unary_unary_rpc_method_handler(
+                    servicer.List,
+                    request_deserializer=nnmd_dot_v1_dot_coordinator__pb2.ListRequest.FromString,
+                    response_serializer=nnmd_dot_v1_dot_coordinator__pb2.ListResponse.SerializeToString,
+            ),
+            'History': grpc.unary_unary_rpc_method_handler(
+                    servicer.History,
+                    request_deserializer=nnmd_dot_v1_dot_coordinator__pb2.HistoryRequest.FromString,
+                    response_serializer=nnmd_dot_v1_dot_coordinator__pb2.HistoryResponse.SerializeToString,
+            ),
+            'Report': grpc.unary_unary_rpc_method_handler(
+                    servicer.Report,
+                    request_deserializer=nnmd_dot_v1_dot_coordinator__pb2.ReportRequest.FromString,
+                    response_serializer=nnmd_dot_v1_dot_coordinator__pb2.ReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -261,6 +313,87 @@ class Coordinator:
             '/nnmd.v1.Coordinator/ExportModel',
             nnmd_dot_v1_dot_coordinator__pb2.ExportModelRequest.SerializeToString,
             nnmd_dot_v1_dot_coordinator__pb2.ExportModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def List(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nnmd.v1.Coordinator/List',
+            nnmd_dot_v1_dot_coordinator__pb2.ListRequest.SerializeToString,
+            nnmd_dot_v1_dot_coordinator__pb2.ListResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def History(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nnmd.v1.Coordinator/History',
+            nnmd_dot_v1_dot_coordinator__pb2.HistoryRequest.SerializeToString,
+            nnmd_dot_v1_dot_coordinator__pb2.HistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Report(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nnmd.v1.Coordinator/Report',
+            nnmd_dot_v1_dot_coordinator__pb2.ReportRequest.SerializeToString,
+            nnmd_dot_v1_dot_coordinator__pb2.ReportResponse.FromString,
             options,
             channel_credentials,
             insecure,
