@@ -12,6 +12,10 @@ import numpy as np
 from nnmd_kernels import Potential
 from nnmd_kernels.training import TrainConfig, TrainResult, train
 
+# one evaluation for training's report, campaigns' held-out errors and `nnmd test`
+from services.trainer.evaluate import errors as error_table  # noqa: F401 (re-exported)
+from services.trainer.evaluate import predict as predictions
+
 
 def load_config(path: str | None, overrides: dict | None = None) -> TrainConfig:
     d = {}
@@ -37,28 +41,6 @@ def load_config(path: str | None, overrides: dict | None = None) -> TrainConfig:
             raise ValueError(f"{path}: the training config must be a mapping of TrainConfig fields")
     d.update(overrides or {})
     return TrainConfig.from_dict(d)
-
-
-def predictions(pot: Potential, structures):
-    """Per structure: (E_ref/N, E_pred/N, F_ref, F_pred)."""
-    rows = []
-    for s in structures:
-        r = pot.compute(s.positions, s.numbers, s.cell, s.pbc)
-        n = len(s.numbers)
-        rows.append((s.energy / n, r.energy / n, s.forces, r.forces))
-    return rows
-
-
-def error_table(rows) -> dict:
-    e = np.array([p - r for r, p, _, _ in rows])
-    fr = [np.asarray(f) - np.asarray(fp) for _, _, fp, f in rows if fp is not None]
-    out = {"n_structures": len(rows), "energy_rmse_mev_per_atom": 1e3 * float(np.sqrt(np.mean(e**2))),
-           "energy_mae_mev_per_atom": 1e3 * float(np.mean(np.abs(e)))}
-    if fr:
-        f = np.concatenate(fr).ravel()
-        out["force_rmse_mev_per_angstrom"] = 1e3 * float(np.sqrt(np.mean(f**2)))
-        out["force_mae_mev_per_angstrom"] = 1e3 * float(np.mean(np.abs(f)))
-    return out
 
 
 def plot_learning_curve(history, path):
@@ -93,7 +75,7 @@ def plot_parity(rows_by_set: dict, path_e, path_f):
 
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, rows in rows_by_set.items():
-        ax.plot([r for r, _, _, _ in rows], [p for _, p, _, _ in rows], ".", label=name)
+        ax.plot([r["e_ref"] for r in rows], [r["e_pred"] for r in rows], ".", label=name)
     lims = ax.get_xlim()
     ax.plot(lims, lims, "k-", lw=0.5)
     ax.set_xlabel("reference energy (eV/atom)")
@@ -104,8 +86,8 @@ def plot_parity(rows_by_set: dict, path_e, path_f):
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, rows in rows_by_set.items():
-        fr = [np.ravel(f) for _, _, f, _ in rows if f is not None]
-        fp = [np.ravel(p) for _, _, f, p in rows if f is not None]
+        fr = [np.ravel(r["f_ref"]) for r in rows if r["f_ref"] is not None]
+        fp = [np.ravel(r["f_pred"]) for r in rows if r["f_ref"] is not None]
         if fr:
             ax.plot(np.concatenate(fr), np.concatenate(fp), ".", ms=2, label=name)
     lims = ax.get_xlim()
