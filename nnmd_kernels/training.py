@@ -294,6 +294,9 @@ def _pair_index(ne):
     return idx, k
 
 
+RIDGE = 1e-6  # relative ridge on the baseline coefficients (fit_reference)
+
+
 def fit_reference(batch: Batch, energies, forces, fmask, delta: bool, cutoff: float, force_rows: float = 1.0):
     """Least-squares fit of e0 (per element) and, with delta, the baseline coefficients.
 
@@ -343,38 +346,54 @@ def fit_reference(batch: Batch, energies, forces, fmask, delta: bool, cutoff: fl
         rows_y.append(forces[atoms].ravel() * force_rows)
     A = np.vstack(rows_A)
     y = np.concatenate(rows_y)
-    # Scale columns for conditioning (r^-12 columns span many decades).
     # Scale columns for conditioning (r^-12 columns span many decades); drop empty ones
     # (element pairs never closer than the cutoff).
     scale = np.abs(A).max(axis=0)
-    active = scale > 0
     lo = np.full(A.shape[1], -np.inf)
     lo[ne::4] = 0.0  # A_12 >= 0: no collapse at short range
-    res = lsq_linear(A[:, active] / scale[active], y, bounds=(lo[active], np.inf), lsmr_tol="auto",
-                     max_iter=5000)
-    x = np.zeros(A.shape[1])
-    x[active] = res.x / scale[active]
-    e0 = x[:ne]
-    coef_flat = x[ne:].reshape(npt, 4)
+    # Powers each pair may use: all four first; a pair whose fit attracts below its
+    # shortest distance seen is re-fitted with (12, 6), then with the r^-12 wall alone
+    # (repulsive by its bound), so that the baseline always carries the short-range
+    # repulsion the network would otherwise have to extrapolate.
+    ladder = ((0, 1, 2, 3), (0, 3), (0,))
+    rung = np.zeros(npt, dtype=np.int64)
+    while True:
+        allowed = np.ones(A.shape[1], dtype=bool)
+        for t in range(npt):
+            for k in range(4):
+                allowed[ne + 4 * t + k] = k in ladder[rung[t]]
+        active = (scale > 0) & allowed
+        As = A[:, active] / scale[active]
+        # a light ridge on the baseline's (scaled) coefficients: a pair type seen at nearly
+        # one distance only (an element in one site per cell) makes its four columns
+        # almost collinear, and unregularised they cancel at 1e20 eV A^p
+        reg = np.sqrt(RIDGE * np.mean(np.sum(As ** 2, axis=0))) * \
+            np.eye(As.shape[1])[np.flatnonzero(active) >= ne]
+        res = lsq_linear(np.vstack([As, reg]), np.concatenate([y, np.zeros(len(reg))]),
+                         bounds=(lo[active], np.inf), lsmr_tol="auto", max_iter=5000)
+        x = np.zeros(A.shape[1])
+        x[active] = res.x / scale[active]
+        coef_flat = x[ne:].reshape(npt, 4)
+        attracts = []
+        for a in range(ne):
+            for b in range(a, ne):
+                t = pidx[a, b]
+                m = col == t
+                if not m.any() or not np.any(coef_flat[t]):
+                    continue
+                rmin = d[m].min()
+                rs = np.linspace(0.5 * rmin, rmin, 50)
+                _, dphi = pair_terms(PairBaseline(coef_flat[t][None, None, :], R), rs,
+                                     np.zeros(50, int), np.zeros(50, int))
+                if np.any(dphi >= 0) and rung[t] < len(ladder) - 1:
+                    attracts.append(t)
+        if not attracts:
+            break
+        rung[attracts] += 1
     coef = np.zeros((ne, ne, 4))
     for a in range(ne):
         for b in range(ne):
             coef[a, b] = coef_flat[pidx[a, b]]
-    # Guard: below the shortest distance seen for a pair type the baseline must repel.
-    for a in range(ne):
-        for b in range(a, ne):
-            m = col == pidx[a, b]
-            if not m.any() or not np.any(coef[a, b]):
-                coef[a, b] = coef[b, a] = 0.0
-                continue
-            rmin = d[m].min()
-            rs = np.linspace(0.5 * rmin, rmin, 50)
-            _, dphi = pair_terms(PairBaseline(coef[a, b][None, None, :], R), rs,
-                                 np.zeros(50, int), np.zeros(50, int))
-            if np.any(dphi >= 0):
-                # unphysical attraction at short range: keep only the repulsive wall
-                coef[a, b, 1:] = 0.0
-                coef[b, a] = coef[a, b]
     baseline = PairBaseline(coef, R)
     # Re-fit e0 for the guarded baseline.
     phi, _ = pair_terms(baseline, d, batch.types[batch.pair_i], batch.type_j)
