@@ -109,6 +109,9 @@ class TrainConfig:
     patience: int = 60
     force_outlier: float | None = 50.0
     jacobian_budget_gb: float = 2.0
+    # warm start (init=): re-fit e0, the Delta baseline and the feature standardisation to
+    # the data given (else keep the initial model's)
+    refit_on_warm_start: bool = True
     seed: int = 0
     backend: str = "auto"
     device: str = "auto"  # "cpu", "cuda", or "auto": cuda when gpu.device.gpu_available()
@@ -620,19 +623,17 @@ def train(structures, cfg: TrainConfig | None = None, init: Potential | None = N
     sigma = np.array([s.stress if s.stress is not None else np.full((3, 3), np.nan) for s in structures])
     smask = np.all(np.isfinite(sigma), axis=(1, 2)) & np.isfinite(batch.volume)
 
-    if init is not None:
+    if init is not None and not cfg.refit_on_warm_start:
         e0, baseline = init.energy_shift, init.baseline
         mean, std = init.feature_mean, init.feature_std
     else:
-        e0, baseline = fit_reference(batch, energies, forces, fmask, cfg.delta, cutoff)
-        mean = np.zeros((len(species), desc.n_features))
-        std = np.ones((len(species), desc.n_features))
-        for e in range(len(species)):
-            idx = batch.by_element[e]
-            if idx.size:
-                mean[e] = batch.G[idx].mean(axis=0)
-                s = batch.G[idx].std(axis=0)
-                std[e] = np.where(s > 1e-8 * (np.abs(mean[e]) + 1e-12), s, 1.0)
+        # a warm start re-fits e0, the baseline and the standardisation to the data it is
+        # given (they grow in a campaign); the networks are then carried over exactly
+        # (warm_start_networks) and adapt to what changed
+        delta = cfg.delta if init is None else init.baseline is not None
+        e0, baseline = fit_reference(batch, energies, forces, fmask, delta, cutoff)
+        mean, std = feature_statistics(batch, len(species), desc.n_features,
+                                       None if init is None else init)
     e_base, f_base, v_base = baseline_terms(batch, baseline)
     comp_e0 = np.bincount(batch.struct_of_atom, e0[batch.types], batch.S)
     targets = {
@@ -655,6 +656,7 @@ def train(structures, cfg: TrainConfig | None = None, init: Potential | None = N
             mm = m % init.n_models
             nets = [ElementNetwork(tuple(w[mm:mm + 1] for w in n.weights), tuple(b[mm:mm + 1] for b in n.biases),
                                    n.activation) for n in init.networks]
+            nets = warm_start_networks(nets, init, mean, std, e0)
         else:
             nets = [ElementNetwork.random(desc.n_features, cfg.hidden, 1, cfg.activation, rng) for _ in species]
         pot = Potential(desc, tuple(nets), mean, std, e0, baseline)
@@ -700,6 +702,39 @@ def train(structures, cfg: TrainConfig | None = None, init: Potential | None = N
     metrics["jacobian_gb"] = batch.jacobian_gb
     metrics["device"] = batch.device
     return TrainResult(final, history, metrics, dropped)
+
+
+def feature_statistics(batch: Batch, n_species: int, n_features: int, init=None):
+    """Per-element feature mean and std over the batch (constant features get std 1);
+    elements absent from the batch keep `init`'s statistics (or 0 and 1)."""
+    mean = np.zeros((n_species, n_features))
+    std = np.ones((n_species, n_features))
+    if init is not None:
+        mean[:], std[:] = init.feature_mean, init.feature_std
+    for e in range(n_species):
+        idx = batch.by_element[e]
+        if idx.size:
+            mean[e] = batch.G[idx].mean(axis=0)
+            s = batch.G[idx].std(axis=0)
+            std[e] = np.where(s > 1e-8 * (np.abs(mean[e]) + 1e-12), s, 1.0)
+    return mean, std
+
+
+def warm_start_networks(nets, init, mean, std, e0):
+    """`init`'s networks re-expressed for new feature statistics (mean, std) and a new
+    per-element energy shift e0: the first layer absorbs the change of standardisation
+    and the output bias the change of e0, so each element's atomic energy
+    NN(x) + e0 is unchanged (exactly, before training adapts it to the new data)."""
+    out = []
+    for e, net in enumerate(nets):
+        r = std[e] / init.feature_std[e]  # x_old = x_new * r + c
+        c = (mean[e] - init.feature_mean[e]) / init.feature_std[e]
+        w0, b0 = net.weights[0], net.biases[0]  # (M, n_in, n_out), (M, n_out)
+        weights = (w0 * r[None, :, None],) + tuple(net.weights[1:])
+        biases = [b0 + np.einsum("i,mio->mo", c, w0)] + list(net.biases[1:])
+        biases[-1] = biases[-1] + (init.energy_shift[e] - e0[e])
+        out.append(ElementNetwork(weights, tuple(biases), net.activation))
+    return out
 
 
 def _optimise(obj: Objective, theta0, cfg: TrainConfig, report):

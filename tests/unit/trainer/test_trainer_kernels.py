@@ -166,3 +166,55 @@ def test_bad_data_names_structure_and_field():
         train([replace(s, numbers=nums)], TrainConfig(max_epochs=1), init=init)
     with pytest.raises(ValueError, match="unknown keys"):
         TrainConfig.from_dict({"epochs": 3})
+
+
+def test_warm_start_networks_keep_the_atomic_energies_exactly():
+    """New standardisation and e0, carried into the first layer and the output bias: the
+    same energies and forces to round-off."""
+    from nnmd_kernels.training import warm_start_networks
+
+    init = Potential.random(["Cu", "Ag"], seed=4, hidden=(5, 3), n_models=2, **DESC)
+    rng = np.random.default_rng(5)
+    mean = init.feature_mean + rng.normal(0, 0.5, init.feature_mean.shape)
+    std = init.feature_std * rng.uniform(0.5, 2.0, init.feature_std.shape)
+    e0 = rng.normal(0, 3.0, 2)
+    nets = warm_start_networks(list(init.networks), init, mean, std, e0)
+    new = Potential(init.descriptor, tuple(nets), mean, std, e0, init.baseline)
+    s = emt_structures(1, seed=6, repeat=(2, 1, 1))[0]
+    a = init.compute(s.positions, s.numbers, s.cell, s.pbc)
+    b = new.compute(s.positions, s.numbers, s.cell, s.pbc)
+    assert abs(a.energy - b.energy) < 1e-9 * abs(a.energy)
+    assert np.abs(a.forces - b.forces).max() < 1e-9
+
+
+def test_warm_start_refits_e0_baseline_and_standardisation():
+    """The same cells with energies offset by 1 eV per atom: the warm start's e0 follows
+    (kept, it would leave the offset to the networks); compressed cells: the feature
+    statistics and the baseline follow."""
+    structs = emt_structures(8, seed=2)
+    cfg = dict(descriptor=DESC, hidden=(8,), max_epochs=20, warmup_epochs=0, seed=0)
+    first = train(structs, TrainConfig(**cfg)).potential
+    offset = [Structure(s.positions, s.numbers, s.cell, s.pbc, s.energy + len(s.numbers),
+                        s.forces, s.stress, s.name) for s in structs]
+    again = train(offset, TrainConfig(**cfg), init=first).potential
+    kept = train(offset, TrainConfig(**cfg, refit_on_warm_start=False), init=first).potential
+    assert np.allclose(kept.energy_shift, first.energy_shift)
+    # every cell is Cu3Ag: the data fix e0 only as 0.75 e0(Cu) + 0.25 e0(Ag)
+    assert np.dot([0.75, 0.25], again.energy_shift - first.energy_shift) == pytest.approx(1.0, abs=0.02)
+    assert np.allclose(again.feature_mean, first.feature_mean)
+
+    def network_part(pot):  # mean atomic energy less e0: the networks' (and baseline's) share
+        s = offset[0]
+        types = np.where(s.numbers == 29, 0, 1)
+        return np.mean(pot.compute(s.positions, s.numbers, s.cell, s.pbc).energies
+                       - pot.energy_shift[types])
+    # re-fitted, the offset went to e0 and the networks stay a small correction; kept, the
+    # networks had to learn the whole offset
+    assert abs(network_part(again) - network_part(first)) < 0.05
+    assert network_part(kept) - network_part(first) == pytest.approx(1.0, abs=0.05)
+
+    squeezed = [Structure(s.positions * 0.96, s.numbers, s.cell * 0.96, s.pbc, s.energy, s.forces,
+                          s.stress, s.name) for s in emt_structures(8, seed=3)]
+    moved = train(squeezed, TrainConfig(**{**cfg, "max_epochs": 0}), init=first).potential
+    assert not np.allclose(moved.feature_mean, first.feature_mean)
+    assert not np.allclose(moved.baseline.coefficients, first.baseline.coefficients)
