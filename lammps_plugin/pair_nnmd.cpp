@@ -7,7 +7,25 @@
    Full neighbour list, newton pair on: the pair gradients g_ij = dE_i/dr_ij of a
    local centre i go to F_i += g_ij and F_j -= g_ij (j may be a ghost; LAMMPS
    reverse-communicates ghost forces), the virial is -sum r_ij (x) g_ij and each
-   pair term's virial is split half to i, half to j for the per-atom virial. */
+   pair term's virial is split half to i, half to j for the per-atom virial.
+
+   How one centre is computed (PairNNMD::centre), for speed:
+   - its neighbours are gathered once as structure-of-arrays, sorted by element;
+   - the channel weights depend only on the element (radial) or the element pair
+     (angular, symmetric), so the Chebyshev sums run once per element / element pair
+     ("class") and the channels are mixed afterwards: G_c = sum_class w_c,class S_class;
+     the triplets (a < b) are written class by class into flat arrays (cos, angle
+     variable, its derivative, fc_a fc_b);
+   - forward: sum_t w_t T_k(x_t) with the recurrence run in W independent lanes (k
+     inner, lanes innermost: vectorises without reassociation, no per-k memory traffic
+     but one accumulator row);
+   - backward: with h = dE/dG mixed per class, sum_k h_k T_k(x) and its x-derivative
+     (through the Chebyshev derivative coefficients) by Clenshaw's recurrence, again in
+     W lanes; then one pass over the triplets turns them into pair gradients.
+   The kernels (nnmd_simd.inc) are compiled for SSE2, AVX2 + FMA and AVX-512 and the
+   widest one the CPU runs is picked at load (NNMD_PLUGIN_ISA=generic|avx2|avx512 caps
+   it). The summation order differs from the Python kernels, so results agree to rounding
+   (about 1e-15 relative), not bitwise. */
 
 #include "pair_nnmd.h"
 
@@ -20,10 +38,17 @@
 #include "neighbor.h"
 #include "update.h"
 
+#include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstdint>
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 using namespace LAMMPS_NS;
 
@@ -34,79 +59,134 @@ const double SIN_THETA_MIN = 1e-3;    // descriptor.py: collinear triplets add n
 const double MIN_DISTANCE = 0.1;      // neighbors.py: atoms closer than this are refused
 const double INV_SQRT2 = 0.7071067811865476;
 const double INV_SQRT_2PI = 0.3989422804014327;
+const int CHUNK = 32;                 // centres per work item when threaded
 
-// arccos for x in [-1, 1] (fdlibm's rational minimax asin, as descriptor_numba.acos_fast:
-// within 2 ulp of libm, branch-light so that loops over neighbours vectorise)
-inline double acos_fast(double x)
+// Chebyshev derivative coefficients: sum_k hd_k T_k = d/dx sum_k h_k T_k (k < n)
+inline void cheb_deriv(const double *h, int n, double *hd)
 {
-  const double PS0 = 1.66666666666666657415e-01, PS1 = -3.25565818622400915405e-01,
-               PS2 = 2.01212532134862925881e-01, PS3 = -4.00555345006794114027e-02,
-               PS4 = 7.91534994289814532176e-04, PS5 = 3.47933107596021167570e-05;
-  const double QS1 = -2.40339491173441421878e00, QS2 = 2.02094576023350569471e00,
-               QS3 = -6.88283971605453293030e-01, QS4 = 7.70381505559019352791e-02;
-  double ax = std::fabs(x);
-  bool small = ax <= 0.5;
-  double z = small ? x * x : 0.5 * (1.0 - ax);
-  double p = z * (PS0 + z * (PS1 + z * (PS2 + z * (PS3 + z * (PS4 + z * PS5)))));
-  double q = 1.0 + z * (QS1 + z * (QS2 + z * (QS3 + z * QS4)));
-  double r = p / q;
-  if (small) return 0.5 * M_PI - (x + x * r);
-  double s = std::sqrt(z);
-  double a = 2.0 * (s + s * r);
-  return x > 0.0 ? a : M_PI - a;
+  for (int k = 0; k < n; k++) hd[k] = 0.0;
+  if (n < 2) return;
+  hd[n - 2] = 2.0 * (n - 1) * h[n - 1];
+  for (int k = n - 3; k >= 0; k--) hd[k] = hd[k + 2] + 2.0 * (k + 1) * h[k + 1];
+  hd[0] *= 0.5;
 }
 
-// out[k] = sum_b w[b] T_k(x[b]), k < n: the recurrence runs over b in the inner loop
-inline void cheb_sums(const double *x, const double *w, int nb, int n, double *t0, double *t1, double *out)
+using Clock = std::chrono::steady_clock;
+inline double since(Clock::time_point &t)
 {
-  double s0 = 0.0, s1 = 0.0;
-  for (int b = 0; b < nb; b++) {
-    t0[b] = 1.0;
-    t1[b] = x[b];
-    s0 += w[b];
-    s1 += w[b] * x[b];
-  }
-  out[0] += s0;
-  if (n > 1) out[1] += s1;
-  for (int k = 2; k < n; k++) {
-    double acc = 0.0;
-    for (int b = 0; b < nb; b++) {
-      double tk = 2.0 * x[b] * t1[b] - t0[b];
-      t0[b] = t1[b];
-      t1[b] = tk;
-      acc += w[b] * tk;
-    }
-    out[k] += acc;
-  }
-}
-
-// hT[b] = sum_k h[k] T_k(x[b]), hdT[b] = sum_k h[k] T_k'(x[b])
-inline void cheb_eval(const double *x, const double *h, int nb, int n, double *t0, double *t1, double *d0,
-                      double *d1, double *hT, double *hdT)
-{
-  for (int b = 0; b < nb; b++) {
-    t0[b] = 1.0;
-    t1[b] = x[b];
-    d0[b] = 0.0;
-    d1[b] = 1.0;
-    hT[b] = h[0] + (n > 1 ? h[1] * x[b] : 0.0);
-    hdT[b] = n > 1 ? h[1] : 0.0;
-  }
-  for (int k = 2; k < n; k++) {
-    const double hk = h[k];
-    for (int b = 0; b < nb; b++) {
-      double tk = 2.0 * x[b] * t1[b] - t0[b];
-      double dk = 2.0 * t1[b] + 2.0 * x[b] * d1[b] - d0[b];
-      t0[b] = t1[b];
-      t1[b] = tk;
-      d0[b] = d1[b];
-      d1[b] = dk;
-      hT[b] += hk * tk;
-      hdT[b] += hk * dk;
-    }
-  }
+  Clock::time_point now = Clock::now();
+  double d = std::chrono::duration<double>(now - t).count();
+  t = now;
+  return d;
 }
 }    // namespace
+
+/* the Chebyshev kernels (nnmd_simd.inc) per instruction set; x86-64 with GCC: SSE2 (the
+   baseline), AVX2 + FMA and AVX-512, chosen at run time; elsewhere the portable build */
+namespace nnmd_generic {
+#define NNMD_VW 2
+#define NNMD_NV_SUMS 4
+#define NNMD_NV_SERIES 2
+#include "nnmd_simd.inc"
+#undef NNMD_VW
+#undef NNMD_NV_SUMS
+#undef NNMD_NV_SERIES
+}    // namespace nnmd_generic
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define NNMD_MULTI_ISA 1
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace nnmd_avx2 {
+#define NNMD_VW 4
+#define NNMD_NV_SUMS 4
+#define NNMD_NV_SERIES 2
+#include "nnmd_simd.inc"
+#undef NNMD_VW
+#undef NNMD_NV_SUMS
+#undef NNMD_NV_SERIES
+}    // namespace nnmd_avx2
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx2,fma")
+namespace nnmd_avx512 {
+#define NNMD_VW 8
+#define NNMD_NV_SUMS 2
+#define NNMD_NV_SERIES 4
+#include "nnmd_simd.inc"
+#undef NNMD_VW
+#undef NNMD_NV_SUMS
+#undef NNMD_NV_SERIES
+}    // namespace nnmd_avx512
+#pragma GCC pop_options
+#endif
+
+namespace {
+#define NNMD_KERNELS(ns) {#ns + 5, ns::cheb_sums, ns::cheb_series, ns::angles_theta}
+const PairNNMD::Kernels KERNELS_GENERIC = NNMD_KERNELS(nnmd_generic);
+#ifdef NNMD_MULTI_ISA
+const PairNNMD::Kernels KERNELS_AVX2 = NNMD_KERNELS(nnmd_avx2);
+const PairNNMD::Kernels KERNELS_AVX512 = NNMD_KERNELS(nnmd_avx512);
+#endif
+
+/* the widest kernels this CPU runs; NNMD_PLUGIN_ISA=generic|avx2|avx512 asks for
+   narrower ones (tests compare them) */
+const PairNNMD::Kernels *pick_kernels()
+{
+  const char *want = std::getenv("NNMD_PLUGIN_ISA");
+  std::string w = want ? want : "";
+#ifdef NNMD_MULTI_ISA
+  __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const bool avx512 = avx2 && __builtin_cpu_supports("avx512f");
+  if (avx512 && (w.empty() || w == "avx512")) return &KERNELS_AVX512;
+  if (avx2 && (w.empty() || w == "avx512" || w == "avx2")) return &KERNELS_AVX2;
+#endif
+  return &KERNELS_GENERIC;
+}
+}    // namespace
+
+/* per-thread buffers of one centre atom; they only grow */
+struct PairNNMD::Scratch {
+  // neighbours within the model cutoff in list order, then sorted by element
+  std::vector<int> lj, lt, j;
+  std::vector<double> lx, ly, lz, lr, dx, dy, dz, r;
+  std::vector<int> tstart;    // element runs of the sorted neighbours (ne + 1)
+  // radial: Chebyshev argument, cutoff and derivative, the two sums of the backward pass
+  std::vector<double> rx, rfc, rdfc, rS, rdS;
+  // angular neighbours (d < R_a, sorted by element): index, unit vector, 1/d, cutoff
+  std::vector<int> ap, astart;
+  std::vector<double> ux, uy, uz, ainv, afc, adfc, glx, gly, glz;
+  // triplets by element-pair class: cos, angle variable, d x / d cos, fc_a fc_b, sums
+  std::vector<size_t> coff, cur;
+  std::vector<double> tc, tx, tdx, tw, tS, tdS;
+  std::vector<double> accbuf, Gt, H, Hd;    // accbuf: the kernels' lanes (64-byte aligned)
+  double *acc = nullptr;
+  // networks
+  std::vector<double> G, dG, xin, zbuf, abuf, dfbuf, delta, delta2, ym;
+  // results: pair gradients dE_i / dr_ij, energy, ensemble spread, finite flag
+  std::vector<double> gx, gy, gz;
+  int np = 0, finite = 1, bad_j = -1;
+  double energy = 0.0, estd = 0.0, bad_d = 0.0;
+  double prof[10] = {0};
+  bigint centres = 0;
+
+  void grow_list(size_t n)
+  {
+    if (lj.size() >= n) return;
+    n = std::max<size_t>(n + n / 2, 64);
+    for (auto *v : {&lj, &lt, &j, &ap}) v->resize(n);
+    for (auto *v : {&lx, &ly, &lz, &lr, &dx, &dy, &dz, &r, &rx, &rfc, &rdfc, &rS, &rdS, &ux, &uy, &uz, &ainv,
+                    &afc, &adfc, &glx, &gly, &glz, &gx, &gy, &gz})
+      v->resize(n);
+  }
+  void grow_triplets(size_t n)
+  {
+    if (tc.size() >= n) return;
+    n = std::max<size_t>(n + n / 2, 256);
+    for (auto *v : {&tc, &tx, &tdx, &tw, &tS, &tdS}) v->resize(n);
+  }
+};
 
 /* ---------------------------------------------------------------------- */
 
@@ -122,14 +202,39 @@ PairNNMD::PairNNMD(LAMMPS *lmp) : Pair(lmp)
   rr = ra = rcmax = rb = 0.0;
   cutoff_tanh = angle_theta = 1;
   has_baseline = 0;
+  for (int q = 0; q < 4; q++) brp[q] = brp1[q] = 0.0;
+  nthreads_req = 1;
   estd = nullptr;
   nmax = 0;
   ncalls = 0;
+  const char *p = std::getenv("NNMD_PLUGIN_PROFILE");
+  profile = (p && *p && strcmp(p, "0") != 0) ? 1 : 0;
+  for (double &v : prof) v = 0.0;
+  prof_centres = 0;
+  K = pick_kernels();
 }
 
 PairNNMD::~PairNNMD()
 {
   if (copymode) return;
+  if (profile) {
+    double t[10] = {0};
+    bigint n = 0;
+    for (auto &s : scratch) {
+      for (int q = 0; q < 9; q++) t[q] += s->prof[q];
+      n += s->centres;
+    }
+    t[9] = prof[9];
+    const char *names[10] = {"gather", "rad-fwd", "tri-geom", "ang-fwd", "network",
+                             "rad-bwd", "ang-clenshaw", "ang-forces", "baseline", "scatter"};
+    double tot = 0.0;
+    for (double v : t) tot += v;
+    std::string line = fmt::format("nnmd profile (rank {}, {} centres, {} thread(s), {} kernels): us/centre",
+                                   comm->me, n, (int) scratch.size(), K->name);
+    for (int q = 0; q < 10; q++) line += fmt::format(" {} {:.2f}", names[q], n ? 1e6 * t[q] / n : 0.0);
+    line += fmt::format(" | total {:.2f} (thread time)\n", n ? 1e6 * tot / n : 0.0);
+    fputs(line.c_str(), stderr);
+  }
   delete[] pvector;
   pvector = nullptr;
   memory->destroy(estd);
@@ -152,11 +257,31 @@ void PairNNMD::allocate()
 
 /* ---------------------------------------------------------------------- */
 
-void PairNNMD::settings(int narg, char ** /*arg*/)
-{
-  if (narg != 0) error->all(FLERR, "pair_style nnmd takes no arguments (the model is named in pair_coeff)");
-}
+/* pair_style nnmd [threads N|auto] */
 
+void PairNNMD::settings(int narg, char **arg)
+{
+  nthreads_req = 1;
+  int iarg = 0;
+  while (iarg < narg) {
+    if (strcmp(arg[iarg], "threads") == 0 && iarg + 1 < narg) {
+      if (strcmp(arg[iarg + 1], "auto") == 0) {
+        nthreads_req = 0;
+      } else {
+        char *end = nullptr;
+        long v = strtol(arg[iarg + 1], &end, 10);
+        if (!end || *end || v < 1 || v > 1024)
+          error->all(FLERR, "pair_style nnmd threads N: N must be a whole number >= 1 or auto, got {}",
+                     arg[iarg + 1]);
+        nthreads_req = (int) v;
+      }
+      iarg += 2;
+    } else {
+      error->all(FLERR, "pair_style nnmd [threads N|auto]: unknown argument {} (the model is named in pair_coeff)",
+                 arg[iarg]);
+    }
+  }
+}
 /* pair_coeff * * MODEL El1 El2 ... (one element or NULL per atom type) */
 
 void PairNNMD::coeff(int narg, char **arg)
@@ -328,6 +453,22 @@ void PairNNMD::read_model(const std::string &text)
 
   rcmax = (na > 0) ? std::max(rr, ra) : rr;
   if (has_baseline) rcmax = std::max(rcmax, rb);
+  if (has_baseline) {
+    const double P[4] = {12.0, 10.0, 8.0, 6.0};
+    for (int q = 0; q < 4; q++) {
+      brp[q] = std::pow(rb, -P[q]);
+      brp1[q] = P[q] * std::pow(rb, -(P[q] + 1.0));
+    }
+  }
+  // the triplet classes use w_ang[c, e1, e2] with e1 <= e2: every weighting is symmetric
+  for (int c = 0; c < ca; c++)
+    for (int a = 0; a < ne; a++)
+      for (int b = 0; b < a; b++) {
+        double u = wang[(c * ne + a) * ne + b], v = wang[(c * ne + b) * ne + a];
+        if (std::fabs(u - v) > 1e-12 * std::max(std::fabs(u), std::fabs(v)))
+          error->all(FLERR, "pair_style nnmd: model file {}: angular channel weights are not symmetric in "
+                     "the two neighbour elements", model_file);
+      }
 
   // compute pair nnmd (summed over ranks): the ensemble members' network energies (M),
   // the number of centre atoms whose energy or gradients were not finite (for a `fix halt`
@@ -336,27 +477,7 @@ void PairNNMD::read_model(const std::string &text)
   nextra = nmodels + 2;
   pvector = new double[nextra];
   for (int m = 0; m < nextra; m++) pvector[m] = 0.0;
-
-  size_t hmax = 0, hsum = 0;
-  for (auto &el : elements)
-    for (auto &L : el.layers) {
-      hmax = std::max(hmax, (size_t) std::max(L.nin, L.nout));
-      hsum += L.nout;
-    }
-  G.resize(nfeat);
-  dG.resize(nfeat);
-  xin.resize(nfeat);
-  zbuf.resize(hsum);
-  abuf.resize(hsum);
-  delta.resize(hmax);
-  delta2.resize(hmax);
-  S.resize(std::max(nr, na) + 1);
-  chan_used.assign((size_t) std::max(ca, 1) * ne, 0);
-  for (int c = 0; c < ca; c++)
-    for (int a = 0; a < ne; a++)
-      for (int b = 0; b < ne; b++)
-        if (wang[(c * ne + a) * ne + b] != 0.0) chan_used[c * ne + a] = 1;
-  r_idx.clear();    // grow_scratch sizes the per-neighbour buffers on first use
+  scratch.clear();    // sized for this model on first use
 }
 
 /* ---------------------------------------------------------------------- */
@@ -391,46 +512,60 @@ double PairNNMD::memory_usage()
   for (auto &el : elements)
     for (auto &L : el.layers) bytes += 8.0 * (L.w.size() + L.b.size());
   bytes += 8.0 * nmax;
+  for (auto &s : scratch) bytes += 8.0 * (30.0 * s->lj.size() + 6.0 * s->tc.size());
+  for (auto &c : chunk_d) bytes += 8.0 * c.capacity();
+  for (auto &c : chunk_i) bytes += 4.0 * c.capacity();
   return bytes;
 }
 
 /* ---------------------------------------------------------------------- */
 
-inline double PairNNMD::act_f(double x) const
-{
-  switch (act) {
-    case 0: return std::tanh(x) + 0.16 * x;
-    case 1: return 1.7159 * std::tanh(2.0 / 3.0 * x) + 0.1 * x;
-    case 2: return std::tanh(x);
-    case 3: return 0.5 * (1.0 + std::tanh(0.5 * x));
-    case 4: return x;
-    case 5: return x > 0 ? x : std::expm1(x);
-    default: return x * (0.5 * std::erfc(-INV_SQRT2 * x));
-  }
-}
-
-inline double PairNNMD::act_df(double x) const
+inline void PairNNMD::act_fdf(double x, double &f, double &df) const
 {
   switch (act) {
     case 0: {
       double t = std::tanh(x);
-      return 1.0 - t * t + 0.16;
+      f = t + 0.16 * x;
+      df = 1.0 - t * t + 0.16;
+      return;
     }
     case 1: {
       double t = std::tanh(2.0 / 3.0 * x);
-      return 1.7159 * (2.0 / 3.0) * (1.0 - t * t) + 0.1;
+      f = 1.7159 * t + 0.1 * x;
+      df = 1.7159 * (2.0 / 3.0) * (1.0 - t * t) + 0.1;
+      return;
     }
     case 2: {
       double t = std::tanh(x);
-      return 1.0 - t * t;
+      f = t;
+      df = 1.0 - t * t;
+      return;
     }
     case 3: {
       double s = 0.5 * (1.0 + std::tanh(0.5 * x));
-      return s * (1.0 - s);
+      f = s;
+      df = s * (1.0 - s);
+      return;
     }
-    case 4: return 1.0;
-    case 5: return x > 0 ? 1.0 : std::exp(x);
-    default: return 0.5 * std::erfc(-INV_SQRT2 * x) + x * (INV_SQRT_2PI * std::exp(-0.5 * x * x));
+    case 4:
+      f = x;
+      df = 1.0;
+      return;
+    case 5:
+      if (x > 0) {
+        f = x;
+        df = 1.0;
+      } else {
+        f = std::expm1(x);
+        df = std::exp(x);
+      }
+      return;
+    default: {
+      double phi = 0.5 * std::erfc(-INV_SQRT2 * x);
+      f = x * phi;
+      df = phi + x * (INV_SQRT_2PI * std::exp(-0.5 * x * x));
+      return;
+    }
   }
 }
 
@@ -450,29 +585,412 @@ inline void PairNNMD::cutoff(double r, double rc, double &fc, double &dfc) const
   }
 }
 
-inline void PairNNMD::angle_variable(double cs, double &x, double &dx) const
+/* ---------------------------------------------------------------------- */
+
+/* one centre atom i (element map[type[i]] >= 0): fills s.np neighbours (s.j, s.dx..),
+   their pair gradients s.gx.., s.energy, s.ym, s.estd, s.finite; s.bad_j >= 0 when two
+   atoms are closer than MIN_DISTANCE (nothing else is then valid). Thread-safe. */
+
+void PairNNMD::centre(Scratch &s, int i, const double *const *x, const int *type, const int *jlist,
+                      int jnum) const
 {
-  double c = std::min(1.0, std::max(-1.0, cs));
-  if (!angle_theta) {
-    x = c;
-    dx = 1.0;
-    return;
+  Clock::time_point tp;
+  if (profile) tp = Clock::now();
+  const int ei = map[type[i]];
+  const Element &el = elements[ei];
+  const double xi = x[i][0], yi = x[i][1], zi = x[i][2];
+  const double rcsq = rcmax * rcmax;
+  s.bad_j = -1;
+  s.centres++;
+
+  // 1. neighbours within the model cutoff (mapped types only), then sorted by element
+  s.grow_list(jnum);
+  int *cnt = s.tstart.data();
+  for (int t = 0; t <= ne; t++) cnt[t] = 0;
+  int n = 0;
+  for (int jj = 0; jj < jnum; jj++) {
+    const int j = jlist[jj] & NEIGHMASK;
+    const int ej = map[type[j]];
+    if (ej < 0) continue;
+    const double dx = x[j][0] - xi, dy = x[j][1] - yi, dz = x[j][2] - zi;
+    const double rsq = dx * dx + dy * dy + dz * dz;
+    if (rsq >= rcsq) continue;
+    s.lj[n] = j;
+    s.lt[n] = ej;
+    s.lx[n] = dx;
+    s.ly[n] = dy;
+    s.lz[n] = dz;
+    s.lr[n] = rsq;
+    cnt[ej + 1]++;
+    n++;
   }
-  double s = std::max(std::sqrt(std::max(1.0 - c * c, 0.0)), SIN_THETA_MIN);
-  x = 2.0 * acos_fast(c) / M_PI - 1.0;
-  dx = -2.0 / (M_PI * s);
+  for (int t = 0; t < ne; t++) cnt[t + 1] += cnt[t];    // tstart: prefix sums
+  {
+    int *cur = s.astart.data();    // as a cursor here
+    for (int t = 0; t < ne; t++) cur[t] = cnt[t];
+    for (int q = 0; q < n; q++) {
+      const int p = cur[s.lt[q]]++;
+      s.j[p] = s.lj[q];
+      s.dx[p] = s.lx[q];
+      s.dy[p] = s.ly[q];
+      s.dz[p] = s.lz[q];
+      s.r[p] = std::sqrt(s.lr[q]);
+    }
+  }
+  const int np = s.np = n;
+  const int *tstart = s.tstart.data();
+  for (int p = 0; p < np; p++)
+    if (s.r[p] < MIN_DISTANCE) {
+      s.bad_j = s.j[p];
+      s.bad_d = s.r[p];
+      return;
+    }
+  double *G = s.G.data();
+  std::fill(s.G.begin(), s.G.end(), 0.0);
+  if (profile) s.prof[0] += since(tp);
+
+  // 2. radial: per element t, S_t,k = sum_j fc T_k(x_j); G_ck = sum_t w_ct S_t,k
+  double *Gt = s.Gt.data(), *acc = s.acc;
+  for (int p = 0; p < np; p++) {
+    cutoff(s.r[p], rr, s.rfc[p], s.rdfc[p]);
+    s.rx[p] = std::min(1.0, std::max(-1.0, 2.0 * s.r[p] / rr - 1.0));
+  }
+  for (int t = 0; t < ne; t++) {
+    const int p0 = tstart[t], nt = tstart[t + 1] - p0;
+    if (nt == 0) continue;
+    K->sums(&s.rx[p0], &s.rfc[p0], nt, nr, acc, Gt);
+    for (int c = 0; c < cr; c++) {
+      const double w = wrad[c * ne + t];
+      if (w == 0.0) continue;
+      double *Gc = G + (size_t) c * nr;
+      for (int k = 0; k < nr; k++) Gc[k] += w * Gt[k];
+    }
+  }
+  if (profile) s.prof[1] += since(tp);
+
+  // 3. angular neighbours and the triplets (a < b in element order), class by class
+  const int aoff = cr * nr;
+  int ma = 0;
+  size_t ntri = 0;
+  int *astart = s.astart.data();
+  size_t *coff = s.coff.data(), *cur = s.cur.data();
+  if (na > 0) {
+    for (int t = 0; t < ne; t++) {
+      astart[t] = ma;
+      for (int p = tstart[t]; p < tstart[t + 1]; p++) {
+        const double d = s.r[p];
+        if (d >= ra) continue;
+        s.ap[ma] = p;
+        s.ux[ma] = s.dx[p] / d;
+        s.uy[ma] = s.dy[p] / d;
+        s.uz[ma] = s.dz[p] / d;
+        s.ainv[ma] = 1.0 / d;
+        cutoff(d, ra, s.afc[ma], s.adfc[ma]);
+        ma++;
+      }
+    }
+    astart[ne] = ma;
+    for (int t1 = 0; t1 < ne; t1++)
+      for (int t2 = t1; t2 < ne; t2++) {
+        const size_t n1 = astart[t1 + 1] - astart[t1], n2 = astart[t2 + 1] - astart[t2];
+        coff[t1 * ne + t2] = ntri;
+        cur[t1 * ne + t2] = ntri;
+        ntri += (t1 == t2) ? n1 * (n1 > 0 ? n1 - 1 : 0) / 2 : n1 * n2;
+      }
+    s.grow_triplets(ntri);
+    const double *ux = s.ux.data(), *uy = s.uy.data(), *uz = s.uz.data(), *afc = s.afc.data();
+    for (int t1 = 0; t1 < ne; t1++)
+      for (int a = astart[t1]; a < astart[t1 + 1]; a++) {
+        const double uax = ux[a], uay = uy[a], uaz = uz[a], fa = afc[a];
+        for (int t2 = t1; t2 < ne; t2++) {
+          const int b0 = (t2 == t1) ? a + 1 : astart[t2], nb = astart[t2 + 1] - b0;
+          if (nb <= 0) continue;
+          const size_t pos = cur[t1 * ne + t2];
+          cur[t1 * ne + t2] += nb;
+          double *tc = &s.tc[pos], *tw = &s.tw[pos];
+          const double *uxb = ux + b0, *uyb = uy + b0, *uzb = uz + b0, *fb = afc + b0;
+          for (int q = 0; q < nb; q++) {
+            tc[q] = uax * uxb[q] + uay * uyb[q] + uaz * uzb[q];
+            tw[q] = fa * fb[q];
+          }
+        }
+      }
+    {
+      const double *tc = s.tc.data();
+      double *tx = s.tx.data(), *tdx = s.tdx.data();
+      if (angle_theta) {
+        K->angles(tc, ntri, tx, tdx);
+      } else {
+        for (size_t q = 0; q < ntri; q++) {
+          tx[q] = std::min(1.0, std::max(-1.0, tc[q]));
+          tdx[q] = 1.0;
+        }
+      }
+    }
+    if (profile) s.prof[2] += since(tp);
+    for (int t1 = 0; t1 < ne; t1++)
+      for (int t2 = t1; t2 < ne; t2++) {
+        const size_t o = coff[t1 * ne + t2];
+        const int nt = (int) (cur[t1 * ne + t2] - o);
+        if (nt == 0) continue;
+        K->sums(&s.tx[o], &s.tw[o], nt, na, acc, Gt);
+        for (int c = 0; c < ca; c++) {
+          const double w = wang[(c * ne + t1) * ne + t2];
+          if (w == 0.0) continue;
+          double *Gc = G + aoff + (size_t) c * na;
+          for (int k = 0; k < na; k++) Gc[k] += w * Gt[k];
+        }
+      }
+    if (profile) s.prof[3] += since(tp);
+  }
+
+  // 4. networks: ensemble mean energy and dE/dG
+  network(s, el);
+  const double *dG = s.dG.data();
+  double *H = s.H.data(), *Hd = s.Hd.data();
+  if (profile) s.prof[4] += since(tp);
+
+  // 5. radial backward: h_t,k = sum_c w_ct dE/dG_ck; dE/dr through fc and T_k(x)
+  for (int t = 0; t < ne; t++) {
+    const int p0 = tstart[t], nt = tstart[t + 1] - p0;
+    if (nt == 0) continue;
+    for (int k = 0; k < nr; k++) H[k] = 0.0;
+    for (int c = 0; c < cr; c++) {
+      const double w = wrad[c * ne + t];
+      if (w == 0.0) continue;
+      for (int k = 0; k < nr; k++) H[k] += w * dG[c * nr + k];
+    }
+    cheb_deriv(H, nr, Hd);
+    K->series(&s.rx[p0], nt, H, Hd, nr, &s.rS[p0], &s.rdS[p0]);
+  }
+  {
+    const double dxr = 2.0 / rr;
+    for (int p = 0; p < np; p++) {
+      const double e_r = s.rdS[p] * dxr * s.rfc[p] + s.rS[p] * s.rdfc[p];
+      const double sd = e_r / s.r[p];
+      s.gx[p] = sd * s.dx[p];
+      s.gy[p] = sd * s.dy[p];
+      s.gz[p] = sd * s.dz[p];
+    }
+  }
+  if (profile) s.prof[5] += since(tp);
+
+  // 6. angular backward
+  if (na > 0 && ma > 1) {
+    for (int t1 = 0; t1 < ne; t1++)
+      for (int t2 = t1; t2 < ne; t2++) {
+        const size_t o = coff[t1 * ne + t2];
+        const int nt = (int) (cur[t1 * ne + t2] - o);
+        if (nt == 0) continue;
+        for (int k = 0; k < na; k++) H[k] = 0.0;
+        for (int c = 0; c < ca; c++) {
+          const double w = wang[(c * ne + t1) * ne + t2];
+          if (w == 0.0) continue;
+          for (int k = 0; k < na; k++) H[k] += w * dG[aoff + c * na + k];
+        }
+        cheb_deriv(H, na, Hd);
+        K->series(&s.tx[o], nt, H, Hd, na, &s.tS[o], &s.tdS[o]);
+        cur[t1 * ne + t2] = o;    // rewound for the force pass
+      }
+    if (profile) s.prof[6] += since(tp);
+    const double *ux = s.ux.data(), *uy = s.uy.data(), *uz = s.uz.data(), *afc = s.afc.data(),
+                 *adfc = s.adfc.data(), *ainv = s.ainv.data();
+    double *glx = s.glx.data(), *gly = s.gly.data(), *glz = s.glz.data();
+    std::fill(glx, glx + ma, 0.0);
+    std::fill(gly, gly + ma, 0.0);
+    std::fill(glz, glz + ma, 0.0);
+    // d cos / d r_a = (u_b - cos u_a) / |r_a|
+    for (int t1 = 0; t1 < ne; t1++)
+      for (int a = astart[t1]; a < astart[t1 + 1]; a++) {
+        const double uax = ux[a], uay = uy[a], uaz = uz[a], fa = afc[a], dfa = adfc[a], ia = ainv[a];
+        double sx = 0.0, sy = 0.0, sz = 0.0, sa = 0.0;
+        for (int t2 = t1; t2 < ne; t2++) {
+          const int b0 = (t2 == t1) ? a + 1 : astart[t2], nb = astart[t2 + 1] - b0;
+          if (nb <= 0) continue;
+          const size_t pos = cur[t1 * ne + t2];
+          cur[t1 * ne + t2] += nb;
+          const double *tc = &s.tc[pos], *tdx = &s.tdx[pos], *tw = &s.tw[pos], *S = &s.tS[pos],
+                       *dS = &s.tdS[pos];
+          for (int q = 0; q < nb; q++) {
+            const int b = b0 + q;
+            const double c = tc[q];
+            const double e_cos = dS[q] * tdx[q] * tw[q];
+            const double e_ra = S[q] * dfa * afc[b];
+            const double e_rb = S[q] * fa * adfc[b];
+            sx += e_cos * ux[b];
+            sy += e_cos * uy[b];
+            sz += e_cos * uz[b];
+            sa += e_ra - e_cos * c * ia;
+            const double eb = e_cos * ainv[b];
+            const double cb = e_rb - eb * c;
+            glx[b] += eb * uax + cb * ux[b];
+            gly[b] += eb * uay + cb * uy[b];
+            glz[b] += eb * uaz + cb * uz[b];
+          }
+        }
+        glx[a] += sx * ia + sa * uax;
+        gly[a] += sy * ia + sa * uay;
+        glz[a] += sz * ia + sa * uaz;
+      }
+    for (int a = 0; a < ma; a++) {
+      const int p = s.ap[a];
+      s.gx[p] += glx[a];
+      s.gy[p] += gly[a];
+      s.gz[p] += glz[a];
+    }
+    if (profile) s.prof[7] += since(tp);
+  }
+
+  // 7. Delta baseline: half of each directed pair to its centre
+  if (has_baseline) {
+    const double P[4] = {12.0, 10.0, 8.0, 6.0};
+    for (int t = 0; t < ne; t++) {
+      const double *A = &bcoef[((size_t) ei * ne + t) * 4];
+      for (int p = tstart[t]; p < tstart[t + 1]; p++) {
+        const double r = s.r[p];
+        if (r >= rb) continue;
+        const double i2 = 1.0 / (r * r);
+        const double i6 = i2 * i2 * i2, i8 = i6 * i2, i10 = i8 * i2;
+        const double rp[4] = {i10 * i2, i10, i8, i6};
+        double phi = 0.0, dphi = 0.0;
+        for (int q = 0; q < 4; q++) {
+          phi += A[q] * (rp[q] - brp[q] + brp1[q] * (r - rb));
+          dphi += A[q] * (-P[q] * rp[q] / r + brp1[q]);
+        }
+        s.energy += 0.5 * phi;
+        const double sd = 0.5 * dphi / r;
+        s.gx[p] += sd * s.dx[p];
+        s.gy[p] += sd * s.dy[p];
+        s.gz[p] += sd * s.dz[p];
+      }
+    }
+  }
+  bool finite = std::isfinite(s.energy);
+  for (int p = 0; p < np && finite; p++)
+    finite = std::isfinite(s.gx[p]) && std::isfinite(s.gy[p]) && std::isfinite(s.gz[p]);
+  s.finite = finite ? 1 : 0;
+  if (profile) s.prof[8] += since(tp);
 }
 
-void PairNNMD::grow_scratch(int np)
+/* ensemble of networks of element el at the descriptor s.G: s.energy (mean, with e0),
+   s.ym (members), s.estd (spread), s.dG = dE/dG (of the mean) */
+
+void PairNNMD::network(Scratch &s, const Element &el) const
 {
-  if ((int) r_idx.size() >= np && !r_idx.empty()) return;
-  size_t n = std::max(np, 16);
-  for (auto *v : {&r_x, &r_fc, &r_dfc, &a_d, &a_fc, &a_dfc, &w2, &t0, &t1, &d0, &d1, &hT, &hdT, &HT, &HdT})
-    v->resize(n);
-  a_u.resize(3 * n);
-  gl.resize(3 * n);
-  r_idx.resize(n);
-  a_idx.resize(n);
+  double *xin = s.xin.data(), *dG = s.dG.data();
+  const double *G = s.G.data();
+  for (int k = 0; k < nfeat; k++) xin[k] = (G[k] - el.mean[k]) / el.std[k];
+  std::fill(s.dG.begin(), s.dG.end(), 0.0);
+  const int nl = (int) el.layers.size();
+  const double inv_m = 1.0 / nmodels;
+  double esum = 0.0;
+  for (int m = 0; m < nmodels; m++) {
+    const double *a = xin;
+    size_t off = 0;
+    for (int l = 0; l < nl - 1; l++) {
+      const Layer &L = el.layers[l];
+      const double *w = &L.w[(size_t) m * L.nin * L.nout];
+      double *z = &s.zbuf[off], *an = &s.abuf[off], *df = &s.dfbuf[off];
+      for (int k = 0; k < L.nout; k++) z[k] = L.b[(size_t) m * L.nout + k];
+      for (int q = 0; q < L.nin; q++) {
+        const double aq = a[q];
+        const double *wr = w + (size_t) q * L.nout;
+        for (int k = 0; k < L.nout; k++) z[k] += aq * wr[k];
+      }
+      for (int k = 0; k < L.nout; k++) act_fdf(z[k], an[k], df[k]);
+      a = an;
+      off += L.nout;
+    }
+    const Layer &O = el.layers[nl - 1];
+    const double *wo = &O.w[(size_t) m * O.nin];
+    double y = O.b[m];
+    for (int q = 0; q < O.nin; q++) y += a[q] * wo[q];
+    s.ym[m] = y + el.e0;
+    esum += s.ym[m];
+    // backward: delta of the last hidden layer = w_out / M
+    double *dl = s.delta.data(), *dl2 = s.delta2.data();
+    for (int q = 0; q < O.nin; q++) dl[q] = wo[q] * inv_m;
+    for (int l = nl - 2; l >= 0; l--) {
+      const Layer &L = el.layers[l];
+      off -= L.nout;
+      const double *df = &s.dfbuf[off];
+      const double *w = &L.w[(size_t) m * L.nin * L.nout];
+      for (int k = 0; k < L.nout; k++) dl[k] *= df[k];
+      for (int q = 0; q < L.nin; q++) {
+        const double *wr = w + (size_t) q * L.nout;
+        double p0 = 0.0, p1 = 0.0, p2 = 0.0, p3 = 0.0;    // four partial sums: vectorises
+        int k = 0;
+        for (; k + 4 <= L.nout; k += 4) {
+          p0 += wr[k] * dl[k];
+          p1 += wr[k + 1] * dl[k + 1];
+          p2 += wr[k + 2] * dl[k + 2];
+          p3 += wr[k + 3] * dl[k + 3];
+        }
+        for (; k < L.nout; k++) p0 += wr[k] * dl[k];
+        dl2[q] = (p0 + p1) + (p2 + p3);
+      }
+      std::swap(dl, dl2);
+    }
+    for (int k = 0; k < nfeat; k++) dG[k] += dl[k];
+  }
+  for (int k = 0; k < nfeat; k++) dG[k] /= el.std[k];
+  s.energy = esum * inv_m;
+  double var = 0.0;
+  for (int m = 0; m < nmodels; m++) var += (s.ym[m] - s.energy) * (s.ym[m] - s.energy);
+  s.estd = std::sqrt(var * inv_m);
+}
+
+/* ---------------------------------------------------------------------- */
+
+/* one centre's results, from a Scratch (serial) or a chunk record (threads) */
+struct PairNNMD::Out {
+  int i, np, finite;
+  const int *j;
+  const double *dx, *dy, *dz, *gx, *gy, *gz, *ym;
+  double energy, estd;
+};
+
+/* energy, ensemble members, spread, forces and virial of one centre into LAMMPS' arrays */
+
+void PairNNMD::emit(const Out &o, double **f)
+{
+  const int i = o.i;
+  if (eflag_global) eng_vdwl += o.energy;
+  if (eflag_atom) eatom[i] += o.energy;
+  for (int m = 0; m < nmodels; m++) pvector[m] += o.ym[m];
+  if (!o.finite) pvector[nmodels] += 1.0;
+  estd[i] = o.estd;
+  double fx = 0.0, fy = 0.0, fz = 0.0;
+  for (int p = 0; p < o.np; p++) {
+    const int j = o.j[p];
+    const double gx = o.gx[p], gy = o.gy[p], gz = o.gz[p];
+    fx += gx;
+    fy += gy;
+    fz += gz;
+    f[j][0] -= gx;
+    f[j][1] -= gy;
+    f[j][2] -= gz;
+  }
+  f[i][0] += fx;
+  f[i][1] += fy;
+  f[i][2] += fz;
+  if (vflag_either) {
+    for (int p = 0; p < o.np; p++) {
+      const int j = o.j[p];
+      const double gx = o.gx[p], gy = o.gy[p], gz = o.gz[p];
+      const double dx = o.dx[p], dy = o.dy[p], dz = o.dz[p];
+      // symmetrised per pair; the sum over pairs is symmetric anyway (rotation invariance)
+      double v[6] = {-dx * gx, -dy * gy, -dz * gz, -0.5 * (dx * gy + dy * gx), -0.5 * (dx * gz + dz * gx),
+                     -0.5 * (dy * gz + dz * gy)};
+      if (vflag_global)
+        for (int q = 0; q < 6; q++) virial[q] += v[q];
+      if (vflag_atom)
+        for (int q = 0; q < 6; q++) {
+          vatom[i][q] += 0.5 * v[q];
+          vatom[j][q] += 0.5 * v[q];
+        }
+    }
+  }
 }
 
 /* ---------------------------------------------------------------------- */
@@ -490,313 +1008,138 @@ void PairNNMD::compute(int eflag, int vflag)
   ncalls++;
   pvector[nmodels + 1] = (double) ncalls / comm->nprocs;
 
-  double **x = atom->x;
+  const double *const *x = atom->x;
   double **f = atom->f;
-  int *type = atom->type;
-  int inum = list->inum;
-  int *ilist = list->ilist;
-  int *numneigh = list->numneigh;
+  const int *type = atom->type;
+  const int inum = list->inum;
+  const int *ilist = list->ilist;
+  const int *numneigh = list->numneigh;
   int **firstneigh = list->firstneigh;
-  const double rcsq = rcmax * rcmax;
-  const double inv_m = 1.0 / nmodels;
-  std::vector<double> ym(nmodels);
 
-  for (int ii = 0; ii < inum; ii++) {
-    const int i = ilist[ii];
-    const int ei = map[type[i]];
-    if (ei < 0) continue;
-    const Element &el = elements[ei];
-    const double xi = x[i][0], yi = x[i][1], zi = x[i][2];
-
-    // neighbours within the model cutoff (mapped types only)
-    nj.clear();
-    nt.clear();
-    nd.clear();
-    nx.clear();
-    int *jlist = firstneigh[i];
-    for (int jj = 0; jj < numneigh[i]; jj++) {
-      int j = jlist[jj] & NEIGHMASK;
-      int ej = map[type[j]];
-      if (ej < 0) continue;
-      double dx = x[j][0] - xi, dy = x[j][1] - yi, dz = x[j][2] - zi;
-      double rsq = dx * dx + dy * dy + dz * dz;
-      if (rsq >= rcsq) continue;
-      double d = std::sqrt(rsq);
-      if (d < MIN_DISTANCE)
-        error->one(FLERR, "pair_style nnmd: atoms {} and {} are {:.4f} A apart (< {} A)", atom->tag[i],
-                   atom->tag[j], d, MIN_DISTANCE);
-      nj.push_back(j);
-      nt.push_back(ej);
-      nd.push_back(d);
-      nx.push_back(dx);
-      nx.push_back(dy);
-      nx.push_back(dz);
-    }
-    const int np = (int) nj.size();
-    ng.assign((size_t) 3 * np, 0.0);
-    std::fill(G.begin(), G.end(), 0.0);
-    grow_scratch(np);
-
-    // radial subset (d < R_r): Chebyshev argument, cutoff, weights
-    int mr = 0;
-    for (int p = 0; p < np; p++) {
-      if (nd[p] >= rr) continue;
-      r_idx[mr] = p;
-      cutoff(nd[p], rr, r_fc[mr], r_dfc[mr]);
-      r_x[mr] = std::min(1.0, std::max(-1.0, 2.0 * nd[p] / rr - 1.0));
-      mr++;
-    }
-    for (int c = 0; c < cr; c++) {
-      bool any = false;
-      for (int q = 0; q < mr; q++) {
-        w2[q] = wrad[c * ne + nt[r_idx[q]]] * r_fc[q];
-        any = any || (w2[q] != 0.0);
+  int nth = nthreads_req > 0 ? nthreads_req : std::max(1, comm->nthreads);
+  if (inum < 2 * CHUNK) nth = 1;
+  if ((int) scratch.size() < std::max(nth, 1)) {
+    size_t hmax = 0, hsum = 0;
+    for (auto &el : elements)
+      for (auto &L : el.layers) {
+        hmax = std::max(hmax, (size_t) std::max(L.nin, L.nout));
+        hsum += L.nout;
       }
-      if (!any) continue;
-      cheb_sums(r_x.data(), w2.data(), mr, nr, t0.data(), t1.data(), &G[c * nr]);
-    }
-
-    // angular subset (d < R_a): unit vectors, cutoff; triplets (a, b > a) as rows
-    int ma = 0;
-    if (na > 0) {
-      for (int p = 0; p < np; p++) {
-        if (nd[p] >= ra) continue;
-        a_idx[ma] = p;
-        a_d[ma] = nd[p];
-        a_u[3 * ma] = nx[3 * p] / nd[p];
-        a_u[3 * ma + 1] = nx[3 * p + 1] / nd[p];
-        a_u[3 * ma + 2] = nx[3 * p + 2] / nd[p];
-        cutoff(nd[p], ra, a_fc[ma], a_dfc[ma]);
-        ma++;
-      }
-      size_t ntri = (size_t) ma * (ma - 1) / 2;
-      if (tri_x.size() < ntri) {
-        tri_x.resize(ntri);
-        tri_dx.resize(ntri);
-        tri_c.resize(ntri);
-        tri_w.resize(ntri);
-      }
-      size_t off = 0;
-      const int aoff = cr * nr;
-      for (int a = 0; a + 1 < ma; a++) {
-        const int b0 = a + 1, nb = ma - b0;
-        const int ta = nt[a_idx[a]];
-        double *xs = &tri_x[off], *dxs = &tri_dx[off], *cs = &tri_c[off], *ws = &tri_w[off];
-        const double ux = a_u[3 * a], uy = a_u[3 * a + 1], uz = a_u[3 * a + 2], fa = a_fc[a];
-        for (int q = 0; q < nb; q++) {
-          const int b = b0 + q;
-          double c = ux * a_u[3 * b] + uy * a_u[3 * b + 1] + uz * a_u[3 * b + 2];
-          cs[q] = c;
-          angle_variable(c, xs[q], dxs[q]);
-          ws[q] = fa * a_fc[b];
-        }
-        for (int ch = 0; ch < ca; ch++) {
-          if (!chan_used[ch * ne + ta]) continue;
-          const double *wrow = &wang[(ch * ne + ta) * ne];
-          for (int q = 0; q < nb; q++) w2[q] = wrow[nt[a_idx[b0 + q]]] * ws[q];
-          cheb_sums(xs, w2.data(), nb, na, t0.data(), t1.data(), &G[aoff + ch * na]);
-        }
-        off += nb;
-      }
-    }
-
-    // networks: ensemble mean energy and dE/dG (standardised inputs)
-    for (int k = 0; k < nfeat; k++) xin[k] = (G[k] - el.mean[k]) / el.std[k];
-    std::fill(dG.begin(), dG.end(), 0.0);
-    const int nl = (int) el.layers.size();
-    double esum = 0.0;
-    for (int m = 0; m < nmodels; m++) {
-      const double *a = xin.data();
-      size_t off = 0;
-      for (int l = 0; l < nl - 1; l++) {
-        const Layer &L = el.layers[l];
-        const double *w = &L.w[(size_t) m * L.nin * L.nout];
-        double *z = &zbuf[off];
-        double *an = &abuf[off];
-        for (int k = 0; k < L.nout; k++) z[k] = L.b[(size_t) m * L.nout + k];
-        for (int q = 0; q < L.nin; q++) {
-          double aq = a[q];
-          const double *wr = w + (size_t) q * L.nout;
-          for (int k = 0; k < L.nout; k++) z[k] += aq * wr[k];
-        }
-        for (int k = 0; k < L.nout; k++) an[k] = act_f(z[k]);
-        a = an;
-        off += L.nout;
-      }
-      const Layer &O = el.layers[nl - 1];
-      const double *wo = &O.w[(size_t) m * O.nin];
-      double y = O.b[m];
-      for (int q = 0; q < O.nin; q++) y += a[q] * wo[q];
-      ym[m] = y + el.e0;
-      esum += ym[m];
-      // backward: delta of the last hidden layer = w_out / M
-      double *dl = delta.data(), *dl2 = delta2.data();
-      for (int q = 0; q < O.nin; q++) dl[q] = wo[q] * inv_m;
-      for (int l = nl - 2; l >= 0; l--) {
-        off -= el.layers[l].nout;
-        const Layer &L = el.layers[l];
-        const double *z = &zbuf[off];
-        const double *w = &L.w[(size_t) m * L.nin * L.nout];
-        for (int k = 0; k < L.nout; k++) dl[k] *= act_df(z[k]);
-        for (int q = 0; q < L.nin; q++) {
-          const double *wr = w + (size_t) q * L.nout;
-          double s = 0.0;
-          for (int k = 0; k < L.nout; k++) s += wr[k] * dl[k];
-          dl2[q] = s;
-        }
-        std::swap(dl, dl2);
-      }
-      for (int k = 0; k < nfeat; k++) dG[k] += dl[k];
-    }
-    for (int k = 0; k < nfeat; k++) dG[k] /= el.std[k];
-    double ei_energy = esum * inv_m;
-    {
-      double var = 0.0;
-      for (int m = 0; m < nmodels; m++) {
-        var += (ym[m] - ei_energy) * (ym[m] - ei_energy);
-        pvector[m] += ym[m];
-      }
-      estd[i] = std::sqrt(var * inv_m);
-    }
-
-    // VJP: radial, h_n = dE/dG_cn summed through the Chebyshev recurrence per pair
-    if (mr > 0) {
-      std::fill(HT.begin(), HT.begin() + mr, 0.0);
-      std::fill(HdT.begin(), HdT.begin() + mr, 0.0);
-      for (int c = 0; c < cr; c++) {
-        bool any = false;
-        for (int q = 0; q < mr; q++) any = any || (wrad[c * ne + nt[r_idx[q]]] != 0.0);
-        if (!any) continue;
-        cheb_eval(r_x.data(), &dG[c * nr], mr, nr, t0.data(), t1.data(), d0.data(), d1.data(), hT.data(),
-                  hdT.data());
-        for (int q = 0; q < mr; q++) {
-          double w = wrad[c * ne + nt[r_idx[q]]];
-          HT[q] += w * hT[q];
-          HdT[q] += w * hdT[q];
-        }
-      }
-      for (int q = 0; q < mr; q++) {
-        const int p = r_idx[q];
-        double e_r = HdT[q] * (2.0 / rr) * r_fc[q] + HT[q] * r_dfc[q];
-        double sd = e_r / nd[p];
-        ng[3 * p] += sd * nx[3 * p];
-        ng[3 * p + 1] += sd * nx[3 * p + 1];
-        ng[3 * p + 2] += sd * nx[3 * p + 2];
-      }
-    }
-    // VJP: angular
-    if (na > 0 && ma > 1) {
-      std::fill(gl.begin(), gl.begin() + 3 * ma, 0.0);
-      size_t off = 0;
-      const int aoff = cr * nr;
-      for (int a = 0; a + 1 < ma; a++) {
-        const int b0 = a + 1, nb = ma - b0;
-        const int ta = nt[a_idx[a]];
-        const double *xs = &tri_x[off], *dxs = &tri_dx[off], *cs = &tri_c[off], *ws = &tri_w[off];
-        std::fill(HT.begin(), HT.begin() + nb, 0.0);
-        std::fill(HdT.begin(), HdT.begin() + nb, 0.0);
-        for (int ch = 0; ch < ca; ch++) {
-          if (!chan_used[ch * ne + ta]) continue;
-          const double *wrow = &wang[(ch * ne + ta) * ne];
-          cheb_eval(xs, &dG[aoff + ch * na], nb, na, t0.data(), t1.data(), d0.data(), d1.data(), hT.data(),
-                    hdT.data());
-          for (int q = 0; q < nb; q++) {
-            double w = wrow[nt[a_idx[b0 + q]]];
-            HT[q] += w * hT[q];
-            HdT[q] += w * hdT[q];
-          }
-        }
-        // d cos / d r_a = (u_b - cos u_a) / |r_a|
-        const double *ua = &a_u[3 * a];
-        const double inv_a = 1.0 / a_d[a];
-        double ga0 = 0.0, ga1 = 0.0, ga2 = 0.0;
-        for (int q = 0; q < nb; q++) {
-          const int b = b0 + q;
-          const double *ub = &a_u[3 * b];
-          const double c = cs[q];
-          const double e_cos = HdT[q] * dxs[q] * ws[q];
-          const double e_ra = HT[q] * a_dfc[a] * a_fc[b];
-          const double e_rb = HT[q] * a_fc[a] * a_dfc[b];
-          const double inv_b = 1.0 / a_d[b];
-          ga0 += e_cos * (ub[0] - c * ua[0]) * inv_a + e_ra * ua[0];
-          ga1 += e_cos * (ub[1] - c * ua[1]) * inv_a + e_ra * ua[1];
-          ga2 += e_cos * (ub[2] - c * ua[2]) * inv_a + e_ra * ua[2];
-          gl[3 * b] += e_cos * (ua[0] - c * ub[0]) * inv_b + e_rb * ub[0];
-          gl[3 * b + 1] += e_cos * (ua[1] - c * ub[1]) * inv_b + e_rb * ub[1];
-          gl[3 * b + 2] += e_cos * (ua[2] - c * ub[2]) * inv_b + e_rb * ub[2];
-        }
-        gl[3 * a] += ga0;
-        gl[3 * a + 1] += ga1;
-        gl[3 * a + 2] += ga2;
-        off += nb;
-      }
-      for (int a = 0; a < ma; a++) {
-        const int p = a_idx[a];
-        ng[3 * p] += gl[3 * a];
-        ng[3 * p + 1] += gl[3 * a + 1];
-        ng[3 * p + 2] += gl[3 * a + 2];
-      }
-    }
-
-    // Delta baseline: half of each directed pair to its centre
-    if (has_baseline) {
-      const double P[4] = {12.0, 10.0, 8.0, 6.0};
-      double Rp[4], Rp1[4];
-      for (int q = 0; q < 4; q++) {
-        Rp[q] = std::pow(rb, -P[q]);
-        Rp1[q] = P[q] * std::pow(rb, -(P[q] + 1.0));
-      }
-      for (int p = 0; p < np; p++) {
-        double r = nd[p];
-        if (r >= rb) continue;
-        const double *A = &bcoef[((size_t) ei * ne + nt[p]) * 4];
-        double i2 = 1.0 / (r * r);
-        double i6 = i2 * i2 * i2, i8 = i6 * i2, i10 = i8 * i2;
-        double rp[4] = {i10 * i2, i10, i8, i6};
-        double phi = 0.0, dphi = 0.0;
-        for (int q = 0; q < 4; q++) {
-          phi += A[q] * (rp[q] - Rp[q] + Rp1[q] * (r - rb));
-          dphi += A[q] * (-P[q] * rp[q] / r + Rp1[q]);
-        }
-        ei_energy += 0.5 * phi;
-        double s = 0.5 * dphi / r;
-        ng[3 * p] += s * nx[3 * p];
-        ng[3 * p + 1] += s * nx[3 * p + 1];
-        ng[3 * p + 2] += s * nx[3 * p + 2];
-      }
-    }
-
-    {
-      bool finite = std::isfinite(ei_energy);
-      for (int p = 0; p < 3 * np && finite; p++) finite = std::isfinite(ng[p]);
-      if (!finite) pvector[nmodels] += 1.0;
-    }
-    if (eflag_global) eng_vdwl += ei_energy;
-    if (eflag_atom) eatom[i] += ei_energy;
-
-    // forces and virial from the pair gradients
-    for (int p = 0; p < np; p++) {
-      const int j = nj[p];
-      const double gx = ng[3 * p], gy = ng[3 * p + 1], gz = ng[3 * p + 2];
-      f[i][0] += gx;
-      f[i][1] += gy;
-      f[i][2] += gz;
-      f[j][0] -= gx;
-      f[j][1] -= gy;
-      f[j][2] -= gz;
-      if (vflag_either) {
-        const double dx = nx[3 * p], dy = nx[3 * p + 1], dz = nx[3 * p + 2];
-        // symmetrised per pair; the sum over pairs is symmetric anyway (rotation invariance)
-        double v[6] = {-dx * gx, -dy * gy, -dz * gz, -0.5 * (dx * gy + dy * gx),
-                       -0.5 * (dx * gz + dz * gx), -0.5 * (dy * gz + dz * gy)};
-        if (vflag_global)
-          for (int q = 0; q < 6; q++) virial[q] += v[q];
-        if (vflag_atom)
-          for (int q = 0; q < 6; q++) {
-            vatom[i][q] += 0.5 * v[q];
-            vatom[j][q] += 0.5 * v[q];
-          }
-      }
+    const size_t nk = std::max(nr, na) + 1;
+    while ((int) scratch.size() < nth) {
+      auto s = std::make_unique<Scratch>();
+      s->tstart.resize(ne + 1);
+      s->astart.resize(ne + 1);
+      s->coff.resize((size_t) ne * ne);
+      s->cur.resize((size_t) ne * ne);
+      s->accbuf.resize(nk * 32 + 8);
+      s->acc = s->accbuf.data();
+      while (reinterpret_cast<uintptr_t>(s->acc) % 64) s->acc++;
+      s->Gt.resize(nk);
+      s->H.resize(nk);
+      s->Hd.resize(nk);
+      s->G.resize(nfeat);
+      s->dG.resize(nfeat);
+      s->xin.resize(nfeat);
+      for (auto *v : {&s->zbuf, &s->abuf, &s->dfbuf}) v->resize(hsum);
+      s->delta.resize(std::max(hmax, (size_t) nfeat));
+      s->delta2.resize(std::max(hmax, (size_t) nfeat));
+      s->ym.resize(nmodels);
+      scratch.push_back(std::move(s));
     }
   }
+  auto refuse = [&](int i, int j, double d) {
+    error->one(FLERR, "pair_style nnmd: atoms {} and {} are {:.4f} A apart (< {} A)", atom->tag[i], atom->tag[j],
+               d, MIN_DISTANCE);
+  };
+
+  if (nth == 1) {
+    Scratch &s = *scratch[0];
+    for (int ii = 0; ii < inum; ii++) {
+      const int i = ilist[ii];
+      if (map[type[i]] < 0) continue;
+      centre(s, i, x, type, firstneigh[i], numneigh[i]);
+      if (s.bad_j >= 0) refuse(i, s.bad_j, s.bad_d);
+      Clock::time_point tp;
+      if (profile) tp = Clock::now();
+      Out o{i, s.np, s.finite, s.j.data(), s.dx.data(), s.dy.data(), s.dz.data(), s.gx.data(), s.gy.data(),
+            s.gz.data(), s.ym.data(), s.energy, s.estd};
+      emit(o, f);
+      if (profile) prof[9] += since(tp);
+    }
+    return;
+  }
+
+  // threads: chunks of centres handed out in turn; each chunk's results are kept as a
+  // record and emitted afterwards in centre order, so the sums do not depend on threads
+  const int nchunks = (inum + CHUNK - 1) / CHUNK;
+  if ((int) chunk_i.size() < nchunks) {
+    chunk_i.resize(nchunks);
+    chunk_d.resize(nchunks);
+  }
+  std::atomic<int> next(0);
+  const int M = nmodels;
+  auto work = [&](int tid) {
+    Scratch &s = *scratch[tid];
+    for (;;) {
+      const int c = next.fetch_add(1);
+      if (c >= nchunks) break;
+      std::vector<int> &ri = chunk_i[c];
+      std::vector<double> &rd = chunk_d[c];
+      ri.clear();
+      rd.clear();
+      for (int ii = c * CHUNK; ii < std::min(inum, (c + 1) * CHUNK); ii++) {
+        const int i = ilist[ii];
+        if (map[type[i]] < 0) continue;
+        centre(s, i, x, type, firstneigh[i], numneigh[i]);
+        if (s.bad_j >= 0) {
+          ri.insert(ri.end(), {i, -1, s.bad_j});
+          rd.push_back(s.bad_d);
+          break;
+        }
+        const int np = s.np;
+        ri.push_back(i);
+        ri.push_back(np);
+        ri.push_back(s.finite);
+        ri.insert(ri.end(), s.j.begin(), s.j.begin() + np);
+        rd.push_back(s.energy);
+        rd.push_back(s.estd);
+        rd.insert(rd.end(), s.ym.begin(), s.ym.begin() + M);
+        for (auto *v : {&s.dx, &s.dy, &s.dz, &s.gx, &s.gy, &s.gz}) rd.insert(rd.end(), v->begin(), v->begin() + np);
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int t = 1; t < nth; t++) pool.emplace_back(work, t);
+  work(0);
+  for (auto &t : pool) t.join();
+  Clock::time_point tp;
+  if (profile) tp = Clock::now();
+  for (int c = 0; c < nchunks; c++) {
+    const int *ri = chunk_i[c].data(), *rend = ri + chunk_i[c].size();
+    const double *rd = chunk_d[c].data();
+    while (ri < rend) {
+      const int i = ri[0], np = ri[1];
+      if (np < 0) refuse(i, ri[2], rd[0]);
+      Out o;
+      o.i = i;
+      o.np = np;
+      o.finite = ri[2];
+      o.j = ri + 3;
+      o.energy = rd[0];
+      o.estd = rd[1];
+      o.ym = rd + 2;
+      const double *v = rd + 2 + M;
+      o.dx = v;
+      o.dy = v + np;
+      o.dz = v + 2 * np;
+      o.gx = v + 3 * np;
+      o.gy = v + 4 * np;
+      o.gz = v + 5 * np;
+      emit(o, f);
+      ri += 3 + np;
+      rd += 2 + M + 6 * np;
+    }
+  }
+  if (profile) prof[9] += since(tp);
 }

