@@ -1,10 +1,11 @@
 # The two commands a new user needs (see README.md):
 #   make demo   set up and run the local demo campaign
 #   make test   set up and run the test suite
+#   make console  the web console on a local coordinator running the demo campaign
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench install clean console
 
 $(STAMP): pyproject.toml scripts/install.sh
 	bash scripts/install.sh
@@ -14,6 +15,9 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/nnmd demo
+
+console: $(STAMP)
+	bash scripts/console.sh
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m "not slow and not gpu" tests
@@ -25,4 +29,4 @@ bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/kernels.py
 
 clean:
-	rm -rf $(VENV) nnmd-demo .pytest_cache
+	rm -rf $(VENV) nnmd-demo nnmd-console .pytest_cache

@@ -27,6 +27,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
+
 from services.proto.nnmd.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from services.runtime.channel import connect, idempotency_metadata
 
@@ -63,6 +65,51 @@ def _spec_dict(spec) -> dict:
 
 def _none(x: float) -> float | None:
     return None if x != x else x
+
+
+def _event_dict(ev) -> dict:
+    out = {"campaign": ev.campaign, "kind": ev.kind, "time": ev.time_s}
+    if ev.kind == "step":
+        out.update(chain=ev.chain, step=ev.step, accepted=ev.accepted,
+                   model_version=ev.model_version, message=ev.message,
+                   energy_ref=_none(ev.energy_ref_ev), volume=_none(ev.volume_angstrom3),
+                   n_md_steps=ev.n_md_steps, acceptance_rate=_none(ev.acceptance_rate),
+                   phase=ev.phase, status=ev.status, n_labels=ev.n_labels)
+    elif ev.kind == "model_published":
+        out.update(model_version=ev.model_version, n_labels=ev.n_labels,
+                   energy_rmse_mev_per_atom=_none(ev.energy_rmse_mev_per_atom),
+                   force_rmse_mev_per_angstrom=_none(ev.force_rmse_mev_per_angstrom))
+    elif ev.kind == "chain_failed":
+        out.update(chain=ev.chain, step=ev.step, message=ev.message)
+    elif ev.kind == "log":
+        out.update(message=ev.message)
+    else:
+        out.update(state=STATE_NAMES[ev.state], message=ev.message)
+    return out
+
+
+class WatchStream:
+    """A campaign's events (Client.watch): iterable once, as dicts; ``cancel()`` from any
+    thread ends the iteration (the gRPC call is cancelled; iterating then raises nothing
+    more)."""
+
+    def __init__(self, call) -> None:
+        self._call = call
+        self.cancelled = False
+
+    def __iter__(self) -> Iterator[dict]:
+        try:
+            for ev in self._call:
+                yield _event_dict(ev)
+        except grpc.RpcError as exc:
+            if not (self.cancelled and exc.code() == grpc.StatusCode.CANCELLED):
+                raise
+        finally:
+            self._call.cancel()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self._call.cancel()
 
 
 class Client:
@@ -138,37 +185,14 @@ class Client:
                             "temperature_k": c.temperature_k, "phase": c.phase,
                             "state": c.state, "failure": c.failure} for c in st.chains]}
 
-    def watch(self, campaign: str, timeout_s: float | None = None) -> Iterator[dict]:
-        """Events as dicts until the campaign ends. kind "step": chain, step, accepted,
-        energy_ref (eV), volume (A^3), n_md_steps, acceptance_rate, phase, status,
-        n_labels; "model_published": model_version, n_labels and its training errors;
+    def watch(self, campaign: str, timeout_s: float | None = None) -> WatchStream:
+        """The campaign's events until it ends: iterate it for dicts; ``cancel()`` (from
+        any thread) ends the iteration. kind "step": chain, step, accepted, energy_ref
+        (eV), volume (A^3), n_md_steps, acceptance_rate, phase, status, n_labels;
+        "model_published": model_version, n_labels and its training errors;
         "chain_failed"; "log": message; "state": state, message."""
-        stream = self._stub.Watch(coordinator_pb2.WatchRequest(campaign=campaign),
-                                  timeout=timeout_s or 365 * 24 * 3600.0)
-        try:
-            for ev in stream:
-                out = {"campaign": ev.campaign, "kind": ev.kind, "time": ev.time_s}
-                if ev.kind == "step":
-                    out.update(chain=ev.chain, step=ev.step, accepted=ev.accepted,
-                               model_version=ev.model_version, message=ev.message,
-                               energy_ref=_none(ev.energy_ref_ev),
-                               volume=_none(ev.volume_angstrom3), n_md_steps=ev.n_md_steps,
-                               acceptance_rate=_none(ev.acceptance_rate), phase=ev.phase,
-                               status=ev.status, n_labels=ev.n_labels)
-                elif ev.kind == "model_published":
-                    out.update(model_version=ev.model_version, n_labels=ev.n_labels,
-                               energy_rmse_mev_per_atom=_none(ev.energy_rmse_mev_per_atom),
-                               force_rmse_mev_per_angstrom=_none(
-                                   ev.force_rmse_mev_per_angstrom))
-                elif ev.kind == "chain_failed":
-                    out.update(chain=ev.chain, step=ev.step, message=ev.message)
-                elif ev.kind == "log":
-                    out.update(message=ev.message)
-                else:
-                    out.update(state=STATE_NAMES[ev.state], message=ev.message)
-                yield out
-        finally:
-            stream.cancel()
+        return WatchStream(self._stub.Watch(coordinator_pb2.WatchRequest(campaign=campaign),
+                                            timeout=timeout_s or 365 * 24 * 3600.0))
 
     def stop(self, campaign: str) -> str:
         """Asks the campaign to stop after each chain's current step; returns its state."""

@@ -83,9 +83,10 @@ def chain_traces(rows: list[dict]) -> dict:
 
 def _aggregate(traces: dict[str, dict]) -> dict:
     """Mean/min/max over chains at each step number."""
-    if not traces:
-        return {k: [] for k in ("step", "acceptance_mean", "acceptance_min", "acceptance_max",
-                                "n_md_mean", "energy_ref_mean", "volume_mean", "n_chains")}
+    if not traces:  # before the first step
+        return {k: np.zeros(0) for k in ("step", "acceptance_mean", "acceptance_min",
+                                         "acceptance_max", "n_md_mean", "energy_ref_mean",
+                                         "volume_mean", "n_chains")}
     n = max((len(t["step"]) for t in traces.values()), default=0)
     steps = np.zeros(n, dtype=np.int64)
     m = len(traces)

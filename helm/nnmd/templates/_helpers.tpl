@@ -186,6 +186,12 @@ imagePullSecrets:
 {{- if and (eq .Values.store.type "s3") .Values.store.s3.accessKeyId (not .Values.store.s3.secretAccessKey) }}
 {{- fail "store.s3.secretAccessKey: set it together with store.s3.accessKeyId (or use store.s3.existingSecret)" }}
 {{- end }}
+{{- if and .Values.console.ingress.enabled (not (and .Values.console.enabled .Values.coordinator.enabled)) }}
+{{- fail "console.ingress.enabled: the Ingress needs the console (console.enabled and coordinator.enabled)" }}
+{{- end }}
+{{- if and .Values.console.enabled .Values.coordinator.enabled (eq (int .Values.console.port) (int .Values.coordinator.port)) }}
+{{- fail (printf "console.port: %d is the coordinator's port too; give the console another" (int .Values.console.port)) }}
+{{- end }}
 {{- if and (eq .Values.store.type "pvc") (not .Values.store.pvc.create) (not .Values.store.pvc.existingClaim) }}
 {{- fail "store.pvc.existingClaim: name an existing PersistentVolumeClaim, or set store.pvc.create to true" }}
 {{- end }}

@@ -32,7 +32,7 @@ def coordinator(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrator.cli", "serve", "coordinator", "--port", "0",
          "--token-file", str(token_file), "--store", str(tmp_path / "default-store"),
-         "--executor", "local"],
+         "--executor", "local", "--upload-dir", str(tmp_path / "uploads")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stdout.readline()
@@ -206,3 +206,16 @@ def test_console_rpcs(coordinator, tiny_spec, tmp_path):
             with pytest.raises(grpc.RpcError) as info:
                 call("no-such-campaign")
             assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_history_before_the_first_step(tmp_path, tiny_spec):
+    """A campaign whose store holds its settings but no step yet: empty traces, no error."""
+    from orchestrator.coordinator.history import campaign_history
+    from orchestrator.slhmc import CAMPAIGN_DOC
+
+    with Store(str(tmp_path / "s")).writer() as w:
+        w.write_checkpoint("fresh", CAMPAIGN_DOC, {"config": {"chains": 2, "steps": 3}})
+    h = campaign_history(str(tmp_path / "s"), "fresh", state="running")
+    assert h["n_chains"] == 0 and h["chains"] == {} and h["aggregate"]["step"] == []
+    assert h["labels"] == {"time": [], "n_labels": []} and h["models"] == []
+    assert campaign_history(str(tmp_path / "s"), "other") is None

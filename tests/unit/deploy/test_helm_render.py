@@ -39,6 +39,18 @@ CASES |= {
         "ray": {"cpuWorkers": {"enabled": False}, "autoscaler": {"enabled": False}},
     },
 }
+CASES |= {
+    "console-nodeport-ingress-tls": {
+        "console": {"port": 8443, "service": {"type": "NodePort", "port": 80, "nodePort": 31080},
+                    "ingress": {"enabled": True, "className": "nginx",
+                                "host": "console.example.org",
+                                "annotations": {"nginx.ingress.kubernetes.io/proxy-read-timeout":
+                                                "3600"},
+                                "tls": [{"secretName": "console-tls",
+                                         "hosts": ["console.example.org"]}]}},
+    },
+    "console-off": {"console": {"enabled": False}},
+}
 # Values the schema accepts but that cannot work: the templates must refuse them.
 BAD_CASES = {
     "bad-min-above-max": ({"ray": {"cpuWorkers": {"minReplicas": 5, "maxReplicas": 2,
@@ -54,6 +66,11 @@ BAD_CASES = {
     "bad-s3-key-without-secret": ({"store": {"type": "s3", "s3": {"url": "s3://bkt/x",
                                                                   "accessKeyId": "AKIA"}}},
                                   "store.s3.secretAccessKey"),
+    "bad-console-ingress-without-console": (
+        {"console": {"enabled": False, "ingress": {"enabled": True}}},
+        "console.ingress.enabled: the Ingress needs the console"),
+    "bad-console-on-the-coordinator-port": ({"console": {"port": 50051}},
+                                            "console.port: 50051 is the coordinator's port"),
     # and one the schema itself refuses, through Helm's own schema validation
     "bad-schema-negative": ({"ray": {"cpuWorkers": {"replicas": -2}}}, "replicas"),
 }
@@ -270,3 +287,63 @@ def test_notes_say_how_to_install_kuberay_and_reach_the_coordinator(rendered):
 def test_helm_lint_strict_is_clean(rendered):
     lint = rendered["lint"]
     assert not lint["errors"] and not lint["messages"], lint
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_console_service_ingress_and_port(rendered, case):
+    """The console: --web-port on the coordinator, a named container port, its own
+    Service selecting the head pod, and the Ingress (when asked for) routing to it."""
+    values = helm_merge(load_values(), CASES[case])
+    docs = documents(rendered["cases"][case])
+    console = values["console"]
+    on = console["enabled"] and values["coordinator"]["enabled"]
+    services = [d for d in docs if d["kind"] == "Service"
+                and d["metadata"]["labels"].get("app.kubernetes.io/component") == "console"]
+    ingresses = [d for d in docs if d["kind"] == "Ingress"]
+    if not on:
+        assert not services and not ingresses
+        if values["coordinator"]["enabled"]:
+            rc = one(docs, "RayCluster")
+            coord = {c["name"]: c for c in
+                     rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"]}["coordinator"]
+            assert "--web-port" not in coord["args"]
+            assert [p["name"] for p in coord["ports"]] == ["grpc"]
+        return
+    rc = one(docs, "RayCluster")
+    pod = rc["spec"]["headGroupSpec"]["template"]
+    coord = {c["name"]: c for c in pod["spec"]["containers"]}["coordinator"]
+    args = coord["args"]
+    assert args[args.index("--web-port") + 1] == str(console["port"])
+    (http,) = [p for p in coord["ports"] if p["name"] == "http"]
+    assert http["containerPort"] == console["port"]
+    (svc,) = services
+    assert svc["spec"]["type"] == console["service"]["type"]
+    (port,) = svc["spec"]["ports"]
+    assert port["targetPort"] == "http" and port["port"] == console["service"]["port"]
+    if console["service"]["type"] == "NodePort" and console["service"]["nodePort"]:
+        assert port["nodePort"] == console["service"]["nodePort"]
+    assert svc["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    if not console["ingress"]["enabled"]:
+        assert not ingresses
+        return
+    (ing,) = ingresses
+    assert ing["apiVersion"] == "networking.k8s.io/v1"
+    assert ing["spec"].get("ingressClassName", "") == console["ingress"]["className"]
+    assert ing["metadata"]["annotations"] == console["ingress"]["annotations"]
+    assert ing["spec"].get("tls", []) == console["ingress"]["tls"]
+    (rule,) = ing["spec"]["rules"]
+    assert rule.get("host", "") == console["ingress"]["host"]
+    (path,) = rule["http"]["paths"]
+    assert path["path"] == console["ingress"]["path"]
+    assert path["backend"]["service"] == {"name": svc["metadata"]["name"],
+                                          "port": {"name": "http"}}
+
+
+def test_notes_say_how_to_open_the_console(rendered):
+    for case, expected in (("default", "svc/demo-nnmd-console 8080:8080"),
+                           ("console-nodeport-ingress-tls", "https://console.example.org/")):
+        manifests = rendered["cases"][case]["manifests"]
+        notes = [text for name, text in manifests.items() if name.endswith("NOTES.txt")]
+        if not notes:
+            pytest.skip("`helm template` does not render NOTES.txt")
+        assert "web console" in notes[0] and expected in notes[0], notes[0]

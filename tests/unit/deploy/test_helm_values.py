@@ -120,6 +120,11 @@ BAD_OVERRIDES = {
     "group name not a DNS label": (
         {"ray": {"cpuWorkers": {"groupName": "QE_workers"}}}, "ray.cpuWorkers.groupName", "pattern"),
     "required block deleted": ({"store": None}, "", "required"),
+    "bad enum: console Ingress pathType": (
+        {"console": {"ingress": {"pathType": "Regex"}}}, "console.ingress.pathType", "enum"),
+    "console Ingress TLS without its Secret": (
+        {"console": {"ingress": {"tls": [{"hosts": ["a.example"]}]}}},
+        "console.ingress.tls.0", "required"),
 }
 
 
