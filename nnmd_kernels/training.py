@@ -69,6 +69,7 @@ class Structure:
 
 
 DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_DESCRIPTOR = {"n_radial": 12, "n_angular": 6}  # TrainConfig.descriptor
 
 
 def resolve_device(device: str) -> str:
@@ -86,12 +87,17 @@ def resolve_device(device: str) -> str:
 class TrainConfig:
     """Training settings; defaults are sensible for a first potential.
 
-    descriptor: ChebyshevDescriptor options (species are taken from the data).
+    descriptor: ChebyshevDescriptor options (species are taken from the data); keys not
+    given take ChebyshevDescriptor's defaults (the source's), except n_radial and
+    n_angular, 12 and 6 unless given.
     force_outlier: drop structures whose largest |F| component exceeds this (eV/A).
     jacobian_budget_gb: cache the descriptor Jacobian when it fits, else recompute.
     """
 
-    descriptor: dict = field(default_factory=dict)
+    # 12 radial + 6 angular Chebyshev orders at 6 A (0.5 A radial resolution, as aenet's
+    # defaults): on 60 EMT Cu cells, the source's 50 + 30 memorised (held-out force RMSE
+    # 178 meV/A against 51 in training); 12 + 6 gives 41 against 18 (docs/training.md)
+    descriptor: dict = field(default_factory=lambda: dict(DEFAULT_DESCRIPTOR))
     hidden: tuple = (40, 40)
     activation: str = "twisted_tanh"
     n_models: int = 1
@@ -611,7 +617,8 @@ def train(structures, cfg: TrainConfig | None = None, init: Potential | None = N
         structures = keep
         if not structures:
             raise ValueError(f"every structure has |F| > force_outlier={cfg.force_outlier} eV/A")
-    desc = init.descriptor if init is not None else ChebyshevDescriptor(species, **cfg.descriptor)
+    desc = init.descriptor if init is not None else ChebyshevDescriptor(
+        species, **{**DEFAULT_DESCRIPTOR, **cfg.descriptor})
     cutoff = init.cutoff if init is not None else desc.cutoff
     t0 = time.perf_counter()
     batch = Batch(structures, desc, cutoff, cfg.jacobian_budget_gb, cfg.backend, cfg.device)
