@@ -221,7 +221,9 @@
   function initCampaign() {
     const name = document.body.dataset.campaign;
     const base = "/api/campaigns/" + encodeURIComponent(name);
+    window.nnmdStepLags = [];
     const S = {
+      liveStepTimes: [],
       offset: 0, limit: 20, hist: null, loading: false, again: false, pending: [],
       liveAgg: new Map(), aggLast: -Infinity, aggCut: 0, latest: {}, failed: {}, labels: { t: [], n: [] },
       models: [], events: [], eventKeys: new Set(), state: "", message: "", version: null,
@@ -325,7 +327,12 @@
         return;
       }
       if (S.loading || !S.hist) S.pending.push([kind, d]);
-      if (S.hist) apply(kind, d);
+      if (S.hist) {
+        apply(kind, d);
+        if (kind === "step" && !S.loading && typeof d.time === "number") {
+          S.liveStepTimes.push(d.time);
+        }
+      }
     }
 
     function scheduleHistory(delay) {
@@ -668,6 +675,13 @@
       renderSettings();
       renderEvents();
       renderCharts();
+      // how long after the coordinator recorded them the live steps reached the screen
+      // (seconds; window.nnmdStepLags, the last 500): the console's latency, for tests
+      // and for a curious user's devtools
+      const now = Date.now() / 1000;
+      for (const t of S.liveStepTimes) window.nnmdStepLags.push(now - t);
+      window.nnmdStepLags.splice(0, Math.max(0, window.nnmdStepLags.length - 500));
+      S.liveStepTimes = [];
     }
 
     // ---------------------------------------------------------------- controls

@@ -224,6 +224,9 @@ def test_console_flow_in_chromium(console, tmp_path):
                     timeout=15_000)
                 counts.append(_points(page, "acceptance"))
             assert counts[0] < counts[1] < counts[2], counts
+            # each live step reached the screen within 2 s of the coordinator recording it
+            lags = page.evaluate("window.nnmdStepLags")
+            assert lags and max(lags) < 2.0, lags
             expect(page.locator("#state")).to_have_text("running")
             expect(page.locator("#chains tbody tr")).to_have_count(2)
             assert _points(page, "energy") > 0 and _points(page, "labels") > 0
@@ -266,7 +269,8 @@ def test_console_flow_in_chromium(console, tmp_path):
     assert not blocked, f"the console asked for outside resources: {blocked}"
     assert not errors, errors
     print(f"\nconsole: campaign started, watched, stopped, exported in {elapsed:.1f} s; "
-          f"acceptance points {counts}; screenshots in {ARTIFACTS}")
+          f"acceptance points {counts}; step-to-screen lag max {max(lags):.2f} s over "
+          f"{len(lags)} steps; screenshots in {ARTIFACTS}")
     docs_png = ROOT / "docs" / "console.png"
     if os.environ.get("NNMD_UPDATE_DOCS_SCREENSHOT") == "1" or not docs_png.exists():
         shutil.copyfile(shot, docs_png)
