@@ -1,5 +1,6 @@
 """One string selects the reference: ``emt``, ``qe:path/to/input.pwi``,
-``tblite:GFN1-xTB``, ``chgnet``, ``ase:pkg.mod:make_calc``."""
+``tblite:GFN1-xTB``, ``chgnet``, ``lammps:potential.lmp`` (services/reference/lammps_ref.py),
+``ase:pkg.mod:make_calc``."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from services.reference.qe import QEBackend, QEConfig
 from services.reference.types import ReferenceBackend
 
 SPEC_HELP = ("emt | qe:path/to/input.pwi | tblite[:GFN1-xTB|GFN2-xTB] | chgnet | "
-             "ase:pkg.module:factory | service:HOST:PORT")
+             "lammps:path/to/potential.lmp | ase:pkg.module:factory | service:HOST:PORT")
 
 
 def make_backend(spec: str, qe: QEConfig | None = None) -> ReferenceBackend:
@@ -40,6 +41,13 @@ def make_backend(spec: str, qe: QEConfig | None = None) -> ReferenceBackend:
         return chgnet_backend()
     if kind == "ase":
         return factory_backend(rest)
+    if kind == "lammps":
+        if not rest:
+            raise ValueError("reference 'lammps:' needs the file of LAMMPS interaction "
+                             "commands: lammps:path/to/potential.lmp")
+        from services.reference.lammps_ref import LammpsBackend
+
+        return LammpsBackend(rest)
     if kind == "service":
         if rest.count(":") != 1:
             raise ValueError(f"reference '{spec}': expected service:HOST:PORT of a running "
@@ -54,6 +62,8 @@ def settings_hash(backend: ReferenceBackend) -> str:
     """What makes two labels comparable: the backend's name (its spec), and for QE
     the input text and the pseudopotential files' contents. 16 hex digits."""
     h = hashlib.sha256(backend.name.encode())
+    if backend.name.startswith("lammps:"):
+        h.update(Path(backend.name[len("lammps:"):]).read_bytes())
     if isinstance(backend, QEBackend):
         h.update(Path(backend.input_path).read_bytes())
         for sp in backend.template.species:
