@@ -27,6 +27,19 @@ def record(n_atoms: int, step: int, rng) -> Record:
     )
 
 
+def commit_cpu_ms(url: str, n_atoms: int = 96, batch: int = 1, commits: int = 100) -> float:
+    """CPU (all threads of this process) per group commit of ``batch`` records, in ms."""
+    rng = np.random.default_rng(1)
+    recs = [record(n_atoms, k, rng) for k in range(batch * (commits + 1))]
+    with Store(url).writer() as w:
+        w.append(recs[:batch])  # arrays created, threads started
+        c0 = time.process_time()
+        for k in range(1, commits + 1):
+            w.append(recs[k * batch:(k + 1) * batch])
+        cpu = time.process_time() - c0
+    return 1e3 * cpu / commits
+
+
 def main() -> None:
     rng = np.random.default_rng(0)
     print(
@@ -54,6 +67,10 @@ def main() -> None:
             print(
                 f"{n_atoms:>6} {batch:>6} {n_records:>8} {1e3 * t_write / n_records:>17.2f} {n_records / t_read:>15.0f}"
             )
+    print(f"\n{'atoms':>6} {'batch':>6} {'CPU ms/commit':>14}")
+    for n_atoms, batch in [(8, 1), (96, 1), (96, 8), (1000, 1)]:
+        with tempfile.TemporaryDirectory() as d:
+            print(f"{n_atoms:>6} {batch:>6} {commit_cpu_ms(d + '/s', n_atoms, batch):>14.2f}")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ def register(subparsers) -> None:
 
     q = sub.add_parser(
         "check",
-        help="read every committed chunk; list damaged ones (exit 1) or report clean (exit 0)",
+        help="read every committed chunk and log segment; check every row is there once and "
+        "the leases; list problems (exit 1) or report clean (exit 0)",
     )
     q.add_argument("dir", nargs="?", default=None, help="store folder or URL (default: --store)")
     common(q)
@@ -98,19 +99,25 @@ def _check(args) -> int:
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
         return 0 if report.ok else 1
-    print(f"store        {url}: {report.arrays} arrays, {report.chunks} committed chunks read")
+    print(f"store        {url}: {report.records} records, {report.arrays} arrays, "
+          f"{report.chunks} committed chunks, {report.segments} log segments read")
     if report.unchecksummed:
         print(
             f"no checksums {len(report.unchecksummed)} arrays written before per-chunk crc32c "
             "(only undecodable chunks are found there): " + ", ".join(report.unchecksummed)
         )
+    for note in report.notes:
+        print(f"note         {note}")
     if report.ok:
-        print("clean        no damaged chunks")
+        print("clean        no damaged chunks, every row once, leases sane")
         return 0
-    print(f"DAMAGED      {len(report.damage)} chunk(s):")
-    for d in report.damage:
-        print(f"  {d.array}: {d.describe()}")
-    print(f"to recover: {recovery_hint(url)}")
+    for problem in report.problems:
+        print(f"PROBLEM      {problem}")
+    if report.damage:
+        print(f"DAMAGED      {len(report.damage)} chunk(s):")
+        for d in report.damage:
+            print(f"  {d.array}: {d.describe()}")
+        print(f"to recover: {recovery_hint(url)}")
     return 1
 
 

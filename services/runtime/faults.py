@@ -4,10 +4,12 @@
 reaches ``point(POINT)``: a crash at an exact place of a step, with no chance to clean
 up, as a power cut or the OOM killer would leave it. Points in the code:
 ``before_reference``, ``after_reference`` (a chain's reference call),
-``store_write`` (inside a store append, after the array rows are written and before the
-commit), ``after_append`` (a label durable, its chain not yet checkpointed),
-``training`` (a re-training done, its model not yet published), ``trainer_task`` (the
-same, inside the Ray task that trains when the campaign runs on Ray).
+``store_write`` (inside a store append, after the commit's segment is encoded and before
+it is created: nothing acknowledged is lost), ``after_append`` (a label durable, its chain
+not yet checkpointed), ``training`` (a re-training done, its model not yet published),
+``trainer_task`` (the same, inside the Ray task that trains when the campaign runs on
+Ray), ``md_executor`` (an MD executor actor, after a proposal's trajectory and before it
+answers: the pool re-sends the proposal, which gives the same result).
 ``NNMD_FAULT_ONCE=PATH`` makes the fault fire only while PATH does not exist (it is
 created just before the kill), so a process that Ray restarts or a task it retries, which
 inherits the same environment, is not killed again. The coordinator passes both variables

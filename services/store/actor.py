@@ -1,4 +1,9 @@
-"""The store's single writer inside a Ray actor, so Ray tasks on any node can append.
+"""A store writer inside a Ray actor, so Ray tasks on any node can append.
+
+Several writers may append to one store (docs/store.md, "Many writers"), where the
+backend has an atomic exclusive create (local folders, file://, memory://, fsspec
+backends with open(mode="xb")); on a backend without one, this actor is the single
+writer every task and service must go through.
 
 Ray serialises calls to an actor (max_concurrency 1), and the writer's own
 queue keeps submissions in arrival order; a task that waits for each

@@ -239,13 +239,17 @@ class CheckReport:
 
     url: str
     damage: list[Damage] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # duplicates, log gaps, bad leases
+    notes: list[str] = field(default_factory=list)  # stale leases (taken over on next start)
+    records: int = 0
+    segments: int = 0
     unchecksummed: list[str] = field(default_factory=list)  # arrays written before checksums
     arrays: int = 0
     chunks: int = 0
 
     @property
     def ok(self) -> bool:
-        return not self.damage
+        return not self.damage and not self.problems
 
     def as_dict(self) -> dict:
         return {
@@ -254,6 +258,10 @@ class CheckReport:
             "arrays": self.arrays,
             "chunks": self.chunks,
             "damaged": [d.as_dict() for d in self.damage],
+            "problems": self.problems,
+            "notes": self.notes,
+            "records": self.records,
+            "log_segments": self.segments,
             "without_checksums": self.unchecksummed,
         }
 
@@ -289,7 +297,7 @@ def check_store(store) -> CheckReport:
 
     g = store._group(schema.STRUCTURES_GROUP)
     if g is not None:
-        n, a = store.committed()
+        n, a, _ = store._folded()
         per_record = identity_records()
         offsets = None
         arr = one(g, "offsets", n + 1 if n else 0, per_record, "records")
@@ -333,7 +341,112 @@ def check_store(store) -> CheckReport:
                 one(tg, f.name, frames, None, "frames")
 
     report.damage.extend(_check_checkpoints(store))
+    _check_log(store, report)
+    _check_leases(store, report)
+    _check_rows(store, report)
     return report
+
+
+def _check_log(store, report: CheckReport) -> None:
+    """Every log segment whole, no gap in their numbers after the fold point."""
+    from services.store import log as seglog
+
+    _, _, L = store._folded()
+    seqs = seglog.list_segments(store.backend)
+    live = [s for s in seqs if s >= L]
+    report.segments = len(live)
+    for k, seq in enumerate(live):
+        if seq != L + k:
+            missing = L + k
+            report.problems.append(f"{seglog.seg_key(missing)}: missing; segments {missing} "
+                                   f"and after (from {seglog.seg_key(seq)}) are unreachable")
+            break
+    for seq in live:
+        key = seglog.seg_key(seq)
+        data = store.backend.get(key)
+        if data is None:
+            continue
+        try:
+            seglog.decode_segment(data, key)
+        except ServiceError as exc:
+            report.problems.append(f"{key}: {exc.reason if hasattr(exc, 'reason') else exc}")
+        except Exception as exc:  # noqa: BLE001 - an npz that does not load
+            report.problems.append(f"{key}: cannot be decoded ({type(exc).__name__}: {exc})")
+
+
+def _check_leases(store, report: CheckReport) -> None:
+    import time
+
+    for campaign, doc in store.leases().items():
+        key = f"leases/{campaign}.json"
+        if doc is None:
+            report.problems.append(f"{key}: not a lease (unreadable JSON or no owner/expires)")
+        elif doc["stale"]:
+            ago = time.time() - doc["expires"]
+            report.notes.append(f"{key}: stale (owner {doc['owner'][:8]} on {doc.get('host')} "
+                                f"pid {doc.get('pid')}, expired {max(ago, 0):.0f} s ago or its "
+                                "process is gone); the next writer of the campaign takes it over")
+
+
+def _check_rows(store, report: CheckReport) -> None:
+    """Every row once: no (campaign, chain, step, source) key twice (over the arrays and
+    every readable log segment)."""
+    from collections import Counter
+
+    from services.store import log as seglog
+
+    S, _, L = store._folded()
+    cols = {"campaign": [], "chain": [], "step": [], "source": []}
+    ids = []
+    try:
+        if S:
+            part = store._read_arrays(0, S)
+            _check_offsets(part, "structures", report)
+            for k in cols:
+                cols[k].append(part[k])
+            ids.append(np.arange(S))
+    except ServiceError as exc:
+        report.problems.append(f"records 0..{S - 1}: cannot be read ({exc})")
+    first = S
+    for seq in seglog.list_segments(store.backend):
+        if seq < L:
+            continue
+        key = seglog.seg_key(seq)
+        try:
+            seg = seglog.decode_segment(store.backend.get(key) or b"", key)
+        except Exception:  # noqa: BLE001 - reported by _check_log
+            continue
+        n = len(seg["energy"])
+        if int(np.sum(seg["sizes"])) != len(seg["numbers"]):
+            report.problems.append(f"{key}: atom rows do not add up (torn rows)")
+        for k in cols:
+            cols[k].append(seg[k])
+        ids.append(np.arange(first, first + n))
+        first += n
+    if not ids:
+        return
+    report.records = first
+    a = {k: np.concatenate([c.astype(np.dtypes.StringDType()) if c.dtype.kind in "TU" else c
+                            for c in v])
+         for k, v in cols.items()}
+    rid = np.concatenate(ids)
+    keep = (a["step"] >= 0) & (a["campaign"] != "")
+    keys = list(zip(a["campaign"][keep].tolist(), a["chain"][keep].tolist(),
+                    a["step"][keep].tolist(), a["source"][keep].tolist()))
+    counts = Counter(keys)
+    dups: dict = {}
+    for r, key in zip(rid[keep].tolist(), keys):
+        if counts[key] > 1:
+            dups.setdefault(key, []).append(r)
+    for (camp, chain, step, source), rows in sorted(dups.items()):
+        report.problems.append(f"duplicate row: campaign {camp} chain {chain} step {step} "
+                               f"source {source} is records {', '.join(map(str, rows))}")
+
+
+def _check_offsets(part: dict, where: str, report: CheckReport) -> None:
+    off = part["offsets"]
+    if len(off) and (off[0] != 0 or np.any(np.diff(off) < 0) or off[-1] != len(part["numbers"])):
+        report.problems.append(f"{where}: atom offsets are not increasing (torn rows)")
 
 
 def _check_checkpoints(store) -> list[Damage]:
@@ -345,11 +458,23 @@ def _check_checkpoints(store) -> list[Damage]:
         return [k async for k in store.zstore.list_prefix(f"{schema.CHECKPOINTS_PREFIX}/")]
 
     out = []
-    for key in sorted(sync(_ls())):
+    for key in sorted(sync(_ls())) + _document_keys(store):
         if not key.endswith(".json") or "/." in key:
             continue
         try:
             json.loads(store._get_raw(key) or b"")
         except ValueError as exc:
             out.append(Damage(key, key, (0, 0), f"checkpoint is not valid JSON ({exc})", unit="bytes"))
+    return out
+
+
+def _document_keys(store) -> list[str]:
+    """documents/<kind>/<name>.json: parsed as JSON like the checkpoints."""
+    from services.store import schema
+
+    out = []
+    for kind in store.backend.list(schema.DOCUMENTS_PREFIX):
+        for name in store.backend.list(f"{schema.DOCUMENTS_PREFIX}/{kind}"):
+            if name.endswith(".json") and not name.startswith("."):
+                out.append(f"{schema.DOCUMENTS_PREFIX}/{kind}/{name}")
     return out

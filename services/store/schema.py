@@ -5,7 +5,14 @@ N = atoms per frame. Ragged structures are flat atom arrays plus offsets:
 the atoms of record s are rows ``offsets[s]:offsets[s + 1]`` of the atom arrays.
 Absent labels are NaN. Strings are Zarr v3 variable-length UTF-8.
 
-Commit protocol (what makes readers see whole records only): the writer
+Schema 2 (many writers): every group commit is a log segment ``log/<seq>.seg``
+created exclusively (services/store/log.py); record ids follow the segments'
+order after the records the Zarr arrays hold, and a writer folds segments into
+the arrays now and then (``committed`` then also says up to which segment,
+``"log"``). Schema 1 stores (arrays only) read as they are; a schema 2 writer
+upgrades them (their arrays are the part before the log).
+
+Commit protocol of the arrays (what makes readers see whole records only): the writer
 first writes the data rows past the committed end, then rewrites the group's
 ``committed`` attribute; readers read ``committed`` first and never look past
 it. Chunk and metadata writes are atomic per key (temp file + rename locally,
@@ -19,7 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)  # 1: arrays only, one writer; 2: + the record log and leases
 ROOT_ATTR = "nnmd_store"  # root group attribute: {"schema": SCHEMA_VERSION}
 COMMITTED_ATTR = "committed"  # group attribute holding the committed counts
 
@@ -85,6 +93,9 @@ MODEL_BYTES_CHUNK = 1 << 20
 # Raw keys "checkpoints/<campaign>/<chain>.json": one small JSON document per
 # chain, replaced atomically (latest wins).
 CHECKPOINTS_PREFIX = "checkpoints"
+# Raw keys "documents/<kind>/<name>.json": small JSON documents of services (the
+# coordinator's record of each campaign it runs: its spec, and a user's Stop).
+DOCUMENTS_PREFIX = "documents"
 
 
 def model_group(version: int) -> str:

@@ -1,7 +1,10 @@
 """The Zarr v3 store: labelled structures, models, chain checkpoints, trajectories.
 
-``Store(url)`` reads; ``Store(url).writer()`` gives the one :class:`StoreWriter`
-allowed per store. The layout and units are in :mod:`services.store.schema`.
+``Store(url)`` reads; ``Store(url).writer(campaign=NAME)`` gives a :class:`StoreWriter`.
+Many writers (threads, processes, coordinators) may append to one store at once: each
+group commit is one log segment created exclusively (:mod:`services.store.log`); a
+campaign's writer also holds that campaign's lease, so one campaign has one writer.
+The layout and units are in :mod:`services.store.schema`.
 
 A URL is a local folder (default; ``file://`` accepted) or any fsspec URL
 (``memory://``, ``s3://``, ``gs://`` with the matching fsspec package).
@@ -33,6 +36,7 @@ from services.runtime import faults
 from services.runtime.convert import LabelArrays, StructureArrays, stress_3x3
 from services.runtime.errors import DataCorruption, FailedPrecondition, InvalidArgument, NotFound
 from services.store import integrity, schema
+from services.store import log as seglog
 
 DEFAULT_STORE_URL = os.environ.get("NNMD_STORE", "nnmd-store")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -277,15 +281,23 @@ class Store:
         meta = root.attrs.get(schema.ROOT_ATTR)
         if meta is None:
             raise NotFound("store.url", f"{self.url} is a Zarr group but not an nnmd store")
-        if meta.get("schema") != schema.SCHEMA_VERSION:
+        if meta.get("schema") not in schema.READABLE_SCHEMAS:
             raise FailedPrecondition("store.url", f"schema {meta.get('schema')} not supported")
+        self.schema_version = int(meta["schema"])
+        self.backend = seglog.Backend(self.url, self.local_path)
+        # segments are immutable once created: counts and contents are cached (per Store:
+        # a store deleted and made again under the same URL starts its numbers again)
+        self._seg_counts: dict[int, tuple[int, int]] = {}
+        self._seg_cache: dict[int, dict] = {}
 
     @property
     def local_path(self) -> Path | None:
         return Path(self.zstore.root) if isinstance(self.zstore, LocalStore) else None
 
-    def writer(self) -> StoreWriter:
-        return StoreWriter(self)
+    def writer(self, campaign: str | None = None, *, lease_ttl: float | None = None) -> StoreWriter:
+        """A writer; with ``campaign``, holding that campaign's lease (FailedPrecondition while
+        another live writer holds it)."""
+        return StoreWriter(self, campaign=campaign, lease_ttl=lease_ttl)
 
     # ------------------------------------------------------------ structures
     def _group(self, path: str):
@@ -294,13 +306,60 @@ class Store:
         except FileNotFoundError:
             return None
 
-    def committed(self) -> tuple[int, int]:
-        """(records, atom rows) committed; read fresh on every call."""
+    def _folded(self) -> tuple[int, int, int]:
+        """(records, atom rows, next log segment) held by the Zarr arrays; read fresh."""
         g = self._group(schema.STRUCTURES_GROUP)
         if g is None:
-            return 0, 0
+            return 0, 0, 0
         c = g.attrs.get(schema.COMMITTED_ATTR, {"S": 0, "A": 0})
-        return int(c["S"]), int(c["A"])
+        return int(c["S"]), int(c["A"]), int(c.get("log", 0))
+
+    def _state(self):
+        """(S, A, L, [(seq, records, atom rows), ...]): the arrays' part and the log's
+        segments L, L+1, ... (contiguous) after it."""
+        S, A, L = self._folded()
+        segs = []
+        k = L
+        for seq in seglog.list_segments(self.backend):
+            if seq < L:
+                continue
+            if seq != k:
+                break  # a gap cannot be filled later by a writer: report it in `check`
+            n, a = self._segment_counts(seq)
+            segs.append((seq, n, a))
+            k += 1
+        return S, A, L, segs
+
+    def _segment_counts(self, seq: int) -> tuple[int, int]:
+        got = self._seg_counts.get(seq)
+        if got is None:
+            data = self.backend.get(seglog.seg_key(seq))
+            if data is None:
+                raise _Refolded(seq)
+            got = self._seg_counts[seq] = seglog.segment_counts(data, seglog.seg_key(seq))
+        return got
+
+    def _segment(self, seq: int) -> dict[str, np.ndarray]:
+        got = self._seg_cache.get(seq)
+        if got is None:
+            data = self.backend.get(seglog.seg_key(seq))
+            if data is None:
+                raise _Refolded(seq)
+            got = seglog.decode_segment(data, seglog.seg_key(seq))
+            if len(self._seg_cache) >= 1024:
+                self._seg_cache.pop(next(iter(self._seg_cache)))
+            self._seg_cache[seq] = got
+        return got
+
+    def committed(self) -> tuple[int, int]:
+        """(records, atom rows) committed; read fresh on every call."""
+        for _ in range(10):
+            try:
+                S, A, _, segs = self._state()
+                return S + sum(n for _, n, _ in segs), A + sum(a for _, _, a in segs)
+            except _Refolded:
+                continue
+        raise FailedPrecondition("store", "the log kept moving under this reader", "retry")
 
     def __len__(self) -> int:
         return self.committed()[0]
@@ -322,14 +381,55 @@ class Store:
         """The records a ``nnmd.v1.DatasetRef`` names (end_record 0 = all committed)."""
         return self.read(ref.first_record, ref.end_record or None, ref.campaign or None)
 
-    def _read_range(self, start: int, stop: int | None) -> StructureBatch:
-        n, _ = self.committed()
+    def read_columns(self, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """Per-record columns (``campaign``, ``energy``, ...) of every committed record,
+        without reading the atom arrays."""
+        names = tuple(names)
+        for name in names:
+            if name not in _RECORD_FIELDS:
+                raise InvalidArgument("columns", f"{name!r} is not a per-record array",
+                                      f"use some of {sorted(_RECORD_FIELDS)}")
+        return self._read_range(0, None, names).arrays
+
+    def _read_range(self, start: int, stop: int | None, fields=None) -> StructureBatch:
+        for _ in range(10):
+            try:
+                return self._read_range_once(start, stop, fields)
+            except _Refolded:  # a fold removed a segment this read was about to open
+                continue
+        raise FailedPrecondition("store", "the log kept moving under this reader", "retry")
+
+    def _read_range_once(self, start: int, stop: int | None, fields=None) -> StructureBatch:
+        S, A, L, segs = self._state()
+        n = S + sum(k for _, k, _ in segs)
         stop = n if stop is None else min(int(stop), n)
         start = max(0, min(int(start), stop))
+        if stop == start:
+            empty = _empty_arrays()
+            return StructureBatch(start, empty if fields is None else
+                                  {k: empty[k] for k in fields})
+        parts = []
+        if start < S:
+            parts.append(self._read_arrays(start, min(stop, S), fields))
+        first = S
+        for seq, k, _ in segs:
+            lo, hi = max(start, first), min(stop, first + k)
+            if lo < hi:
+                parts.append(_slice_segment(self._segment(seq), lo - first, hi - first,
+                                            fields))
+            first += k
+            if first >= stop:
+                break
+        if fields is not None:  # columns only: a plain dict (no offsets, no records)
+            return StructureBatch(start, {k: np.concatenate([p[k] for p in parts])
+                                          for k in fields}, np.arange(start, stop))
+        return StructureBatch(start, _concat(parts))
+
+    def _read_arrays(self, start: int, stop: int, fields=None) -> dict[str, np.ndarray]:
         g = self._group(schema.STRUCTURES_GROUP)
-        if g is None or stop == start:
-            return StructureBatch(start, _empty_arrays())
         per_record = integrity.identity_records()
+        if fields is not None:
+            return {k: self._rows(g[k], start, stop, per_record) for k in fields}
         offsets = self._rows(g["offsets"], start, stop + 1, per_record)
         lo, hi = int(offsets[0]), int(offsets[-1])
         per_atom = integrity.rows_to_records(offsets, start)
@@ -341,7 +441,7 @@ class Store:
                 arrays[f.name] = self._rows(g[f.name], lo, hi, per_atom, "atom rows")
             else:
                 arrays[f.name] = self._rows(g[f.name], start, stop, per_record)
-        return StructureBatch(start, arrays)
+        return arrays
 
     def _rows(self, arr, lo: int, hi: int, records=None, unit: str = "rows") -> np.ndarray:
         """Rows [lo, hi) of ``arr``; DataCorruption if a chunk holding them is damaged."""
@@ -353,9 +453,16 @@ class Store:
 
     # ------------------------------------------------------------ models
     def model_versions(self) -> list[int]:
+        """Complete model versions, ascending (several writers may publish at once, so a
+        version is listed once its group says complete, not by a shared counter)."""
         g = self._group(schema.MODELS_GROUP)
-        latest = 0 if g is None else int(g.attrs.get("latest", 0))
-        return list(range(1, latest + 1))
+        if g is None:
+            return []
+        out = []
+        for name, mg in g.groups():
+            if re.fullmatch(r"v\d{6}", name) and mg.attrs.get("complete"):
+                out.append(int(name[1:]))
+        return sorted(out)
 
     def load_model(self, version: int = 0) -> tuple[bytes, dict]:
         """(bytes of the model file, metadata); version 0 = latest."""
@@ -429,14 +536,93 @@ class Store:
         n, a = self.committed()
         out = {"url": self.url, "schema": schema.SCHEMA_VERSION, "structures": n, "atoms": a}
         if n:
-            g = self._group(schema.STRUCTURES_GROUP)
-            per_record = integrity.identity_records()
-            campaigns = self._rows(g["campaign"], 0, n, per_record)
-            out["campaigns"] = dict(sorted(Counter(campaigns.tolist()).items()))
-            out["labelled_energy"] = int(np.isfinite(self._rows(g["energy"], 0, n, per_record)).sum())
+            a = self.read_columns(("campaign", "energy"))
+            out["campaigns"] = dict(sorted(Counter(a["campaign"].tolist()).items()))
+            out["labelled_energy"] = int(np.isfinite(a["energy"]).sum())
+        out["leases"] = self.leases()
         out["models"] = self.model_versions()
         out["trajectories"] = {t: len(self.read_trajectory(t)["step"]) for t in self.trajectories()}
         return out
+
+
+    # ------------------------------------------------------------ leases
+    def leases(self) -> dict[str, dict]:
+        """Campaign -> its writer lease (owner, host, pid, expires, stale); None if unreadable."""
+        out = {}
+        for name in sorted(self.backend.list(seglog.LEASE_PREFIX)):
+            if not name.endswith(".json") or name.startswith("."):
+                continue
+            doc = seglog.parse_lease(self.backend.get(f"{seglog.LEASE_PREFIX}/{name}") or b"")
+            if doc is not None:
+                doc = {**doc, "stale": seglog.lease_stale(doc)}
+            out[name[:-5]] = doc
+        return out
+
+    # ------------------------------------------------------------ documents
+    def read_document(self, kind: str, name: str) -> dict | None:
+        """A small JSON document ``documents/<kind>/<name>.json`` (e.g. a coordinator's
+        record of a campaign); None if absent."""
+        raw = self._get_raw(_document_key(kind, name))
+        return None if raw is None else json.loads(raw)
+
+    def put_document(self, kind: str, name: str, document: dict) -> None:
+        """Replaces ``documents/<kind>/<name>.json`` atomically (no writer needed: documents
+        are single keys, last writer wins)."""
+        if self.read_only:
+            raise FailedPrecondition("store", "opened read-only", "open the Store without read_only")
+        key = _document_key(kind, name)
+        raw = json.dumps(document, sort_keys=True).encode()
+        sync(self.zstore.set(key, default_buffer_prototype().buffer.from_bytes(raw)))
+
+    def list_documents(self, kind: str) -> list[str]:
+        names = self.backend.list(f"{schema.DOCUMENTS_PREFIX}/{safe_name(kind, 'kind')}")
+        return sorted(n[:-5] for n in names if n.endswith(".json") and not n.startswith("."))
+
+
+class _Refolded(Exception):
+    """A log segment vanished under a reader (folded into the arrays meanwhile): re-read."""
+
+
+
+
+_RECORD_FIELDS = {f.name for f in schema.STRUCTURE_FIELDS if f.dims[0] == "S"}
+
+
+def _slice_segment(cols: dict[str, np.ndarray], lo: int, hi: int,
+                   fields=None) -> dict[str, np.ndarray]:
+    if fields is not None:
+        return {k: cols[k][lo:hi] for k in fields}
+    sizes = cols["sizes"]
+    ends = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    a0, a1 = int(ends[lo]), int(ends[hi])
+    out = {"offsets": ends[lo:hi + 1] - a0}
+    for f in schema.STRUCTURE_FIELDS:
+        if f.name != "offsets":
+            out[f.name] = cols[f.name][a0:a1] if f.dims[0] == "A" else cols[f.name][lo:hi]
+    return out
+
+
+def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if len(parts) == 1:
+        return parts[0]
+    out = {}
+    base = 0
+    offs = [np.zeros(1, np.int64)]
+    for p in parts:
+        offs.append(p["offsets"][1:] + base)
+        base += int(p["offsets"][-1])
+    out["offsets"] = np.concatenate(offs).astype(np.int64)
+    for f in schema.STRUCTURE_FIELDS:
+        if f.name != "offsets":
+            cols = [p[f.name] for p in parts]
+            if f.dtype == "str":
+                cols = [c.astype(np.dtypes.StringDType()) for c in cols]
+            out[f.name] = np.concatenate(cols)
+    return out
+
+
+def _document_key(kind: str, name: str) -> str:
+    return f"{schema.DOCUMENTS_PREFIX}/{safe_name(kind, 'kind')}/{safe_name(name, 'name')}.json"
 
 
 def _checkpoint_key(campaign: str, chain: str) -> str:
@@ -463,38 +649,47 @@ def _zarr_dtype(f: schema.Field):
 
 
 class StoreWriter:
-    """The single writer of a store. Thread-safe.
+    """One writer of a store (there may be many, in many processes). Thread-safe.
 
     Producers (threads, or Ray tasks through :class:`services.store.actor.StoreWriterActor`)
     call :meth:`append`; a background thread drains all pending submissions
-    into one write and one commit (group commit), then acknowledges each.
+    into one log segment (group commit: one exclusive create), then acknowledges each.
     :meth:`append` returns the record ids only once the records are durable.
-    For a local store an exclusive lock file keeps a second writer out.
+    With ``campaign`` the writer holds that campaign's lease (one writer per
+    campaign); every ``FOLD_EVERY`` segments (and on close) a writer that gets the
+    fold lock folds the log into the Zarr arrays.
     """
 
-    def __init__(self, store: Store) -> None:
+    FOLD_EVERY = 256
+
+    def __init__(self, store: Store, campaign: str | None = None,
+                 lease_ttl: float | None = None) -> None:
         if store.read_only:
             raise FailedPrecondition(
                 "store", "opened read-only", "open the Store without read_only"
             )
         self.store = store
-        self._lock_file = None
-        if store.local_path is not None:
-            import fcntl
-
-            self._lock_file = open(store.local_path / ".writer.lock", "a+")  # noqa: SIM115
-            try:
-                fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                self._lock_file.close()
-                raise FailedPrecondition(
-                    "store",
-                    f"another writer holds {store.local_path}",
-                    "send records to that writer",
-                ) from None
-        self._write_lock = threading.Lock()  # models, checkpoints, trajectories
-        self._queue: queue.Queue = queue.Queue()
-        self._open_structures()
+        self.id = uuid.uuid4().hex[:12]
+        self.campaign = campaign
+        self._lease = None
+        if campaign is not None:
+            safe_name(campaign, "campaign")
+            self._lease = seglog.Lease(store.backend, f"{seglog.LEASE_PREFIX}/{campaign}.json",
+                                       f"campaign {campaign!r}", lease_ttl).acquire()
+        try:
+            self._upgrade()
+            self._write_lock = threading.Lock()  # models, checkpoints, trajectories
+            self._queue: queue.Queue = queue.Queue()
+            self._open_structures()
+            S, _, L, segs = store._state()
+            self._base = (L, S)  # (segment, its first record id): where id sums start
+            self._next_seq = max(seglog.list_segments(store.backend), default=L - 1) + 1
+            self._next_seq = max(self._next_seq, L)
+            self._last_fold_check = L
+        except BaseException:
+            if self._lease is not None:
+                self._lease.release()
+            raise
         self._closed = False
         from concurrent.futures import ThreadPoolExecutor
 
@@ -503,33 +698,50 @@ class StoreWriter:
         self._thread = threading.Thread(target=self._drain, name="nnmd-store-writer", daemon=True)
         self._thread.start()
 
+    def _upgrade(self) -> None:
+        """Marks a schema 1 store as schema 2 (its arrays stay the part before the log), so
+        a writer of schema 1, which would append to the arrays, refuses it from now on."""
+        if self.store.schema_version == schema.SCHEMA_VERSION:
+            return
+        root = zarr.open_group(store=self.store.zstore, mode="a")
+        meta = dict(root.attrs.get(schema.ROOT_ATTR) or {})
+        meta["schema"] = schema.SCHEMA_VERSION
+        meta["upgraded_from"] = self.store.schema_version
+        root.attrs[schema.ROOT_ATTR] = meta
+        self.store.schema_version = schema.SCHEMA_VERSION
+
     # ------------------------------------------------------------ structures
-    def _open_structures(self) -> None:
+    def _open_structures(self):
+        """Opens (creates) the arrays, fresh: another writer may have grown them."""
         root = zarr.open_group(store=self.store.zstore, mode="a")
         g = root.require_group(schema.STRUCTURES_GROUP)
-        self._arrays = {}
+        arrays = {}
         for f in schema.STRUCTURE_FIELDS:
             if f.name in g:
-                self._arrays[f.name] = integrity.writable(g[f.name])
+                arrays[f.name] = integrity.writable(g[f.name])
                 continue
             counts = {"S": _INITIAL_STRUCTURES, "A": _INITIAL_ATOMS}
             shape = schema.shape_of(f, counts)
             chunk0 = schema.ATOM_CHUNK if f.dims[0] == "A" else schema.STRUCTURE_CHUNK
-            self._arrays[f.name] = g.create_array(
-                f.name,
-                shape=shape,
-                chunks=(chunk0, *shape[1:]),
-                dtype=_zarr_dtype(f),
-                fill_value=f.fill,
-                compressors=integrity.COMPRESSORS,
-                config=integrity.ARRAY_CONFIG,
-                attributes={"unit": f.unit, "doc": f.doc, "dims": list(map(str, f.dims))},
-            )
-        self._group = g
+            try:
+                arrays[f.name] = g.create_array(
+                    f.name,
+                    shape=shape,
+                    chunks=(chunk0, *shape[1:]),
+                    dtype=_zarr_dtype(f),
+                    fill_value=f.fill,
+                    compressors=integrity.COMPRESSORS,
+                    config=integrity.ARRAY_CONFIG,
+                    attributes={"unit": f.unit, "doc": f.doc, "dims": list(map(str, f.dims))},
+                )
+            except Exception:  # noqa: BLE001 - another writer created it just now
+                arrays[f.name] = integrity.writable(
+                    zarr.open_array(store=self.store.zstore,
+                                    path=f"{schema.STRUCTURES_GROUP}/{f.name}", mode="r+"))
         if schema.COMMITTED_ATTR not in g.attrs:
-            g.attrs[schema.COMMITTED_ATTR] = {"S": 0, "A": 0}
+            g.attrs[schema.COMMITTED_ATTR] = {"S": 0, "A": 0, "log": 0}
         c = g.attrs[schema.COMMITTED_ATTR]
-        self._n, self._a = int(c["S"]), int(c["A"])
+        return g, arrays, int(c["S"]), int(c["A"]), int(c.get("log", 0))
 
     def submit(self, records: Sequence[Record]) -> Future:
         """Queues records; the future resolves to their record ids once durable."""
@@ -573,17 +785,93 @@ class StoreWriter:
             for recs, fut in batch:
                 fut.set_result(list(range(first, first + len(recs))))
                 first += len(recs)
+            if self._next_seq - self._last_fold_check >= self.FOLD_EVERY:
+                self._last_fold_check = self._next_seq
+                self._try_fold()
 
     def _write(self, records: list[Record]) -> int:
+        """One segment with ``records``; the id of the first."""
         if not records:
-            return self._n
-        n0, a0 = self._n, self._a
-        sizes = np.array([r.structure.n_atoms for r in records], dtype=np.int64)
-        n1, a1 = n0 + len(records), a0 + int(sizes.sum())
-        cols = _columns(records, a0)
+            return self.store.committed()[0]
+        if self._lease is not None:
+            self._lease.check()
+        cols = _columns(records, 0)
+        sizes = np.diff(np.concatenate([[0], cols.pop("offsets")])).astype(np.int64)
+        cols["sizes"] = sizes
+        data = seglog.encode_segment(cols, len(records), int(sizes.sum()), self.id)
+        faults.point("store_write")  # encoded, not yet created: a kill here loses nothing acked
+        seq = self._next_seq
+        while not self.store.backend.create(seglog.seg_key(seq), data):
+            seq += 1  # another writer won this number: the next one
+        self.store._seg_counts[seq] = (len(records), int(sizes.sum()))
+        self._next_seq = seq + 1
+        return self._first_id(seq)
+
+    def _first_id(self, seq: int) -> int:
+        """The record id of the first record of segment ``seq`` (committed)."""
+        for _ in range(10):
+            base_seq, base_id = self._base
+            if base_seq <= seq:
+                try:
+                    first = base_id + sum(self.store._segment_counts(k)[0]
+                                          for k in range(base_seq, seq))
+                    self._base = (seq, first)
+                    return first
+                except _Refolded:
+                    pass
+            S, _, L = self.store._folded()  # folded meanwhile: sum from the fold point
+            if L > seq:
+                break
+            self._base = (L, S)
+        raise FailedPrecondition("store", f"log segment {seq} was folded before its record ids "
+                                 "were known", "read the records back by campaign/chain/step")
+
+    # ------------------------------------------------------------ folding
+    def _try_fold(self) -> int:
+        """Folds the log into the arrays if no other writer is folding; records folded.
+        A damaged array chunk stops the fold (the records stay readable in the log)."""
+        try:
+            return self.fold()
+        except DataCorruption:
+            return 0
+
+    def fold(self) -> int:
+        """Folds every committed segment into the Zarr arrays now, unless another writer is
+        folding (then 0). DataCorruption if a chunk the fold must extend is damaged (the
+        fold is refused, rather than re-checksum fill values; the log keeps the records)."""
+        lock = seglog.FoldLock(self.store.backend, f"{seglog.LOCK_PREFIX}/fold.json", "fold",
+                               ttl=max(60.0, seglog.LEASE_TTL_S))
+        if not lock.try_acquire():
+            return 0
+        try:
+            return self._fold()
+        finally:
+            lock.release()
+
+    def _fold(self) -> int:
+        g, arrays, n0, a0, L = self._open_structures()
+        segs = []
+        k = L
+        for seq in seglog.list_segments(self.store.backend):
+            if seq < L:
+                continue
+            if seq != k:
+                break
+            segs.append(seq)
+            k += 1
+        if not segs:
+            return 0
+        parts = [self.store._segment(seq) for seq in segs]
+        cols = {}
+        for f in schema.STRUCTURE_FIELDS:
+            if f.name != "offsets":
+                cols[f.name] = np.concatenate([p[f.name] for p in parts])
+        sizes = np.concatenate([p["sizes"] for p in parts]).astype(np.int64)
+        cols["offsets"] = a0 + np.cumsum(sizes)
+        n1, a1 = n0 + len(sizes), a0 + int(sizes.sum())
         writes = []
         for f in schema.STRUCTURE_FIELDS:
-            arr = self._arrays[f.name]
+            arr = arrays[f.name]
             if f.name == "offsets":  # offsets[0] is written with the first record
                 need, lo, hi, done = n1 + 1, n0 + 1, n1 + 1, n0 + 1 if n0 else 0
             elif f.dims[0] == "A":
@@ -592,18 +880,23 @@ class StoreWriter:
                 need, lo, hi, done = n1, n0, n1, n0
             if arr.shape[0] < need:
                 arr.resize((max(need, 2 * arr.shape[0]), *arr.shape[1:]))
-            writes.append((arr, lo, hi, cols[f.name], done))
-        # The arrays' chunk writes (each one fsync'ed) go out side by side: an append
-        # costs about one durable write, not one per array. Nothing is visible before the
-        # commit below, so their order does not matter.
+            value = cols[f.name]
+            if f.dtype == "str":
+                value = value.astype(np.dtypes.StringDType())
+            writes.append((arr, lo, hi, value, done))
+        # every chunk write is fsync'ed; they go out side by side. Nothing is visible
+        # before the commit below, so their order does not matter.
         list(self._write_pool.map(lambda w: integrity.write_rows(
             self.store.zstore, self.store.url, w[0], w[1], w[2], w[3], w[4], w[0].path),
             writes))
-        faults.point("store_write")
-        # Commit last: readers see the new rows only now.
-        self._group.attrs[schema.COMMITTED_ATTR] = {"S": n1, "A": a1}
-        self._n, self._a = n1, a1
-        return n0
+        faults.point("store_fold")
+        # Commit last: the same records, the same ids, now from the arrays.
+        g.attrs[schema.COMMITTED_ATTR] = {"S": n1, "A": a1, "log": segs[-1] + 1}
+        # segments folded by an earlier fold (below L) are no longer read by anyone current
+        for seq in seglog.list_segments(self.store.backend):
+            if seq < L:
+                self.store.backend.delete(seglog.seg_key(seq))
+        return n1 - n0
 
     # ------------------------------------------------------------ models
     def publish_model(self, data: bytes, metadata: dict | None = None) -> int:
@@ -611,7 +904,12 @@ class StoreWriter:
         with self._write_lock:
             root = zarr.open_group(store=self.store.zstore, mode="a")
             models = root.require_group(schema.MODELS_GROUP)
-            version = int(models.attrs.get("latest", 0)) + 1
+            version = max([int(models.attrs.get("latest", 0)), *self.store.model_versions()]) + 1
+            # the version number is claimed by an exclusive create: two writers publishing
+            # at once get two versions
+            while not self.store.backend.create(
+                    f"{seglog.LOCK_PREFIX}/{schema.model_group(version)}", self.id.encode()):
+                version += 1
             g = root.create_group(schema.model_group(version), overwrite=True)
             raw = np.frombuffer(bytes(data), dtype=np.uint8)
             arr = g.create_array(
@@ -634,13 +932,21 @@ class StoreWriter:
                     "complete": True,
                 }
             )
-            models.attrs["latest"] = version
+            models = zarr.open_group(store=self.store.zstore, path=schema.MODELS_GROUP, mode="a")
+            models.attrs["latest"] = max(version, int(models.attrs.get("latest", 0)))
             return version
 
     # ------------------------------------------------------------ checkpoints
     def write_checkpoint(self, campaign: str, chain: str, document: dict) -> None:
         """Replaces the chain's checkpoint atomically (one key, latest wins)."""
         key = _checkpoint_key(campaign, chain)
+        raw = json.dumps(document, sort_keys=True).encode()
+        with self._write_lock:
+            sync(self.store.zstore.set(key, default_buffer_prototype().buffer.from_bytes(raw)))
+
+    def write_document(self, kind: str, name: str, document: dict) -> None:
+        """Replaces ``documents/<kind>/<name>.json`` atomically (see Store.read_document)."""
+        key = _document_key(kind, name)
         raw = json.dumps(document, sort_keys=True).encode()
         with self._write_lock:
             sync(self.store.zstore.set(key, default_buffer_prototype().buffer.from_bytes(raw)))
@@ -729,9 +1035,13 @@ class StoreWriter:
         self._closed = True
         self._queue.put(None)
         self._thread.join()
+        try:
+            self._try_fold()
+        except Exception:  # noqa: BLE001 - the records are safe in the log; a later writer folds
+            pass
         self._write_pool.shutdown(wait=True)
-        if self._lock_file is not None:
-            self._lock_file.close()
+        if self._lease is not None:
+            self._lease.release()
 
     def __enter__(self) -> StoreWriter:
         return self

@@ -156,9 +156,13 @@ def test_writer_refuses_to_rewrite_a_damaged_partial_chunk(tmp_path):
     """Appending into a chunk whose committed rows are gone would re-checksum fill values."""
     store = _write(tmp_path / "s", n=5)  # 5 records: every array has one partial chunk
     _chunk(store, "energy", 0).unlink()
-    with store.writer() as w, pytest.raises(DataCorruption, match="structures/energy/c/0"):
-        w.append(make_record(2, 0))
-    assert len(Store(store.url)) == 5  # nothing committed
+    with store.writer() as w:
+        assert w.append(make_record(2, 0)) == [5]  # appends go to the log (schema 2)
+        with pytest.raises(DataCorruption, match="structures/energy/c/0"):
+            w.fold()  # folding them into the arrays would rewrite the damaged chunk
+    assert Store(store.url)._folded()[0] == 5  # the arrays took nothing
+    assert len(Store(store.url)) == 6  # the record is committed, in the log
+    assert identity(Store(store.url).read(5).record(0)) == (2, 0)
     with pytest.raises(DataCorruption):
         Store(store.url).read()
 

@@ -50,11 +50,20 @@ def test_reopened_writer_continues(tmp_path):
     assert [identity(r) for r in Store(url).read()] == [(0, 0), (0, 1), (0, 2)]
 
 
-def test_second_local_writer_refused(tmp_path):
+def test_second_writer_of_a_campaign_refused(tmp_path):
+    """Many writers per store, one per campaign (its lease); other campaigns write on."""
     store = Store(tmp_path / "s")
-    with store.writer():
+    with store.writer(campaign="a") as wa:
         with pytest.raises(FailedPrecondition, match="another writer"):
-            Store(tmp_path / "s").writer()
+            Store(tmp_path / "s").writer(campaign="a")
+        with Store(tmp_path / "s").writer(campaign="b") as wb, Store(tmp_path / "s").writer() as w:
+            assert wa.append(make_record(0, 0, campaign="a")) == [0]
+            assert wb.append(make_record(1, 0, campaign="b")) == [1]
+            assert w.append(make_record(2, 0, campaign="c")) == [2]
+        assert set(Store(tmp_path / "s").leases()) == {"a"}
+    assert Store(tmp_path / "s").leases() == {}  # released on close
+    with Store(tmp_path / "s").writer(campaign="a") as wa:  # free again
+        assert wa.append(make_record(0, 1, campaign="a")) == [3]
 
 
 def test_concurrent_thread_producers_with_a_reader(tmp_path):
