@@ -15,8 +15,8 @@ import grpc
 from ase import Atoms
 
 from services.proto.nnmd.v1 import reference_pb2, reference_pb2_grpc
-from services.reference.service import failures_of
 from services.reference.types import Failure, FailureReason, Outcome, Result
+from services.reference.wire import failures_of
 from services.runtime.channel import connect, idempotency_metadata
 from services.runtime.convert import from_atoms, labels_from_proto, structure_to_proto
 

@@ -27,6 +27,7 @@ from services.proto.nnmd.v1 import reference_pb2, reference_pb2_grpc
 from services.reference.qe import QEConfig, RetryPolicy
 from services.reference.spec import make_backend, settings_hash
 from services.reference.types import Failure, Outcome, ReferenceBackend, Result
+from services.reference.wire import FAILURES_TRAILER, failures_of  # noqa: F401 - re-exported
 from services.runtime import registry
 from services.runtime.convert import (
     LabelArrays,
@@ -40,7 +41,6 @@ from services.runtime.errors import InvalidArgument
 from services.runtime.server import IdempotencyCache, idempotency_key
 from services.store.store import check_store_url
 
-FAILURES_TRAILER = "nnmd-failures"
 SOURCES = {1: "aimd", 2: "hmc", 3: "mc", 4: "import"}  # nnmd.v1.SourceKind
 PROPERTIES = ("energy", "forces", "stress")
 
@@ -182,14 +182,6 @@ class ReferenceServicer(reference_pb2_grpc.ReferenceServicer):
         if self.pool is not None:
             self.pool.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def failures_of(call_or_error) -> list[dict]:
-    """The failure records of a finished call (``with_call`` result or RpcError)."""
-    for key, value in call_or_error.trailing_metadata() or ():
-        if key == FAILURES_TRAILER:
-            return json.loads(value)
-    return []
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:

