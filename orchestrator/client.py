@@ -58,8 +58,9 @@ def _spec_dict(spec) -> dict:
         if isinstance(d.get(key), str):
             d[key] = absolute(d[key])
     ref = d.get("reference")
-    if isinstance(ref, str) and ref.lower().startswith("qe:"):
-        d["reference"] = "qe:" + absolute(ref[3:])
+    for kind in ("qe:", "lammps:"):
+        if isinstance(ref, str) and ref.lower().startswith(kind):
+            d["reference"] = kind + absolute(ref[len(kind):])
     return d
 
 
@@ -183,7 +184,12 @@ class Client:
                             "acceptance_rate": c.acceptance_rate,
                             "n_md_steps": c.n_md_steps, "model_version": c.model_version,
                             "temperature_k": c.temperature_k, "phase": c.phase,
-                            "state": c.state, "failure": c.failure} for c in st.chains]}
+                            "state": c.state, "failure": c.failure} for c in st.chains],
+                # where the work runs: MD executors and reference workers, calls each
+                "md_executors": [{"address": w.address, "calls": w.calls, "kind": w.kind}
+                                 for w in st.md_executors],
+                "reference_workers": [{"address": w.address, "calls": w.calls,
+                                       "kind": w.kind} for w in st.reference_workers]}
 
     def watch(self, campaign: str, timeout_s: float | None = None) -> WatchStream:
         """The campaign's events until it ends: iterate it for dicts; ``cancel()`` (from

@@ -265,7 +265,7 @@ class Campaign:
             raise ValueError(f"--reference {config.reference}: {exc}") from exc
         self.ref_hash = settings_hash(self.backend)
         self.store = Store(store_url)
-        self.writer = self.store.writer()
+        self.writer = self.store.writer(campaign=config.campaign)  # the campaign's lease
         try:
             self.resumed = self._check_resume()
         except BaseException:
@@ -286,6 +286,9 @@ class Campaign:
         self.version = 0
         self.bootstrap_backend = None  # the backend of the AIMD bootstrap (default: backend)
         self.train_fn = None  # train(structures, config, init=) elsewhere (default: here)
+        # MD proposals elsewhere: ``await md_executor.propose(version, state, kcfg)`` (the
+        # coordinator's RayMDPool); default None: MD threads of this process
+        self.md_executor = None
         self._trained_at = 0  # chain labels the current model was trained with
         self.last_model_meta: dict | None = None  # metadata of the last model trained here
         self._t0 = time.perf_counter()
@@ -549,8 +552,10 @@ class Campaign:
         # parallel region costs more than a few dozen atoms do. Store calls block until
         # durable, so they get threads of their own (the writer batches them: group commit)
         self._small = max(s.n_atoms for s in states.values()) < SMALL_CELL_ATOMS
-        self._md_pool = ThreadPoolExecutor((os.cpu_count() or 1) if self._small else 1,
-                                           thread_name_prefix="md")
+        # (with MD executors the chains' MD runs there; the pool is left to the explorers)
+        self._md_pool = ThreadPoolExecutor(
+            (os.cpu_count() or 1) if self._small and self.md_executor is None else 1,
+            thread_name_prefix="md")
         self._io_pool = ThreadPoolExecutor(min(64, len(states) + 2), thread_name_prefix="store")
         t_start, cpu_start = time.perf_counter(), time.thread_time()
         try:
@@ -671,7 +676,10 @@ class Campaign:
                 rec = pending_batch.record(k)
                 v = rec.provenance.model_version
             t0 = time.perf_counter()
-            p = await loop.run_in_executor(self._md_pool, self._propose, n, v, s, kcfg)
+            if self.md_executor is not None:  # an MD executor: no numerics here
+                p = await self.md_executor.propose(v, s, kcfg)
+            else:
+                p = await loop.run_in_executor(self._md_pool, self._propose, n, v, s, kcfg)
             self.stats["seconds_md"] += time.perf_counter() - t0
             self.stats["md_steps"] += p.n_md
             e_ref, status, outcome, wall = None, "screened" if p.screened_out else "rejected", \

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import time
 import uuid
 
 import grpc
+import numpy as np
 
 from services.reference.types import Failure, FailureReason
 
@@ -55,7 +57,7 @@ class RayReferencePool:
         # A token that only this coordinator and its workers know (travels inside Ray).
         self._token = secrets.token_urlsafe(24)
         self._timeout_s = timeout_s
-        self._endpoints: list[list] = []  # [actor, address, channel, stub]
+        self._endpoints: list[list] = []  # [actor, address, channel, stub, calls]
         self.settings_hash = ""
         try:
             started = start_service_actor(
@@ -70,7 +72,8 @@ class RayReferencePool:
                 f"{start_timeout_s:g} s (free in the Ray cluster: {free}); lower "
                 "resources.reference.workers or the ranks") from None
         for actor, address in started:
-            self._endpoints.append([actor, address, None, None])
+            self._endpoints.append([actor, address, None, None, 0])
+        self._all = list(self._endpoints)  # for status: dropped and closed ones too
         self._idle: asyncio.Queue | None = None
         self.calls = 0
         self.retries = 0
@@ -78,6 +81,12 @@ class RayReferencePool:
     @property
     def addresses(self) -> list[str]:
         return [e[1] for e in self._endpoints]
+
+    def workers(self) -> list[dict]:
+        """Each reference worker (dropped and closed ones too): its gRPC address (the
+        latest after a restart) and the calls it answered."""
+        return [{"address": e[1], "calls": int(e[4]), "kind": "reference:ray"}
+                for e in self._all]
 
     def _stub(self, endpoint):
         from services.proto.nnmd.v1 import reference_pb2_grpc
@@ -143,6 +152,7 @@ class RayReferencePool:
                 return rpc_failure(exc, endpoint[1])
             self._idle.put_nowait(endpoint)
             self.calls += 1
+            endpoint[4] += 1
             self.settings_hash = resp.reference_settings_hash
             return response_outcomes(resp, failures_of(_Trailer(trailer)), [atoms],
                                      endpoint[1], t0)[0]
@@ -202,3 +212,342 @@ def ray_trainer(resources: dict | None = None, max_retries: int = 3):
         return ray.get(_train.options(**opts).remote(structures, config, init))
 
     return train_fn
+
+
+# ----------------------------------------------------------------- MD executors
+
+MD_ENGINES = ("native", "cuda")  # engines that run HMC proposals (lammps: production MD)
+
+
+class NoMDExecutors(RuntimeError):
+    pass
+
+
+class MDExecutor:
+    """One MD executor (a Ray actor: ``ray.remote(MDExecutor)``): takes a chain's HMC
+    proposal (nnmd_kernels.slhmc.propose + screen) and returns the Proposal.
+
+    The model is read from the campaign's store by version, once per version (cached by
+    version and checked against the sha256 the coordinator expects), never shipped with
+    a call. An executor that cannot open the store (a node-local folder on another node,
+    ``memory://``) takes the copy the coordinator put in Ray's object store once per
+    version instead (``model_box``: a one-item list holding its ObjectRef, so Ray does not
+    fetch it for calls whose model is cached); so does one whose store copy is not the
+    coordinator's (another folder at the same path on its node: the sha256 differs).
+    Each proposal builds its own force function (a fresh neighbour list), so the result
+    is a pure function of (model version, chain state with its random stream, kernel
+    config): a call redone on another executor, or on this one after Ray
+    restarted it, gives the same proposal bit for bit. ``NNMD_FAULT=md_executor[:N]``
+    (services.runtime.faults) kills the executor in the middle of its N-th proposal,
+    after the trajectory and before the answer.
+    """
+
+    def __init__(self, store_url: str, engine: str = "native", threads: int = 1) -> None:
+        if engine not in MD_ENGINES:
+            raise ValueError(f"MD engine must be one of {', '.join(MD_ENGINES)}, got {engine!r}")
+        self._store_url, self._engine, self._threads = store_url, engine, max(1, int(threads))
+        self._store = None
+        self._models: dict[int, tuple[str, object]] = {}  # version -> (sha256, Potential)
+        self.model_loads = 0
+        self.model_source = ""  # "store" or "object store": where the last model came from
+        self.calls = 0
+
+    def ready(self) -> dict:
+        """Where this executor runs (its node and process) and what it has done."""
+        import ray
+
+        try:
+            node = ray.util.get_node_ip_address()
+        except Exception:  # noqa: BLE001 - outside Ray (tests of the class itself)
+            node = "local"
+        return {"address": f"{node}/pid{os.getpid()}", "pid": os.getpid(),
+                "engine": self._engine, "model_loads": self.model_loads, "calls": self.calls,
+                "model_source": self.model_source}
+
+    def _read(self, version: int, sha256: str, model_box) -> tuple[bytes, str]:
+        """(model file bytes, sha256): from the store, else from the object store's copy."""
+        import hashlib
+
+        from services.store import Store
+
+        try:
+            if self._store is None:
+                self._store = Store(self._store_url, read_only=True)
+            data, meta = self._store.load_model(version)  # checks the file's sha256
+            sha = str(meta.get("sha256", ""))
+            if not (sha256 and sha != sha256 and model_box):
+                self.model_source = "store"
+                return data, sha
+            log.warning("MD executor: model v%d in %s is not the coordinator's (sha256 "
+                        "%s); taking the object store's copy", version, self._store_url,
+                        sha[:12])
+        except Exception as exc:  # noqa: BLE001 - unreachable here: the coordinator's copy
+            if not model_box:
+                raise
+            log.warning("MD executor: store %s not readable here (%s); model v%d from the "
+                        "object store", self._store_url, exc, version)
+        data = model_box[0]
+        if not isinstance(data, bytes):
+            import ray
+
+            data = ray.get(data)
+        self.model_source = "object store"
+        return data, hashlib.sha256(data).hexdigest()
+
+    def _model(self, version: int, sha256: str, model_box=None):
+        have = self._models.get(version)
+        if have is not None and (not sha256 or have[0] == sha256):
+            return have[1]
+        from nnmd_kernels.model_file import loads
+
+        data, sha = self._read(version, sha256, model_box)
+        if sha256 and sha != sha256:
+            raise ValueError(f"model v{version} in {self._store_url} has sha256 {sha[:12]}, "
+                             f"the coordinator expects {sha256[:12]}: not the same store?")
+        pot = loads(data, source=f"store model v{version}")
+        self._models[version] = (sha, pot)
+        self.model_loads += 1
+        return pot
+
+    def propose(self, version: int, sha256: str, state, kcfg, model_box=None):
+        """The chain's next proposal (screened under delayed acceptance) with model
+        `version`: exactly what the coordinator's in-process MD thread computes."""
+        import numba
+
+        from nnmd_kernels import slhmc
+        from nnmd_kernels.md.forces import potential_force_fn
+        from services.runtime import faults
+
+        numba.set_num_threads(min(self._threads, numba.config.NUMBA_NUM_THREADS))
+        pot = self._model(int(version), sha256, model_box)
+        ff = potential_force_fn(pot, state.numbers, state.pbc,
+                                backend="cuda" if self._engine == "cuda" else "numba")
+        prop = slhmc.screen(slhmc.propose(state, kcfg, ff), kcfg)
+        faults.point("md_executor")
+        self.calls += 1
+        return prop
+
+    def production(self, version: int, sha256: str, structure: dict, spec: dict,
+                   model_box=None) -> list[dict]:
+        """A production MD run (services.md.native with an MDSpec) with model `version`
+        from `structure` (numbers, positions, cell, pbc); returns its trajectory frames
+        (step, time_fs, positions, cell, energy, temperature_k), every traj_interval steps.
+        A pure function of its arguments (the spec's seed draws the velocities)."""
+        import numba
+
+        return production_run(self._model(int(version), sha256, model_box), structure, spec,
+                              threads=min(self._threads, numba.config.NUMBA_NUM_THREADS),
+                              backend="cuda" if self._engine == "cuda" else "numba")
+
+
+def production_run(potential, structure: dict, spec: dict, *, threads: int = 1,
+                   backend: str = "numba") -> list[dict]:
+    """MDExecutor.production's work, also run in the coordinator's thread when the
+    campaign has no MD executors."""
+    import numba
+    from ase import Atoms
+
+    from nnmd_kernels.md.state import kinetic_energy
+    from nnmd_kernels.md.units import KB_EV_PER_K
+    from services.md.native import run_native
+    from services.md.spec import MDSpec
+
+    numba.set_num_threads(max(1, threads))
+    atoms = Atoms(numbers=structure["numbers"], positions=structure["positions"],
+                  cell=structure["cell"], pbc=structure["pbc"])
+    frames: list[dict] = []
+
+    def traj(f):
+        dof = max(1, 3 * len(f.numbers) - 3)
+        frames.append({"step": int(f.step), "time_fs": float(f.time_fs),
+                       "numbers": np.array(f.numbers), "pbc": np.array(f.pbc),
+                       "positions": np.array(f.positions), "cell": np.array(f.cell),
+                       "energy": float(f.energy),
+                       "temperature_k": float(2.0 * kinetic_energy(f.velocities, f.masses)
+                                              / (dof * KB_EV_PER_K))})
+
+    md = MDSpec.from_dict(dict(spec))
+    run_native(atoms, potential, md, traj=traj, backend=backend)
+    return frames
+
+
+class RayMDPool:
+    """W MD executor actors (``resources.md``); ``await propose(version, state, kcfg)``.
+
+    Each call goes to the least-loaded executor (fewest calls in flight, then fewest
+    answered, then the next in turn), so chains share W executors evenly; calls are
+    counted per executor (``workers()``, what status shows). When an executor dies
+    mid-call (RayActorError: killed, its node lost), the call is sent again, with the
+    same chain state and so the same random stream, to another executor, or to the same
+    one once Ray has restarted it (``max_restarts``): the chain's records are what an
+    undisturbed run makes. An executor that Ray cannot restart is dropped; when none is
+    left, NoMDExecutors.
+    """
+
+    def __init__(self, store_url: str, workers: int = 1, *, num_cpus: float | None = None,
+                 num_gpus: float = 0.0, resources: dict | None = None, engine: str = "native",
+                 ranks: int = 1, max_restarts: int = 3, start_timeout_s: float = 300.0,
+                 attempts: int = 8) -> None:
+        import ray
+
+        from services.runtime import faults
+
+        if workers < 1:
+            raise ValueError(f"resources.md.workers must be >= 1, got {workers}")
+        if engine not in MD_ENGINES:
+            raise ValueError(f"resources.md.engine must be one of {', '.join(MD_ENGINES)} for "
+                             f"the chains' HMC proposals, got {engine!r}")
+        self.store_url, self.engine = store_url, engine
+        cpus = float(num_cpus if num_cpus is not None else max(1, int(ranks)))
+        opts = {"num_cpus": cpus, "num_gpus": float(num_gpus or 0),
+                "resources": dict(resources or {}), "max_restarts": int(max_restarts),
+                "max_task_retries": 0}
+        env = faults.environment()
+        if env:  # the fault suite's variables reach the executors too
+            opts["runtime_env"] = {"env_vars": env}
+        remote = ray.remote(MDExecutor)
+        self._actors = [remote.options(**opts).remote(store_url, engine, int(ranks))
+                        for _ in range(workers)]
+        try:
+            infos = ray.get([a.ready.remote() for a in self._actors], timeout=start_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            for a in self._actors:
+                ray.kill(a)
+            raise RuntimeError(
+                f"could not start {workers} MD executors with {cpus:g} CPUs"
+                f"{f' and {num_gpus:g} GPUs' if num_gpus else ''} each within "
+                f"{start_timeout_s:g} s (free in the Ray cluster: {ray.available_resources()}); "
+                "lower resources.md.workers or their resources") from None
+        self._addresses = [i["address"] for i in infos]
+        self._calls = [0] * workers
+        self._inflight = [0] * workers
+        self._alive = [True] * workers
+        self._suspect = [False] * workers
+        self._next = 0
+        self._attempts = attempts
+        self._models: dict[int, tuple[str, list]] = {}  # version -> (sha256, [ObjectRef])
+        self._checks: set = set()  # tasks that follow a failed executor (restart or gone)
+        self.calls = 0
+        self.retries = 0
+
+    @property
+    def addresses(self) -> list[str]:
+        return [a for a, ok in zip(self._addresses, self._alive) if ok]
+
+    def workers(self) -> list[dict]:
+        """Each executor: its address (node/process; the latest after a restart), the
+        proposals it answered, and its kind."""
+        return [{"address": self._addresses[i], "calls": self._calls[i],
+                 "kind": f"md:{self.engine}", "alive": self._alive[i]}
+                for i in range(len(self._actors))]
+
+    def _model(self, version: int) -> tuple[str, list]:
+        """(sha256, [ObjectRef of the model file]) of a version, read once: the sha the
+        executors check theirs against, and a copy for executors that cannot reach the
+        store."""
+        if version not in self._models:
+            import ray
+
+            from services.store import Store
+
+            data, meta = Store(self.store_url, read_only=True).load_model(version)
+            self._models[version] = (str(meta.get("sha256", "")), [ray.put(data)])
+        return self._models[version]
+
+    def _pick(self, avoid: int | None) -> int | None:
+        n = len(self._actors)
+        ok = [i for i in range(n) if self._alive[i] and not self._suspect[i]]
+        if len(ok) > 1 and avoid in ok:
+            ok.remove(avoid)
+        if not ok:
+            return None
+        start = self._next
+        best = min(ok, key=lambda i: (self._inflight[i], self._calls[i], (i - start) % n))
+        self._next = (best + 1) % n
+        return best
+
+    async def _check(self, i: int) -> None:
+        """After a failed call: wait until executor i answers again (restarted) or is gone."""
+        import ray
+
+        deadline = time.monotonic() + 300.0
+        try:
+            while True:
+                try:
+                    info = await asyncio.wait_for(self._actors[i].ready.remote(),
+                                                  max(1.0, deadline - time.monotonic()))
+                    self._addresses[i] = info["address"]
+                    return
+                except ray.exceptions.ActorUnavailableError:  # restarting: ask again
+                    if time.monotonic() > deadline:
+                        raise TimeoutError from None
+                    await asyncio.sleep(0.5)
+        except TimeoutError:
+            log.warning("MD executor %s did not come back within 300 s; dropping it",
+                        self._addresses[i])
+            self._alive[i] = False
+        except ray.exceptions.RayActorError:  # ActorDiedError: Ray will not restart it
+            log.warning("MD executor %s is gone; dropping it", self._addresses[i])
+            self._alive[i] = False
+        finally:
+            self._suspect[i] = False
+
+    async def propose(self, version: int, state, kcfg):
+        """The chain's proposal from model `version` (nnmd_kernels.slhmc.Proposal)."""
+        return await self._call("propose", "a proposal", version, state, kcfg)
+
+    async def production(self, version: int, structure: dict, spec: dict):
+        """One production MD replica with model `version` (MDExecutor.production)."""
+        return await self._call("production", "a production run", version, structure, spec)
+
+    async def _call(self, method: str, what: str, version: int, *args):
+        """executor.<method>(version, sha256, *args, model_box) on the least-loaded
+        executor, sent again elsewhere when one dies mid-call."""
+        import ray
+
+        version = int(version)
+        sha, box = self._models[version] if version in self._models else \
+            await asyncio.to_thread(self._model, version)
+        last = None
+        for _attempt in range(self._attempts):
+            i = self._pick(last)
+            if i is None:
+                if self._checks:  # every live executor is being checked: wait for one
+                    await asyncio.wait(set(self._checks), return_when=asyncio.FIRST_COMPLETED)
+                    i = self._pick(None)
+                if i is None:
+                    if not any(self._alive):
+                        raise NoMDExecutors("every MD executor died and Ray could not "
+                                            "restart them")
+                    await asyncio.sleep(0.5)
+                    continue
+            self._inflight[i] += 1
+            try:
+                out = await getattr(self._actors[i], method).remote(version, sha, *args, box)
+            except ray.exceptions.RayActorError as exc:
+                self.retries += 1
+                log.warning("MD executor %s failed %s (%s); sending it again",
+                            self._addresses[i], what, type(exc).__name__)
+                last = i
+                if not self._suspect[i]:
+                    self._suspect[i] = True
+                    task = asyncio.ensure_future(self._check(i))
+                    self._checks.add(task)
+                    task.add_done_callback(self._checks.discard)
+                continue
+            finally:
+                self._inflight[i] -= 1
+            self._calls[i] += 1
+            self.calls += 1
+            return out
+        raise NoMDExecutors(f"no MD executor answered {what} after {self._attempts} tries")
+
+    def close(self) -> None:
+        import ray
+
+        for a in self._actors:
+            try:
+                ray.kill(a)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        self._alive = [False] * len(self._actors)

@@ -4,8 +4,10 @@ Shared by `nnmd campaign run SPEC` (in the foreground) and the Coordinator servi
 (many campaigns on the server's event loop). The chains are asyncio tasks
 (orchestrator.slhmc.Campaign.run_async); the reference runs in local threads
 (executor "local") or in a pool of Ray actors that serve the Reference gRPC service
-(executor "ray", spread over the cluster's nodes by their resources). NNP MD proposals
-and re-training run in threads of this process.
+(executor "ray", spread over the cluster's nodes by their resources). The chains' NNP MD
+proposals run on `resources.md.workers` MD executor actors (executor "ray", workers >= 1:
+RayMDPool), else in threads of this process; re-training runs in a thread, or as a Ray
+task with the trainer's resources.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class CampaignRun:
         self.events: collections.deque = collections.deque(maxlen=history)
         self.started = time.time()
         self.pool = None
+        self.md_pool = None  # RayMDPool: the chains' MD proposals (executor ray, md.workers)
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop run() runs on
 
     # ------------------------------------------------------------ events
@@ -122,6 +125,8 @@ class CampaignRun:
             reference = None
             if executor == "ray":
                 reference = await asyncio.to_thread(self._ray_pool)
+                if spec.md_workers > 0:  # started before the campaign takes the store
+                    await asyncio.to_thread(self._ray_md_pool)
             self.campaign = await asyncio.to_thread(
                 Campaign, cfg, spec.store, self.log, wait_for_model=spec.wait_for_model,
                 make_backends=executor == "local")
@@ -131,16 +136,24 @@ class CampaignRun:
                 self.campaign.bootstrap_backend = _SyncBackend(reference, loop,
                                                                self.campaign.backend.name)
                 self.campaign.train_fn = ray_trainer(spec.trainer_resources)
+                self.campaign.md_executor = self.md_pool  # None: MD threads here
+            elif spec.md_workers > 0:
+                self.log(f"resources.md.workers {spec.md_workers} needs executor ray; the "
+                         "MD proposals run in threads of this process")
             try:
                 self.summary = await self.campaign.run_async(
                     atoms, reference=reference, stop=self._stop, on_event=self._publish)
             finally:
                 await asyncio.to_thread(self.campaign.close)
             self.summary["executor"] = executor
-            if reference is not None:
-                self.summary["reference_workers"] = reference.addresses
             failed = self.summary.get("failed_chains", {})
             done = all(v >= cfg.steps or n in failed for n, v in self.summary["steps"].items())
+            if spec.production and done and not self._stop.is_set():
+                self.summary["production"] = await self._production()
+            if reference is not None:
+                self.summary["reference_workers"] = reference.addresses
+            if self.md_pool is not None:
+                self.summary["md_executors"] = self.md_pool.workers()
             self._set_state("finished" if done else "stopped",
                             f"{'finished' if done else 'stopped'}: acceptance "
                             f"{_rate(self.summary['acceptance'])}, {self.summary['labels']} labels, "
@@ -159,6 +172,8 @@ class CampaignRun:
         finally:
             if self.pool is not None:
                 self.pool.close()
+            if self.md_pool is not None:
+                self.md_pool.close()
 
     def _ray_pool(self):
         import ray
@@ -175,6 +190,89 @@ class CampaignRun:
         self.log(f"reference: {workers} Ray worker(s) serving {self.spec.config.reference} "
                  f"at {', '.join(self.pool.addresses)}")
         return self.pool
+
+    async def _production(self) -> dict:
+        """Production MD (the spec's `production:` block) with the campaign's last model:
+        replica r from chain (r mod chains)'s final state, on the MD executors when the
+        campaign has them (each replica one call, sent again if its executor dies: the
+        frames do not change), else in a thread here. Frames go to
+        OUTPUT/replicaNNN.extxyz, rewritten whole when the stage runs again."""
+        from pathlib import Path
+
+        from orchestrator.coordinator.executors import production_run
+        from orchestrator.coordinator.spec import production_md
+
+        camp, prod, cfg = self.campaign, self.spec.production, self.spec.config
+        version = int(self.summary["model_version"])
+        names = [n for n in sorted(camp._states) if n not in camp._failed]
+        if not names:
+            return {"replicas": 0, "files": []}
+        where = (f"{self.md_pool.engine} MD executors" if self.md_pool is not None
+                 else "this process")
+        self.log(f"production: {prod['replicas']} replica(s) x {prod['steps']} MD steps with "
+                 f"model v{version} on {where}")
+        t0 = time.perf_counter()
+        jobs = []
+        for r in range(prod["replicas"]):
+            st = camp._states[names[r % len(names)]]
+            structure = {"numbers": st.numbers, "positions": st.positions, "cell": st.cell,
+                         "pbc": st.pbc}
+            md = production_md(prod, cfg, r)
+            if self.md_pool is not None:
+                jobs.append(self.md_pool.production(version, structure, md))
+            else:
+                jobs.append(asyncio.to_thread(
+                    lambda s=structure, m=md: production_run(camp.model(version), s, m)))
+        if self.md_pool is not None:
+            runs = await asyncio.gather(*jobs)
+        else:  # one at a time: the numba kernels use the cores
+            runs = [await j for j in jobs]
+        out = Path(prod["output"])
+        files = await asyncio.to_thread(_write_production, out, runs, names, version,
+                                        self.name)
+        temps = [f["temperature_k"] for frames in runs for f in frames[1:]]
+        result = {"replicas": len(runs), "steps": prod["steps"], "model_version": version,
+                  "output": str(out), "files": files, "frames": sum(map(len, runs)),
+                  "mean_temperature_k": float(sum(temps) / len(temps)) if temps else None,
+                  "seconds": time.perf_counter() - t0}
+        self.log(f"production: {result['frames']} frames in {out} "
+                 f"({result['seconds']:.1f} s)")
+        return result
+
+    def _ray_md_pool(self):
+        from orchestrator.coordinator.executors import RayMDPool
+
+        r, workers = self.spec.md_resources, self.spec.md_workers
+        self.md_pool = RayMDPool(self.spec.store, workers, num_cpus=r.get("num_cpus"),
+                                 num_gpus=float(r.get("num_gpus", 0)),
+                                 resources=r.get("resources"),
+                                 engine=r.get("engine", "native"), ranks=int(r.get("ranks", 1)),
+                                 max_restarts=int(r.get("max_restarts", 3)))
+        self.log(f"MD: {workers} Ray executor(s) ({self.md_pool.engine}) at "
+                 f"{', '.join(self.md_pool.addresses)}")
+        return self.md_pool
+
+    def workers(self) -> dict:
+        """Where the work runs: {"md_executors": [...], "reference_workers": [...]}, each
+        entry {address, calls, kind}."""
+        camp = self.campaign
+        stats = getattr(camp, "stats", None) or {}
+        if self.md_pool is not None:
+            md = [{k: w[k] for k in ("address", "calls", "kind")}
+                  for w in self.md_pool.workers()]
+        elif camp is not None:
+            md = [{"address": "in-process", "calls": int(stats.get("chain_steps", 0)),
+                   "kind": "md:in-process"}]
+        else:
+            md = []
+        if self.pool is not None:
+            ref = self.pool.workers()
+        elif camp is not None:
+            ref = [{"address": "in-process", "calls": int(stats.get("reference_calls", 0)),
+                    "kind": "reference:local"}]
+        else:
+            ref = []
+        return {"md_executors": md, "reference_workers": ref}
 
     # ------------------------------------------------------------ status
     def status(self) -> dict:
@@ -201,8 +299,33 @@ class CampaignRun:
                         out["chains"].append(row)
                     row.update(state="failed", failure=f["reason"])
                 out["chains"].sort(key=lambda c: c["chain"])
-        out.update(state=self.state, message=self.message, store=self.spec.store)
+        out.update(state=self.state, message=self.message, store=self.spec.store,
+                   **self.workers())
         return out
+
+
+def _write_production(out, runs, names, version: int, campaign: str) -> list[str]:
+    from ase import Atoms
+    from ase.io import write
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for r, frames in enumerate(runs):
+        chain = names[r % len(names)]
+        images = []
+        for f in frames:
+            a = Atoms(numbers=f["numbers"], positions=f["positions"], cell=f["cell"],
+                      pbc=f["pbc"])
+            a.info.update(step=f["step"], time_fs=f["time_fs"], energy_nnp=f["energy"],
+                          temperature_k=f["temperature_k"], model_version=version,
+                          campaign=campaign, chain=chain, replica=r)
+            images.append(a)
+        path = out / f"replica{r:03d}.extxyz"
+        tmp = path.with_suffix(".extxyz.tmp")
+        write(tmp, images, format="extxyz")
+        os.replace(tmp, path)
+        files.append(str(path))
+    return files
 
 
 def _rate(x) -> str:

@@ -14,6 +14,14 @@ live view: orchestrator/coordinator/history.py) and Report (report.html). Start 
 small input files (a QE input, a structure) for clients that share no disk with the
 coordinator (the web console), kept under --upload-dir, and may only validate. An unknown
 campaign is NOT_FOUND.
+
+Recovery: Start records the campaign's spec in the coordinator's store (document
+``documents/coordinator/<campaign>.json``); Stop records there that a user stopped it.
+``nnmd serve coordinator`` resumes on start, with no client call, every campaign so
+recorded that has not finished, failed or been stopped by a user (``--no-resume``: not).
+A campaign's store lease (services/store/log.py) keeps two coordinators off one campaign;
+the lease of a coordinator that was killed on this host is taken over at once, one from
+elsewhere once it expires (NNMD_LEASE_TTL_S, default 30 s): resuming waits for it.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ MAX_UPLOAD_BYTES = 8 << 20
 MAX_CONTENT_BYTES = 32 << 20
 EXPORT_FORMATS = ("nnmd", "sannp", "lammps")
 EXPORT_NAMES = {"nnmd": "model.nnmd", "sannp": "ffield.sannp", "lammps": "nnmd-lammps.zip"}
+DOC_KIND = "coordinator"  # documents/coordinator/<campaign>.json in the coordinator's store
 
 
 def _check_name(name: str, field: str) -> str:
@@ -63,7 +72,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def __init__(self, store: str = "nnmd-store", executor: str = "auto",
                  max_campaigns: int = 16, base_dir: str | None = None,
                  store_roots: list[str] | None = None, allow_code: bool = False,
-                 upload_dir: str | None = None) -> None:
+                 upload_dir: str | None = None, resume: bool = False) -> None:
         if executor not in EXECUTORS:
             raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
         self.store = store
@@ -80,6 +89,94 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self.runs: dict[str, CampaignRun] = {}
         self.tasks: dict[str, asyncio.Task] = {}
         self._idempotency = IdempotencyCache()
+        self.resume_task: asyncio.Task | None = None
+        if resume:  # built on the server's loop (registry.start_service): resume from there
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None:
+                self.resume_task = loop.create_task(self.resume_campaigns())
+
+    # ------------------------------------------------------------ recovery
+    def _record(self, name: str, update: dict | None = None, *, replace: dict | None = None):
+        """Read-modify-write of the campaign's coordinator document in self.store."""
+        from services.store import Store
+
+        store = Store(self.store)
+        doc = replace if replace is not None else (store.read_document(DOC_KIND, name) or {})
+        doc.update(update or {})
+        store.put_document(DOC_KIND, name, doc)
+        return doc
+
+    def _resumable(self) -> list[tuple[str, dict]]:
+        """(name, document) of every campaign recorded in self.store that should run."""
+        from services.store import Store
+
+        try:
+            store = Store(self.store, read_only=True)
+        except Exception:  # noqa: BLE001 - no store yet: nothing ran here
+            return []
+        out = []
+        for name in store.list_documents(DOC_KIND):
+            try:
+                doc = store.read_document(DOC_KIND, name) or {}
+            except ValueError:
+                log.error("campaign %s: its coordinator document is not JSON; not resumed", name)
+                continue
+            if doc.get("stop") or doc.get("failed") or not isinstance(doc.get("spec"), dict):
+                continue
+            st = status_from_store(doc.get("store") or self.store, name)
+            if st is not None and st["state"] == "finished":
+                continue
+            out.append((name, doc))
+        return out
+
+    async def resume_campaigns(self, wait_s: float = 0.5) -> list[str]:
+        """Starts every recorded campaign that was running (see the module doc); waits for
+        a campaign's lease held by a coordinator that is gone to expire. Returns the names."""
+        from services.store import Store
+
+        pending = await asyncio.to_thread(self._resumable)
+        started = []
+        while pending:
+            later = []
+            for name, doc in pending:
+                if name in self.runs and self.runs[name].state not in TERMINAL:
+                    continue  # a client started it meanwhile
+                url = doc.get("store") or self.store
+                lease = (await asyncio.to_thread(
+                    lambda u=url: Store(u, read_only=True).leases())).get(name)
+                if lease is not None and not lease["stale"]:
+                    later.append((name, doc))
+                    continue
+                try:
+                    spec = await asyncio.to_thread(parse_spec, doc["spec"], store=url,
+                                                   base_dir=doc.get("base_dir"))
+                except SpecError as exc:
+                    log.error("campaign %s not resumed: its spec no longer parses (%s: %s)",
+                              name, exc.field, exc.reason)
+                    continue
+                log.info("campaign %s: resuming (it was running when this coordinator "
+                         "stopped)", name)
+                self._launch(spec)
+                started.append(name)
+            if not later:
+                break
+            await asyncio.sleep(wait_s)
+            wait_s = min(2 * wait_s, 5.0)
+            waiting = {n for n, _ in later}  # still unfinished, unstopped and recorded?
+            pending = [(n, d) for n, d in await asyncio.to_thread(self._resumable)
+                       if n in waiting]
+        return started
+
+    def _launch(self, spec) -> str:
+        run = CampaignRun(spec, log=lambda m, n=spec.name: log.info("%s: %s", n, m))
+        self.runs[spec.name] = run
+        task = asyncio.get_running_loop().create_task(run.run())
+        task.add_done_callback(lambda t, n=spec.name: self._done(n, t))
+        self.tasks[spec.name] = task
+        return spec.name
 
     # ------------------------------------------------------------ helpers
     def _run_of(self, name: str) -> CampaignRun | None:
@@ -143,12 +240,17 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 raise FailedPrecondition("campaign", f"{active} campaigns are running (the "
                                          f"limit is {self.max_campaigns})",
                                          "stop one, or serve with a higher --max-campaigns")
-            run = CampaignRun(spec, log=lambda m, n=spec.name: log.info("%s: %s", n, m))
-            self.runs[spec.name] = run
-            task = asyncio.get_running_loop().create_task(run.run())
-            task.add_done_callback(lambda t, n=spec.name: self._done(n, t))
-            self.tasks[spec.name] = task
-            return spec.name
+            # recorded first: a coordinator restarted from here on resumes it; a client's
+            # Start clears a user's Stop
+            try:
+                await asyncio.to_thread(self._record, spec.name, replace={
+                    "spec": {**raw, "name": spec.name}, "store": spec.store,
+                    "base_dir": base_dir, "started": time.time(), "stop": None,
+                    "failed": None})
+            except Exception:  # noqa: BLE001 - the campaign runs; only its auto-resume is lost
+                log.exception("campaign %s: could not record it in %s; a restarted "
+                              "coordinator will not resume it by itself", spec.name, self.store)
+            return self._launch(spec)
 
         name = await self._idempotency.run(context, start)
         return coordinator_pb2.StartResponse(campaign=name)
@@ -199,6 +301,15 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         exc = task.exception()
         if exc is not None:
             log.error("campaign %s failed: %s: %s", name, type(exc).__name__, exc)
+            from services.runtime.errors import FailedPrecondition as _Busy
+
+            if isinstance(exc, _Busy) and "lease" in str(exc):
+                return  # another coordinator runs it: not a failure of the campaign
+            try:  # not resumed on restart (it would fail again); a client's Start retries
+                self._record(name, {"failed": {"time": time.time(),
+                                               "error": f"{type(exc).__name__}: {exc}"[:2000]}})
+            except Exception:  # noqa: BLE001
+                log.exception("campaign %s: could not record the failure", name)
 
     async def Status(self, request, context):
         st = await asyncio.to_thread(self._status, request.campaign)
@@ -227,10 +338,27 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def Stop(self, request, context):
         name = _check_name(request.campaign, "campaign")
         run = self._run_of(name)
+        # a user's Stop: recorded, so a restarted coordinator does not resume the campaign
+        # (a shutdown of the server stops campaigns too, and they are resumed)
+        await asyncio.to_thread(self._record_stop, name)
         if run is None:
             st = await asyncio.to_thread(self._status, name)
             return coordinator_pb2.StopResponse(state=_STATE[st["state"]])
         return coordinator_pb2.StopResponse(state=_STATE[run.stop()])
+
+    def _record_stop(self, name: str) -> None:
+        from services.store import Store
+
+        try:
+            doc = Store(self.store, read_only=True).read_document(DOC_KIND, name)
+        except Exception:  # noqa: BLE001 - no store: nothing to resume anyway
+            return
+        if doc is not None:
+            try:
+                self._record(name, {"stop": {"by": "user", "reason": "Stop RPC",
+                                             "time": time.time()}})
+            except Exception:  # noqa: BLE001 - the Stop itself goes on
+                log.exception("campaign %s: could not record the user's Stop", name)
 
     async def ExportModel(self, request, context):
         name = _check_name(request.campaign, "campaign")
@@ -365,6 +493,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         return coordinator_pb2.ReportResponse(html=html)
 
     async def close(self) -> None:
+        if self.resume_task is not None and not self.resume_task.done():
+            self.resume_task.cancel()
         for run in self.runs.values():
             run.stop()
         tasks = [t for t in self.tasks.values() if not t.done()]
@@ -462,7 +592,14 @@ def _status_proto(st: dict):
         n_labels=st["n_labels"],
         latest_model=common_pb2.ModelRef(store=common_pb2.StoreRef(url=st.get("store", "")),
                                          version=st["model_version"]),
-        message=st.get("message", "")[:4096])
+        message=st.get("message", "")[:4096],
+        md_executors=[_worker_proto(w) for w in st.get("md_executors", ())],
+        reference_workers=[_worker_proto(w) for w in st.get("reference_workers", ())])
+
+
+def _worker_proto(w: dict):
+    return coordinator_pb2.WorkerStatus(address=str(w.get("address", "")),
+                                        calls=int(w.get("calls", 0)), kind=str(w.get("kind", "")))
 
 
 def _f(x) -> float:
@@ -501,6 +638,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where inputs uploaded with Start (the web console's QE input or "
                         "structure) are kept, a folder per set of files (default: "
                         "./nnmd-uploads)")
+    p.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="do not resume, on start, the campaigns that were running in --store "
+                        "when this coordinator last stopped (default: resume them)")
     p.add_argument("--allow-code", action="store_true",
                    help="let specs name programs or code to run here (qe.pw, qe.mpirun, "
                         "ase:module:factory references); off by default")
@@ -509,7 +649,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 def _options_from_args(args) -> dict:
     return {"store": args.store, "executor": args.executor,
             "max_campaigns": args.max_campaigns, "store_roots": args.store_root,
-            "allow_code": args.allow_code, "upload_dir": args.upload_dir}
+            "allow_code": args.allow_code, "upload_dir": args.upload_dir,
+            "resume": getattr(args, "resume", True)}
 
 
 async def _close(servicers) -> None:

@@ -18,14 +18,24 @@
       md_steps_jitter: 0.0         # trajectory lengths uniform in [(1 - j) n, n]
       on_failure: stop             # stop (chain ends as failed) | reject (biased)
     train: {...}                   # TrainConfig fields
+    production:                    # MD with the last model after the chains finish
+      steps: 10000                 # per replica, from chain (r mod chains)'s final state
+      replicas: 4                  # default: one per chain
+      ensemble: nvt, temperature, pressure, dt, thermostat, tau_t_fs, tau_p_fs, seed
+      traj_interval: 100           # frames to OUTPUT/replicaNNN.extxyz
+      output: production-NAME      # folder (relative to the spec)
     qe: {ranks: 1, threads: 1, timeout_s: 3600, attempts: 3, restart: true}
     executor: auto                 # local | ray | auto (ray when RAY_ADDRESS is set)
     resources:
       reference: {workers: 2, num_cpus: 1, ranks: 1, resources: {qe: 0.01}}
       trainer: {num_gpus: 0}
-      md: {num_gpus: 0}
+      md: {workers: 2, num_cpus: 1, num_gpus: 0, engine: native, ranks: 1, max_restarts: 3}
+                                   # executor ray and workers >= 1: the chains' HMC
+                                   # proposals run on that many MD executor actors (engine
+                                   # native | cuda; ranks = threads each); workers 0 or
+                                   # executor local: MD threads in the coordinator
 
-Relative paths (structure, qe:INPUT, a relative store folder) are relative to the spec
+Relative paths (structure, qe:INPUT, lammps:FILE, a relative store folder) are relative to the spec
 file's folder. Every error names the field (``spec field 'chains[1].temperature': ...``)
 and says what to change.
 """
@@ -50,14 +60,15 @@ _SAMPLING = {"burn_in": "burn_in", "cell_moves": "cell_moves", "volume_every": "
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(CampaignConfig)} - {"chain_groups"}
 _TOP_LEVEL = ({k for k in _CONFIG_FIELDS} - set(_RENAMED.values()) - set(_SAMPLING.values())) \
     | set(_RENAMED) | {"pressure_gpa", "store", "executor", "resources", "wait_for_model",
-                       "description", "sampling"}
+                       "description", "sampling", "production"}
 _GROUP_KEYS = {"count", "temperature", "ensemble", "pressure", "pressure_gpa", "md_steps"}
 _RESOURCE_KEYS = {
     "reference": {"workers", "num_cpus", "ranks", "threads", "resources", "max_restarts"},
     "trainer": {"num_gpus", "num_cpus", "resources"},
-    "md": {"num_gpus", "num_cpus", "resources", "workers"},
+    "md": {"num_gpus", "num_cpus", "resources", "workers", "engine", "ranks", "max_restarts"},
 }
 EXECUTORS = ("auto", "local", "ray")
+MD_ENGINES = ("native", "cuda")  # orchestrator.coordinator.executors.MD_ENGINES
 
 
 class SpecError(ValueError):
@@ -87,12 +98,19 @@ class CampaignSpec:
     reference_resources: ReferenceResources = ReferenceResources()
     trainer_resources: dict = field(default_factory=dict)
     md_resources: dict = field(default_factory=dict)
+    # production MD after the chains (validated `production:` block; {} = none)
+    production: dict = field(default_factory=dict)
     wait_for_model: bool = True
     raw: dict = field(default_factory=dict, compare=False)
 
     @property
     def name(self) -> str:
         return self.config.campaign
+
+    @property
+    def md_workers(self) -> int:
+        """MD executor actors for the chains' proposals (0: MD threads in the coordinator)."""
+        return int(self.md_resources.get("workers", 0))
 
     def resolved_executor(self) -> str:
         if self.executor != "auto":
@@ -218,7 +236,7 @@ def parse_spec(spec: dict | str | os.PathLike, *, store: str | None = None,
         kw[_SAMPLING[key]] = value
     for key, value in raw.items():
         if key in ("store", "executor", "resources", "wait_for_model", "description",
-                   "sampling"):
+                   "sampling", "production"):
             continue
         if key == "chains" and isinstance(value, list):
             continue
@@ -241,8 +259,9 @@ def parse_spec(spec: dict | str | os.PathLike, *, store: str | None = None,
     except ValueError as exc:
         raise SpecError("name", str(exc), "use letters, digits, '.', '_' or '-'") from None
     ref = kw["reference"].strip()
-    if ref.lower().startswith("qe:"):
-        kw["reference"] = "qe:" + _relative(ref[3:], base)
+    for kind in ("qe:", "lammps:"):  # the file these references name
+        if ref.lower().startswith(kind):
+            kw["reference"] = kind + _relative(ref[len(kind):], base)
     kw["structure"] = _relative(kw.get("structure", ""), base)
     if kw["structure"] and not Path(kw["structure"]).is_file():
         raise SpecError("structure", f"no file {kw['structure']}",
@@ -268,9 +287,17 @@ def parse_spec(spec: dict | str | os.PathLike, *, store: str | None = None,
                         and not isinstance(v, bool) and v >= 0 for k, v in d[key].items()):
                     raise SpecError(f"resources.{svc}.resources", "must map resource names "
                                     "to amounts >= 0", "e.g. {qe: 0.01}")
+            elif key == "engine":
+                if d[key] not in MD_ENGINES:
+                    raise SpecError("resources.md.engine", f"must be one of "
+                                    f"{', '.join(MD_ENGINES)}, got {d[key]!r}",
+                                    "the chains' HMC proposals run on the native (numba) "
+                                    "or cuda engine; lammps runs production MD (nnmd md), "
+                                    "not proposals" if d[key] == "lammps" else "")
             else:
                 kind = int if key in ("workers", "ranks", "threads", "max_restarts") else float
                 _number(d, key, f"resources.{svc}.", kind,
+                        0 if (svc, key) == ("md", "workers") else
                         1 if key in ("workers", "ranks", "threads") else 0)
     rref = dict(res.get("reference", {}))
     qe = dict(kw.get("qe", {}))
@@ -314,10 +341,79 @@ def parse_spec(spec: dict | str | os.PathLike, *, store: str | None = None,
     store_url = store or raw.get("store") or os.environ.get("NNMD_STORE") or "nnmd-store"
     if store is None and raw.get("store"):
         store_url = _relative(store_url, base)
+    production = _production(raw.get("production"), config, base)
     return CampaignSpec(config=config, store=str(store_url), executor=executor,
-                        reference_resources=ref_res,
+                        production=production, reference_resources=ref_res,
                         trainer_resources=dict(res.get("trainer", {})),
                         md_resources=dict(res.get("md", {})), wait_for_model=wait, raw=raw)
+
+
+_PRODUCTION_KEYS = {"steps", "replicas", "ensemble", "temperature", "pressure", "dt",
+                    "thermostat", "tau_t_fs", "tau_p_fs", "traj_interval", "seed", "output"}
+
+
+def _production(block, config: CampaignConfig, base: Path | None) -> dict:
+    """The `production:` block, normalised: MD with the campaign's last model from each
+    chain's final state, on the MD executors (or in a coordinator thread)."""
+    if block is None:
+        return {}
+    if not isinstance(block, dict):
+        raise SpecError("production", f"must be a mapping, got {block!r}",
+                        "e.g. {steps: 10000, replicas: 4, traj_interval: 100}")
+    _check_keys(block, _PRODUCTION_KEYS, "production.")
+    if "steps" not in block:
+        raise SpecError("production.steps", "missing", "MD steps per replica")
+    out = {"steps": _number(block, "steps", "production.", int, 1),
+           "replicas": _number(block, "replicas", "production.", int, 1)
+           if "replicas" in block else int(config.chains),
+           "ensemble": block.get("ensemble", "nvt"),
+           "thermostat": block.get("thermostat", "bussi"),
+           "seed": _number(block, "seed", "production.", int) if "seed" in block
+           else int(config.seed)}
+    for key in ("ensemble", "thermostat", "output"):
+        if key in block and not isinstance(block[key], str):
+            raise SpecError(f"production.{key}", f"must be a string, got {block[key]!r}")
+    if "temperature" in block:
+        out["temperature"] = _number(block, "temperature", "production.", float, 0, True)
+    if "pressure" in block:
+        out["pressure_gpa"] = _pressure(block, "pressure", "production.")
+    out["dt_fs"] = _number(block, "dt", "production.", float, 0, True) if "dt" in block \
+        else float(config.dt)
+    for key in ("tau_t_fs", "tau_p_fs"):
+        if key in block:
+            out[key] = _number(block, key, "production.", float, 0, True)
+    out["traj_interval"] = _number(block, "traj_interval", "production.", int, 1) \
+        if "traj_interval" in block else max(1, out["steps"] // 10)
+    out["output"] = _relative(block.get("output") or f"production-{config.campaign}", base)
+    from services.md.spec import MDSpec
+
+    for r in range(out["replicas"]):  # every replica's MD settings, checked now
+        try:
+            MDSpec.from_dict(production_md(out, config, r))
+        except ValueError as exc:
+            msg = str(exc)
+            key = next((k for k in sorted(_PRODUCTION_KEYS, key=len, reverse=True)
+                        if k in msg), "")
+            raise SpecError(f"production.{key}" if key else "production", msg) from None
+    return out
+
+
+def production_md(production: dict, config: CampaignConfig, replica: int) -> dict:
+    """services.md.spec.MDSpec fields of a production replica (its chain's temperature
+    and pressure unless the block gives them; seed = the block's seed + replica)."""
+    cond = config.chain_conditions(replica % config.chains)
+    md = {"ensemble": production["ensemble"], "dt_fs": production["dt_fs"],
+          "steps": production["steps"], "thermostat": production["thermostat"],
+          "temperature": production.get("temperature", cond["temperature"]),
+          "traj_interval": production["traj_interval"],
+          "thermo_interval": production["traj_interval"],
+          "seed": int(production["seed"]) + replica}
+    if production["ensemble"] == "npt":
+        md["pressure_gpa"] = production.get("pressure_gpa", cond["pressure_gpa"])
+    for key in ("tau_t_fs", "tau_p_fs"):
+        if key in production:
+            md[key] = production[key]
+    return md
 
 
 def _groups(groups: list, raw: dict) -> list[dict]:

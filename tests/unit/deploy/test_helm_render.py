@@ -50,6 +50,7 @@ CASES |= {
                                          "hosts": ["console.example.org"]}]}},
     },
     "console-off": {"console": {"enabled": False}},
+    "coordinator-no-resume-lease-60": {"coordinator": {"resume": False, "leaseTtlSeconds": 60}},
 }
 # Values the schema accepts but that cannot work: the templates must refuse them.
 BAD_CASES = {
@@ -255,6 +256,34 @@ def test_coordinator_service_probes_and_token(rendered, case):
     else:
         assert "--token-file" not in args and "--no-auth" in args
     assert args[args.index("--host") + 1] == "0.0.0.0", "probes and the Service use the pod IP"
+
+
+@pytest.mark.parametrize("case", sorted(c for c in CASES if c != "nodeport-no-coordinator-gpu-only"))
+def test_coordinator_survives_a_pod_restart(rendered, case):
+    """Issue 18: the coordinator's store (campaign specs, checkpoints, leases) and uploads
+    are on the PVC, it resumes campaigns on start, and the kubelet probes its gRPC health."""
+    values = helm_merge(load_values(), CASES[case])
+    rc = one(documents(rendered["cases"][case]), "RayCluster")
+    pod = rc["spec"]["headGroupSpec"]["template"]["spec"]
+    coord = {c["name"]: c for c in pod["containers"]}["coordinator"]
+    args, env = coord["args"], {e["name"]: e.get("value") for e in coord["env"]}
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert coord[probe]["grpc"]["port"] == values["coordinator"]["port"]
+        assert coord[probe]["periodSeconds"] > 0 and coord[probe]["failureThreshold"] >= 1
+    assert ("--no-resume" in args) == (not values["coordinator"]["resume"])
+    assert env["NNMD_LEASE_TTL_S"] == str(values["coordinator"]["leaseTtlSeconds"])
+    if values["store"]["type"] == "pvc":
+        pvc = values["store"]["pvc"]
+        mounts = {m["mountPath"]: m["name"] for m in coord["volumeMounts"]}
+        assert mounts.get(pvc["mountPath"]) == "store"
+        claim = {v["name"]: v for v in pod["volumes"]}["store"]["persistentVolumeClaim"]
+        assert claim["claimName"]
+        store = args[args.index("--store") + 1]
+        assert store == f"file://{pvc['mountPath'].rstrip('/')}/{pvc['path']}"
+        uploads = args[args.index("--upload-dir") + 1]
+        assert uploads.startswith(pvc["mountPath"].rstrip("/") + "/")
+    else:
+        assert "--upload-dir" not in args
 
 
 def test_coordinator_off_renders_no_service(rendered):

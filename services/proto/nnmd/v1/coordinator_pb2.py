@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from services.proto.nnmd.v1 import common_pb2 as nnmd_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19nnmd/v1/coordinator.proto\x12\x07nnmd.v1\x1a\x14nnmd/v1/common.proto\"*\n\tInputFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\"\x91\x01\n\x0cStartRequest\x12\x13\n\x0b\x63onfig_json\x18\x01 \x01(\t\x12 \n\x05store\x18\x02 \x01(\x0b\x32\x11.nnmd.v1.StoreRef\x12\x10\n\x08\x63\x61mpaign\x18\x03 \x01(\t\x12!\n\x05\x66iles\x18\x04 \x03(\x0b\x32\x12.nnmd.v1.InputFile\x12\x15\n\rvalidate_only\x18\x05 \x01(\x08\"!\n\rStartResponse\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\"!\n\rStatusRequest\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\"\xb4\x01\n\x0b\x43hainStatus\x12\r\n\x05\x63hain\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x17\n\x0f\x61\x63\x63\x65ptance_rate\x18\x03 \x01(\x01\x12\x12\n\nn_md_steps\x18\x04 \x01(\r\x12\x15\n\rmodel_version\x18\x05 \x01(\x04\x12\x15\n\rtemperature_k\x18\x06 \x01(\x01\x12\r\n\x05phase\x18\x07 \x01(\t\x12\r\n\x05state\x18\x08 \x01(\t\x12\x0f\n\x07\x66\x61ilure\x18\t \x01(\t\"\xbb\x01\n\x0e\x43\x61mpaignStatus\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.nnmd.v1.CampaignState\x12$\n\x06\x63hains\x18\x03 \x03(\x0b\x32\x14.nnmd.v1.ChainStatus\x12\x10\n\x08n_labels\x18\x04 \x01(\x04\x12\'\n\x0clatest_model\x18\x05 \x01(\x0b\x32\x11.nnmd.v1.ModelRef\x12\x0f\n\x07message\x18\x06 \x01(\t\" \n\x0cWatchRequest\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\"\x93\x03\n\rCampaignEvent\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05\x63hain\x18\x03 \x01(\t\x12\x0c\n\x04step\x18\x04 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x05 \x01(\x08\x12\x15\n\rmodel_version\x18\x06 \x01(\x04\x12%\n\x05state\x18\x07 \x01(\x0e\x32\x16.nnmd.v1.CampaignState\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\x0e\n\x06time_s\x18\t \x01(\x01\x12\x15\n\renergy_ref_ev\x18\n \x01(\x01\x12\x18\n\x10volume_angstrom3\x18\x0b \x01(\x01\x12\x12\n\nn_md_steps\x18\x0c \x01(\r\x12\x17\n\x0f\x61\x63\x63\x65ptance_rate\x18\r \x01(\x01\x12\r\n\x05phase\x18\x0e \x01(\t\x12\x0e\n\x06status\x18\x0f \x01(\t\x12\x10\n\x08n_labels\x18\x10 \x01(\x04\x12 \n\x18\x65nergy_rmse_mev_per_atom\x18\x11 \x01(\x01\x12#\n\x1b\x66orce_rmse_mev_per_angstrom\x18\x12 \x01(\x01\"\x1f\n\x0bStopRequest\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\"5\n\x0cStopResponse\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.nnmd.v1.CampaignState\"t\n\x12\x45xportModelRequest\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x13\n\x0b\x64\x65stination\x18\x03 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\x12\x16\n\x0ereturn_content\x18\x05 \x01(\x08\"o\n\x13\x45xportModelResponse\x12 \n\x05model\x18\x01 \x01(\x0b\x32\x11.nnmd.v1.ModelRef\x12\x13\n\x0b\x64\x65stination\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\x12\x10\n\x08\x66ilename\x18\x04 \x01(\t\"\r\n\x0bListRequest\"\xed\x01\n\x0f\x43\x61mpaignSummary\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.nnmd.v1.CampaignState\x12\x10\n\x08n_chains\x18\x03 \x01(\r\x12\x12\n\nsteps_done\x18\x04 \x01(\x04\x12\x13\n\x0bsteps_total\x18\x05 \x01(\x04\x12\x17\n\x0f\x61\x63\x63\x65ptance_rate\x18\x06 \x01(\x01\x12\x10\n\x08n_labels\x18\x07 \x01(\x04\x12\x15\n\rmodel_version\x18\x08 \x01(\x04\x12\x11\n\treference\x18\t \x01(\t\x12\x11\n\tstore_url\x18\n \x01(\t\";\n\x0cListResponse\x12+\n\tcampaigns\x18\x01 \x03(\x0b\x32\x18.nnmd.v1.CampaignSummary\"U\n\x0eHistoryRequest\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\r\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x12\n\nmax_points\x18\x04 \x01(\r\"\x1f\n\x0fHistoryResponse\x12\x0c\n\x04json\x18\x01 \x01(\t\"!\n\rReportRequest\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\"\x1e\n\x0eReportResponse\x12\x0c\n\x04html\x18\x01 \x01(\x0c*\xd8\x01\n\rCampaignState\x12\x1e\n\x1a\x43\x41MPAIGN_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43\x41MPAIGN_STATE_PENDING\x10\x01\x12\x1a\n\x16\x43\x41MPAIGN_STATE_RUNNING\x10\x02\x12\x1b\n\x17\x43\x41MPAIGN_STATE_STOPPING\x10\x03\x12\x1b\n\x17\x43\x41MPAIGN_STATE_FINISHED\x10\x04\x12\x19\n\x15\x43\x41MPAIGN_STATE_FAILED\x10\x05\x12\x1a\n\x16\x43\x41MPAIGN_STATE_STOPPED\x10\x06\x32\xe7\x03\n\x0b\x43oordinator\x12\x36\n\x05Start\x12\x15.nnmd.v1.StartRequest\x1a\x16.nnmd.v1.StartResponse\x12\x39\n\x06Status\x12\x16.nnmd.v1.StatusRequest\x1a\x17.nnmd.v1.CampaignStatus\x12\x38\n\x05Watch\x12\x15.nnmd.v1.WatchRequest\x1a\x16.nnmd.v1.CampaignEvent0\x01\x12\x33\n\x04Stop\x12\x14.nnmd.v1.StopRequest\x1a\x15.nnmd.v1.StopResponse\x12H\n\x0b\x45xportModel\x12\x1b.nnmd.v1.ExportModelRequest\x1a\x1c.nnmd.v1.ExportModelResponse\x12\x33\n\x04List\x12\x14.nnmd.v1.ListRequest\x1a\x15.nnmd.v1.ListResponse\x12<\n\x07History\x12\x17.nnmd.v1.HistoryRequest\x1a\x18.nnmd.v1.HistoryResponse\x12\x39\n\x06Report\x12\x16.nnmd.v1.ReportRequest\x1a\x17.nnmd.v1.ReportResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19nnmd/v1/coordinator.proto\x12\x07nnmd.v1\x1a\x14nnmd/v1/common.proto\"*\n\tInputFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\"\x91\x01\n\x0cStartRequest\x12\x13\n\x0b\x63onfig_json\x18\x01 \x01(\t\x12 \n\x05store\x18\x02 \x01(\x0b\x32\x11.nnmd.v1.StoreRef\x12\x10\n\x08\x63\x61mpaign\x18\x03 \x01(\t\x12!\n\x05\x66iles\x18\x04 \x03(\x0b\x32\x12.nnmd.v1.InputFile\x12\x15\n\rvalidate_only\x18\x05 \x01(\x08\"!\n\rStartResponse\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\"!\n\rStatusRequest\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\"\xb4\x01\n\x0b\x43hainStatus\x12\r\n\x05\x63hain\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x17\n\x0f\x61\x63\x63\x65ptance_rate\x18\x03 \x01(\x01\x12\x12\n\nn_md_steps\x18\x04 \x01(\r\x12\x15\n\rmodel_version\x18\x05 \x01(\x04\x12\x15\n\rtemperature_k\x18\x06 \x01(\x01\x12\r\n\x05phase\x18\x07 \x01(\t\x12\r\n\x05state\x18\x08 \x01(\t\x12\x0f\n\x07\x66\x61ilure\x18\t \x01(\t\"\x9a\x02\n\x0e\x43\x61mpaignStatus\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.nnmd.v1.CampaignState\x12$\n\x06\x63hains\x18\x03 \x03(\x0b\x32\x14.nnmd.v1.ChainStatus\x12\x10\n\x08n_labels\x18\x04 \x01(\x04\x12\'\n\x0clatest_model\x18\x05 \x01(\x0b\x32\x11.nnmd.v1.ModelRef\x12\x0f\n\x07message\x18\x06 \x01(\t\x12+\n\x0cmd_executors\x18\x07 \x03(\x0b\x32\x15.nnmd.v1.WorkerStatus\x12\x30\n\x11reference_workers\x18\x08 \x03(\x0b\x32\x15.nnmd.v1.WorkerStatus\"<\n\x0cWorkerStatus\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x02 \x01(\x04\x12\x0c\n\x04kind\x18\x03 \x01(\t\" \n\x0cWatchRequest\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\"\x93\x03\n\rCampaignEvent\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05\x63hain\x18\x03 \x01(\t\x12\x0c\n\x04step\x18\x04 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x05 \x01(\x08\x12\x15\n\rmodel_version\x18\x06 \x01(\x04\x12%\n\x05state\x18\x07 \x01(\x0e\x32\x16.nnmd.v1.CampaignState\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\x0e\n\x06time_s\x18\t \x01(\x01\x12\x15\n\renergy_ref_ev\x18\n \x01(\x01\x12\x18\n\x10volume_angstrom3\x18\x0b \x01(\x01\x12\x12\n\nn_md_steps\x18\x0c \x01(\r\x12\x17\n\x0f\x61\x63\x63\x65ptance_rate\x18\r \x01(\x01\x12\r\n\x05phase\x18\x0e \x01(\t\x12\x0e\n\x06status\x18\x0f \x01(\t\x12\x10\n\x08n_labels\x18\x10 \x01(\x04\x12 \n\x18\x65nergy_rmse_mev_per_atom\x18\x11 \x01(\x01\x12#\n\x1b\x66orce_rmse_mev_per_angstrom\x18\x12 \x01(\x01\"\x1f\n\x0bStopRequest\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\"5\n\x0cStopResponse\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.nnmd.v1.CampaignState\"t\n\x12\x45xportModelRequest\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x13\n\x0b\x64\x65stination\x18\x03 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\x12\x16\n\x0ereturn_content\x18\x05 \x01(\x08\"o\n\x13\x45xportModelResponse\x12 \n\x05model\x18\x01 \x01(\x0b\x32\x11.nnmd.v1.ModelRef\x12\x13\n\x0b\x64\x65stination\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\x12\x10\n\x08\x66ilename\x18\x04 \x01(\t\"\r\n\x0bListRequest\"\xed\x01\n\x0f\x43\x61mpaignSummary\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.nnmd.v1.CampaignState\x12\x10\n\x08n_chains\x18\x03 \x01(\r\x12\x12\n\nsteps_done\x18\x04 \x01(\x04\x12\x13\n\x0bsteps_total\x18\x05 \x01(\x04\x12\x17\n\x0f\x61\x63\x63\x65ptance_rate\x18\x06 \x01(\x01\x12\x10\n\x08n_labels\x18\x07 \x01(\x04\x12\x15\n\rmodel_version\x18\x08 \x01(\x04\x12\x11\n\treference\x18\t \x01(\t\x12\x11\n\tstore_url\x18\n \x01(\t\";\n\x0cListResponse\x12+\n\tcampaigns\x18\x01 \x03(\x0b\x32\x18.nnmd.v1.CampaignSummary\"U\n\x0eHistoryRequest\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\r\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x12\n\nmax_points\x18\x04 \x01(\r\"\x1f\n\x0fHistoryResponse\x12\x0c\n\x04json\x18\x01 \x01(\t\"!\n\rReportRequest\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\"\x1e\n\x0eReportResponse\x12\x0c\n\x04html\x18\x01 \x01(\x0c*\xd8\x01\n\rCampaignState\x12\x1e\n\x1a\x43\x41MPAIGN_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43\x41MPAIGN_STATE_PENDING\x10\x01\x12\x1a\n\x16\x43\x41MPAIGN_STATE_RUNNING\x10\x02\x12\x1b\n\x17\x43\x41MPAIGN_STATE_STOPPING\x10\x03\x12\x1b\n\x17\x43\x41MPAIGN_STATE_FINISHED\x10\x04\x12\x19\n\x15\x43\x41MPAIGN_STATE_FAILED\x10\x05\x12\x1a\n\x16\x43\x41MPAIGN_STATE_STOPPED\x10\x06\x32\xe7\x03\n\x0b\x43oordinator\x12\x36\n\x05Start\x12\x15.nnmd.v1.StartRequest\x1a\x16.nnmd.v1.StartResponse\x12\x39\n\x06Status\x12\x16.nnmd.v1.StatusRequest\x1a\x17.nnmd.v1.CampaignStatus\x12\x38\n\x05Watch\x12\x15.nnmd.v1.WatchRequest\x1a\x16.nnmd.v1.CampaignEvent0\x01\x12\x33\n\x04Stop\x12\x14.nnmd.v1.StopRequest\x1a\x15.nnmd.v1.StopResponse\x12H\n\x0b\x45xportModel\x12\x1b.nnmd.v1.ExportModelRequest\x1a\x1c.nnmd.v1.ExportModelResponse\x12\x33\n\x04List\x12\x14.nnmd.v1.ListRequest\x1a\x15.nnmd.v1.ListResponse\x12<\n\x07History\x12\x17.nnmd.v1.HistoryRequest\x1a\x18.nnmd.v1.HistoryResponse\x12\x39\n\x06Report\x12\x16.nnmd.v1.ReportRequest\x1a\x17.nnmd.v1.ReportResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nnmd.v1.coordinator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CAMPAIGNSTATE']._serialized_start=1958
-  _globals['_CAMPAIGNSTATE']._serialized_end=2174
+  _globals['_CAMPAIGNSTATE']._serialized_start=2115
+  _globals['_CAMPAIGNSTATE']._serialized_end=2331
   _globals['_INPUTFILE']._serialized_start=60
   _globals['_INPUTFILE']._serialized_end=102
   _globals['_STARTREQUEST']._serialized_start=105
@@ -45,33 +45,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHAINSTATUS']._serialized_start=323
   _globals['_CHAINSTATUS']._serialized_end=503
   _globals['_CAMPAIGNSTATUS']._serialized_start=506
-  _globals['_CAMPAIGNSTATUS']._serialized_end=693
-  _globals['_WATCHREQUEST']._serialized_start=695
-  _globals['_WATCHREQUEST']._serialized_end=727
-  _globals['_CAMPAIGNEVENT']._serialized_start=730
-  _globals['_CAMPAIGNEVENT']._serialized_end=1133
-  _globals['_STOPREQUEST']._serialized_start=1135
-  _globals['_STOPREQUEST']._serialized_end=1166
-  _globals['_STOPRESPONSE']._serialized_start=1168
-  _globals['_STOPRESPONSE']._serialized_end=1221
-  _globals['_EXPORTMODELREQUEST']._serialized_start=1223
-  _globals['_EXPORTMODELREQUEST']._serialized_end=1339
-  _globals['_EXPORTMODELRESPONSE']._serialized_start=1341
-  _globals['_EXPORTMODELRESPONSE']._serialized_end=1452
-  _globals['_LISTREQUEST']._serialized_start=1454
-  _globals['_LISTREQUEST']._serialized_end=1467
-  _globals['_CAMPAIGNSUMMARY']._serialized_start=1470
-  _globals['_CAMPAIGNSUMMARY']._serialized_end=1707
-  _globals['_LISTRESPONSE']._serialized_start=1709
-  _globals['_LISTRESPONSE']._serialized_end=1768
-  _globals['_HISTORYREQUEST']._serialized_start=1770
-  _globals['_HISTORYREQUEST']._serialized_end=1855
-  _globals['_HISTORYRESPONSE']._serialized_start=1857
-  _globals['_HISTORYRESPONSE']._serialized_end=1888
-  _globals['_REPORTREQUEST']._serialized_start=1890
-  _globals['_REPORTREQUEST']._serialized_end=1923
-  _globals['_REPORTRESPONSE']._serialized_start=1925
-  _globals['_REPORTRESPONSE']._serialized_end=1955
-  _globals['_COORDINATOR']._serialized_start=2177
-  _globals['_COORDINATOR']._serialized_end=2664
+  _globals['_CAMPAIGNSTATUS']._serialized_end=788
+  _globals['_WORKERSTATUS']._serialized_start=790
+  _globals['_WORKERSTATUS']._serialized_end=850
+  _globals['_WATCHREQUEST']._serialized_start=852
+  _globals['_WATCHREQUEST']._serialized_end=884
+  _globals['_CAMPAIGNEVENT']._serialized_start=887
+  _globals['_CAMPAIGNEVENT']._serialized_end=1290
+  _globals['_STOPREQUEST']._serialized_start=1292
+  _globals['_STOPREQUEST']._serialized_end=1323
+  _globals['_STOPRESPONSE']._serialized_start=1325
+  _globals['_STOPRESPONSE']._serialized_end=1378
+  _globals['_EXPORTMODELREQUEST']._serialized_start=1380
+  _globals['_EXPORTMODELREQUEST']._serialized_end=1496
+  _globals['_EXPORTMODELRESPONSE']._serialized_start=1498
+  _globals['_EXPORTMODELRESPONSE']._serialized_end=1609
+  _globals['_LISTREQUEST']._serialized_start=1611
+  _globals['_LISTREQUEST']._serialized_end=1624
+  _globals['_CAMPAIGNSUMMARY']._serialized_start=1627
+  _globals['_CAMPAIGNSUMMARY']._serialized_end=1864
+  _globals['_LISTRESPONSE']._serialized_start=1866
+  _globals['_LISTRESPONSE']._serialized_end=1925
+  _globals['_HISTORYREQUEST']._serialized_start=1927
+  _globals['_HISTORYREQUEST']._serialized_end=2012
+  _globals['_HISTORYRESPONSE']._serialized_start=2014
+  _globals['_HISTORYRESPONSE']._serialized_end=2045
+  _globals['_REPORTREQUEST']._serialized_start=2047
+  _globals['_REPORTREQUEST']._serialized_end=2080
+  _globals['_REPORTRESPONSE']._serialized_start=2082
+  _globals['_REPORTRESPONSE']._serialized_end=2112
+  _globals['_COORDINATOR']._serialized_start=2334
+  _globals['_COORDINATOR']._serialized_end=2821
 # @@protoc_insertion_point(module_scope)

@@ -82,20 +82,34 @@ class ChainStatus(_message.Message):
     def __init__(self, chain: _Optional[str] = ..., step: _Optional[int] = ..., acceptance_rate: _Optional[float] = ..., n_md_steps: _Optional[int] = ..., model_version: _Optional[int] = ..., temperature_k: _Optional[float] = ..., phase: _Optional[str] = ..., state: _Optional[str] = ..., failure: _Optional[str] = ...) -> None: ...
 
 class CampaignStatus(_message.Message):
-    __slots__ = ("campaign", "state", "chains", "n_labels", "latest_model", "message")
+    __slots__ = ("campaign", "state", "chains", "n_labels", "latest_model", "message", "md_executors", "reference_workers")
     CAMPAIGN_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     CHAINS_FIELD_NUMBER: _ClassVar[int]
     N_LABELS_FIELD_NUMBER: _ClassVar[int]
     LATEST_MODEL_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    MD_EXECUTORS_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_WORKERS_FIELD_NUMBER: _ClassVar[int]
     campaign: str
     state: CampaignState
     chains: _containers.RepeatedCompositeFieldContainer[ChainStatus]
     n_labels: int
     latest_model: _common_pb2.ModelRef
     message: str
-    def __init__(self, campaign: _Optional[str] = ..., state: _Optional[_Union[CampaignState, str]] = ..., chains: _Optional[_Iterable[_Union[ChainStatus, _Mapping]]] = ..., n_labels: _Optional[int] = ..., latest_model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
+    md_executors: _containers.RepeatedCompositeFieldContainer[WorkerStatus]
+    reference_workers: _containers.RepeatedCompositeFieldContainer[WorkerStatus]
+    def __init__(self, campaign: _Optional[str] = ..., state: _Optional[_Union[CampaignState, str]] = ..., chains: _Optional[_Iterable[_Union[ChainStatus, _Mapping]]] = ..., n_labels: _Optional[int] = ..., latest_model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., message: _Optional[str] = ..., md_executors: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., reference_workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ...) -> None: ...
+
+class WorkerStatus(_message.Message):
+    __slots__ = ("address", "calls", "kind")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    calls: int
+    kind: str
+    def __init__(self, address: _Optional[str] = ..., calls: _Optional[int] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
     __slots__ = ("campaign",)
