@@ -21,6 +21,7 @@ import pytest
 from orchestrator.cli import main
 from orchestrator.client import Client
 from services.store import Store
+from tests.served import stop_served
 
 ROOT = Path(__file__).resolve().parents[3]
 STEPS = 8
@@ -97,13 +98,7 @@ def test_sigkilled_coordinator_resumes_both_campaigns(tmp_path, tiny_spec, capsy
                 {n: client.status(n) for n in specs}), 120, "finished states")
         assert all([c["step"] for c in s["chains"]] == [STEPS, STEPS] for s in st.values())
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
+        stop_served(proc, check=False)
     for name in specs:
         labels = _labels(store, name)
         assert len(labels) == len(set(labels)) == 2 * STEPS  # EMT never fails: one a step

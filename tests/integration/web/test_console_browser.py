@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -28,6 +27,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+
+from tests.served import stop_served
 
 ROOT = Path(__file__).resolve().parents[3]
 ARTIFACTS = Path(os.environ.get("NNMD_ARTIFACTS", ROOT / "artifacts"))
@@ -91,17 +92,7 @@ def console(ray_session, tmp_path):
         assert match, lines
         yield match.group(1).rstrip("/")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            rc = proc.wait(90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = proc.wait()
-        err = proc.stderr.read()
-        proc.stdout.close()
-        proc.stderr.close()
-        assert rc == 0, err[-3000:]
-        assert TOKEN not in err
+        stop_served(proc, TOKEN)
 
 
 def _cu32(path: Path) -> Path:

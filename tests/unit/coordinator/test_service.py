@@ -9,7 +9,6 @@ NOT_FOUND for an unknown campaign, UNAUTHENTICATED without the token.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 
@@ -20,6 +19,7 @@ from nnmd_kernels import Potential
 from orchestrator.client import Client
 from services.runtime.errors import error_detail
 from services.store import Store
+from tests.served import stop_served
 
 TOKEN = "coordinator-test-token"
 
@@ -39,17 +39,7 @@ def coordinator(tmp_path):
         assert "listening on" in line, proc.stderr.read()
         yield line.rsplit(" ", 1)[1].strip()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            rc = proc.wait(90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = proc.wait()
-        err = proc.stderr.read()
-        proc.stdout.close()
-        proc.stderr.close()
-        assert rc == 0, err[-3000:]
-        assert TOKEN not in err
+        stop_served(proc, TOKEN)
 
 
 def test_client_drives_a_campaign(coordinator, tiny_spec, tmp_path):
