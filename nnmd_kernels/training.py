@@ -20,6 +20,10 @@ energies e0 by least squares on composition. The networks then learn the rest.
 
 Arrays live in one flat "batch" over all structures: atoms concatenated, pairs
 with global indices (sorted by centre), so one kernel call serves the whole set.
+Over the memory budget (TrainConfig.batch_structures), the structures are split into
+mini-batches (MiniBatches), each a Batch built when needed; the setup streams over them
+(FeatureStatistics, ReferenceFit) and Adam steps over them (_optimise_minibatch).
+Checkpoints (save_checkpoint) let an interrupted training resume (train(resume=True)).
 
 Where the arrays live (TrainConfig.device): "cpu", or "cuda" (gpu/training_cuda.py):
 the same Objective with xp = CuPy on a GPU (numpy in numba's CUDA simulator) for the
@@ -32,6 +36,7 @@ numpy vectors (one small copy each way per iteration).
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field, replace
 
@@ -121,6 +126,16 @@ class TrainConfig:
     seed: int = 0
     backend: str = "auto"
     device: str = "auto"  # "cpu", "cuda", or "auto": cuda when gpu.device.gpu_available()
+    # mini-batches (docs/training.md, Training at scale): "auto" = one full batch when the
+    # estimated pair Jacobian of all structures fits jacobian_budget_gb, else mini-batches
+    # of AUTO_BATCH structures; 0 = full batch always; n >= 1 = mini-batches of n structures
+    # (Adam; max_epochs counts passes over the data, patience epochs, warmup_epochs steps)
+    batch_structures: int | str = "auto"
+    cache_gb: float = 2.0  # mini-batches: keep built batches (with their Jacobian) up to this
+    max_steps: int | None = None  # mini-batches: stop after this many steps (a fixed budget)
+    max_minutes: float | None = None  # stop after this much training time (either path)
+    adam_lr_final: float | None = None  # Adam: decay the rate geometrically to this at max_epochs
+    checkpoint_every: int = 10  # iterations (full batch) or steps (mini-batches) between checkpoints
 
     def __post_init__(self):
         if self.device not in DEVICES:
@@ -137,6 +152,19 @@ class TrainConfig:
             raise ValueError(f"validation_fraction must be in [0, 1) (got {self.validation_fraction})")
         if self.max_epochs < 0 or self.warmup_epochs < 0:
             raise ValueError("max_epochs and warmup_epochs must be >= 0")
+        bs = self.batch_structures
+        if not (bs == "auto" or (isinstance(bs, (int, np.integer)) and not isinstance(bs, bool) and bs >= 0)):
+            raise ValueError(f"batch_structures must be 'auto', 0 (full batch) or a number of structures >= 1 "
+                             f"(got {bs!r})")
+        for name in ("cache_gb",):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (got {getattr(self, name)})")
+        for name in ("max_steps", "max_minutes", "adam_lr_final"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise ValueError(f"{name} must be > 0 or null (got {v})")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1 (got {self.checkpoint_every})")
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
 
     @classmethod
@@ -196,7 +224,7 @@ class Batch:
     """All structures as one flat set of atoms and pairs, with descriptors (and Jacobian)."""
 
     def __init__(self, structures, desc: ChebyshevDescriptor, cutoff: float, budget_gb: float,
-                 backend: str = "auto", device: str = "cpu"):
+                 backend: str = "auto", device: str = "cpu", descriptors: bool = True):
         self.desc = desc
         self.kern = _kernels(backend)
         sp = desc.species
@@ -228,10 +256,11 @@ class Batch:
         self.N = off
         self.S = len(structures)
         self.type_j = self.types[self.pair_j]
-        self.G = self.kern.descriptors(desc, self.rij, self.pair_i, self.type_j, self.N)
+        # descriptors=False: pairs only (the baseline's second pass over mini-batches)
+        self.G = self.kern.descriptors(desc, self.rij, self.pair_i, self.type_j, self.N) if descriptors else None
         need = len(self.pair_i) * desc.n_features * 3 * 8 / 1e9
         self.J = None
-        if need <= budget_gb:
+        if need <= budget_gb and descriptors:
             self.J = self.kern.pair_jacobian(desc, self.rij, self.pair_i, self.type_j, self.N)
         self.jacobian_gb = need
         self.by_element = [np.flatnonzero(self.types == e) for e in range(desc.n_species)]
@@ -244,6 +273,13 @@ class Batch:
 
             self.x = DeviceBatch(self)
             self.xp = self.x.xp
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the batch's arrays (what a mini-batch cache counts)."""
+        arrays = (self.G, self.J, self.rij, self.pair_i, self.pair_j, self.type_j, self.struct_of_pair,
+                  self.struct_of_atom, self.types)
+        return int(sum(a.nbytes for a in arrays if a is not None))
 
     def vjp(self, g):
         """Pair gradients (P, 3) from dE/dG (N, F)."""
@@ -306,21 +342,16 @@ def _pair_index(ne):
 RIDGE = 1e-6  # relative ridge on the baseline coefficients (fit_reference)
 
 
-def fit_reference(batch: Batch, energies, forces, fmask, delta: bool, cutoff: float, force_rows: float = 1.0):
-    """Least-squares fit of e0 (per element) and, with delta, the baseline coefficients.
-
-    Energy rows are per atom (E/N); force rows are scaled by `force_rows`. Returns
-    (e0 (ne,), PairBaseline or None)."""
-    from scipy.optimize import lsq_linear
-
+def _reference_rows(batch: Batch, energies, forces, fmask, delta: bool, cutoff: float, force_rows: float = 1.0):
+    """The least-squares rows of one batch for fit_reference: (A, y, d, col) with d the
+    pair distances and col the pair-type column of each pair (None without delta)."""
     ne = batch.desc.n_species
     comp = np.zeros((batch.S, ne))
     np.add.at(comp, (batch.struct_of_atom, batch.types), 1.0)
     y_e = energies / batch.n_atoms
     A_e0 = comp / batch.n_atoms[:, None]
     if not delta:
-        e0, *_ = np.linalg.lstsq(A_e0, y_e, rcond=None)
-        return e0, None
+        return A_e0, y_e, None, None
     pidx, npt = _pair_index(ne)
     d = np.linalg.norm(batch.rij, axis=1)
     basis = design_matrix_row(d, cutoff)  # (P, 4)
@@ -353,11 +384,17 @@ def fit_reference(batch: Batch, energies, forces, fmask, delta: bool, cutoff: fl
         A_f = A_f.reshape(len(atoms) * 3, -1) * force_rows
         rows_A.append(np.hstack([np.zeros((len(A_f), ne)), A_f]))
         rows_y.append(forces[atoms].ravel() * force_rows)
-    A = np.vstack(rows_A)
-    y = np.concatenate(rows_y)
-    # Scale columns for conditioning (r^-12 columns span many decades); drop empty ones
-    # (element pairs never closer than the cutoff).
-    scale = np.abs(A).max(axis=0)
+    return np.vstack(rows_A), np.concatenate(rows_y), d, col
+
+
+def _solve_baseline(A, y, scale, rmin, ne: int, cutoff: float):
+    """The guarded, ridged bounded least squares of fit_reference on rows A, y (or on any
+    (A, y) with the same normal equations: the triangular factor of the streaming fit);
+    scale: max |A| per column over all rows; rmin: shortest distance per pair type."""
+    from scipy.optimize import lsq_linear
+
+    pidx, npt = _pair_index(ne)
+    R = cutoff
     lo = np.full(A.shape[1], -np.inf)
     lo[ne::4] = 0.0  # A_12 >= 0: no collapse at short range
     # Powers each pair may use: all four first; a pair whose fit attracts below its
@@ -387,11 +424,9 @@ def fit_reference(batch: Batch, energies, forces, fmask, delta: bool, cutoff: fl
         for a in range(ne):
             for b in range(a, ne):
                 t = pidx[a, b]
-                m = col == t
-                if not m.any() or not np.any(coef_flat[t]):
+                if not np.isfinite(rmin[t]) or not np.any(coef_flat[t]):
                     continue
-                rmin = d[m].min()
-                rs = np.linspace(0.5 * rmin, rmin, 50)
+                rs = np.linspace(0.5 * rmin[t], rmin[t], 50)
                 _, dphi = pair_terms(PairBaseline(coef_flat[t][None, None, :], R), rs,
                                      np.zeros(50, int), np.zeros(50, int))
                 if np.any(dphi >= 0) and rung[t] < len(ladder) - 1:
@@ -403,12 +438,85 @@ def fit_reference(batch: Batch, energies, forces, fmask, delta: bool, cutoff: fl
     for a in range(ne):
         for b in range(ne):
             coef[a, b] = coef_flat[pidx[a, b]]
-    baseline = PairBaseline(coef, R)
+    return PairBaseline(coef, R)
+
+
+def _min_per_type(d, col, npt):
+    out = np.full(npt, np.inf)
+    np.minimum.at(out, col, d)
+    return out
+
+
+def fit_reference(batch: Batch, energies, forces, fmask, delta: bool, cutoff: float, force_rows: float = 1.0):
+    """Least-squares fit of e0 (per element) and, with delta, the baseline coefficients.
+
+    Energy rows are per atom (E/N); force rows are scaled by `force_rows`. Returns
+    (e0 (ne,), PairBaseline or None). ReferenceFit does the same over mini-batches."""
+    ne = batch.desc.n_species
+    A, y, d, col = _reference_rows(batch, energies, forces, fmask, delta, cutoff, force_rows)
+    A_e0 = A[:batch.S, :ne]
+    if not delta:
+        e0, *_ = np.linalg.lstsq(A_e0, y, rcond=None)
+        return e0, None
+    _, npt = _pair_index(ne)
+    baseline = _solve_baseline(A, y, np.abs(A).max(axis=0), _min_per_type(d, col, npt), ne, cutoff)
     # Re-fit e0 for the guarded baseline.
     phi, _ = pair_terms(baseline, d, batch.types[batch.pair_i], batch.type_j)
     e_base = 0.5 * np.bincount(batch.struct_of_pair, phi, batch.S)
     e0, *_ = np.linalg.lstsq(A_e0, (energies - e_base) / batch.n_atoms, rcond=None)
     return e0, baseline
+
+
+class ReferenceFit:
+    """fit_reference over mini-batches without holding every row: the rows of each batch
+    are folded into the triangular factor of a QR decomposition of [A | y] (same
+    minimiser as the rows themselves), with the column maxima and the shortest distance
+    per pair type kept on the side. add() every batch, then solve(); then e_base() of
+    every batch (pairs only) and refit_e0() (composition rows, one per structure)."""
+
+    def __init__(self, ne: int, delta: bool, cutoff: float, force_rows: float = 1.0):
+        self.ne, self.delta, self.cutoff, self.force_rows = ne, delta, cutoff, force_rows
+        _, self.npt = _pair_index(ne)
+        ncol = ne + (4 * self.npt if delta else 0)
+        self.Ry = np.zeros((0, ncol + 1))
+        self.scale = np.zeros(ncol)
+        self.rmin = np.full(self.npt, np.inf)
+        self.comp, self.energies, self.e_base_rows = [], [], []
+        self.baseline = None
+
+    def add(self, batch: Batch, energies, forces, fmask):
+        A, y, d, col = _reference_rows(batch, energies, forces, fmask, self.delta, self.cutoff, self.force_rows)
+        self.comp.append(A[:batch.S, :self.ne] * batch.n_atoms[:, None])
+        self.energies.append(np.asarray(energies, dtype=float))
+        self.Ry = np.linalg.qr(np.vstack([self.Ry, np.hstack([A, y[:, None]])]), mode="r")
+        self.scale = np.maximum(self.scale, np.abs(A).max(axis=0))
+        if d is not None:
+            self.rmin = np.minimum(self.rmin, _min_per_type(d, col, self.npt))
+
+    def solve(self) -> PairBaseline | None:
+        if self.delta:
+            R, z = self.Ry[:, :-1], self.Ry[:, -1]
+            # the factor of collinear columns (one composition in every cell) has ~0 on its
+            # diagonal, where scipy's trust-region step tries a candidate of inf * 0 (and
+            # discards it): the minimiser equals the full rows' (tests)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                self.baseline = _solve_baseline(R, z, self.scale, self.rmin, self.ne, self.cutoff)
+            if not np.all(np.isfinite(self.baseline.coefficients)):
+                raise ValueError("baseline fit over mini-batches failed (non-finite coefficients)")
+        return self.baseline
+
+    def add_e_base(self, batch: Batch):
+        """Baseline energy per structure of this batch (call for the batches in add()'s order)."""
+        self.e_base_rows.append(baseline_terms(batch, self.baseline)[0] if self.baseline is not None
+                                else np.zeros(batch.S))
+
+    def e0(self) -> np.ndarray:
+        comp = np.vstack(self.comp)
+        n = comp.sum(axis=1)
+        e = np.concatenate(self.energies)
+        eb = np.concatenate(self.e_base_rows) if self.e_base_rows else np.zeros(len(e))
+        e0, *_ = np.linalg.lstsq(comp / n[:, None], (e - eb) / n, rcond=None)
+        return e0
 
 
 def baseline_terms(batch: Batch, baseline: PairBaseline | None):
@@ -591,11 +699,197 @@ def min_pair_distances(types, pair_i, pair_j, rij, species) -> dict:
     return out
 
 
+AUTO_BATCH_ATOMS = 2048  # batch_structures "auto" over the budget: about this many atoms per batch
+
+
+def estimate_jacobian_gb(structures, desc: ChebyshevDescriptor, cutoff: float, sample: int = 20) -> float:
+    """The pair Jacobian of all structures, GB, from the pairs per atom of a few of them."""
+    step = max(1, len(structures) // sample)
+    some = structures[::step][:sample]
+    pairs = sum(len(neighbor_pairs(s.positions, s.cell, s.pbc, cutoff)) for s in some)
+    atoms = sum(len(s.positions) for s in some)
+    total = sum(len(s.positions) for s in structures)
+    return pairs / max(atoms, 1) * total * desc.n_features * 3 * 8 / 1e9
+
+
+def plan_batches(structures, desc, cutoff, cfg: TrainConfig) -> int:
+    """Structures per batch: 0 for one full batch (batch_structures "auto" within
+    jacobian_budget_gb or on a GPU, or 0), else the mini-batch size."""
+    bs = cfg.batch_structures
+    if bs == "auto":
+        # the GPU path is full-batch only (over the budget its kernels recompute the
+        # Jacobian, as before mini-batches existed)
+        if resolve_device(cfg.device) == "cuda" or \
+                estimate_jacobian_gb(structures, desc, cutoff) <= cfg.jacobian_budget_gb:
+            return 0
+        mean_atoms = np.mean([len(s.positions) for s in structures])
+        bs = max(1, int(round(AUTO_BATCH_ATOMS / mean_atoms)))
+    return 0 if int(bs) >= len(structures) else int(bs)
+
+
+def _targets(batch: Batch, energies, forces, fmask, sigma, e0, baseline) -> dict:
+    """What the networks fit: labels less the baseline and e0 (Objective's targets)."""
+    e_base, f_base, v_base = baseline_terms(batch, baseline)
+    comp_e0 = np.bincount(batch.struct_of_atom, e0[batch.types], batch.S)
+    smask = np.all(np.isfinite(sigma), axis=(1, 2)) & np.isfinite(batch.volume)
+    return {"E": energies - e_base - comp_e0, "F": forces - f_base, "fmask": fmask,
+            "sigma": sigma - (-v_base / batch.volume[:, None, None]), "smask": smask}
+
+
+def _labels(structures):
+    """(energies (S,), forces (N,3) with NaN-free zeros where missing, fmask (N,), sigma (S,3,3))."""
+    energies = np.array([s.energy for s in structures])
+    forces = np.concatenate([s.forces if s.forces is not None else np.full((len(s.positions), 3), np.nan)
+                             for s in structures])
+    fmask = np.all(np.isfinite(forces), axis=1)
+    sigma = np.array([s.stress if s.stress is not None else np.full((3, 3), np.nan) for s in structures])
+    return energies, np.nan_to_num(forces), fmask, sigma
+
+
+class FeatureStatistics:
+    """Per-element feature mean and std accumulated batch by batch (Chan's parallel update
+    of count, mean and sum of squared deviations); result() as feature_statistics()."""
+
+    def __init__(self, n_species: int, n_features: int):
+        self.n = np.zeros(n_species)
+        self.mean = np.zeros((n_species, n_features))
+        self.m2 = np.zeros((n_species, n_features))
+
+    def add(self, batch: Batch):
+        for e, idx in enumerate(batch.by_element):
+            if not idx.size:
+                continue
+            G = batch.G[idx]
+            nb, mb = len(idx), G.mean(axis=0)
+            m2b = ((G - mb) ** 2).sum(axis=0)
+            n = self.n[e] + nb
+            delta = mb - self.mean[e]
+            self.mean[e] += delta * nb / n
+            self.m2[e] += m2b + delta ** 2 * self.n[e] * nb / n
+            self.n[e] = n
+
+    def result(self, init=None):
+        mean = np.zeros_like(self.mean)
+        std = np.ones_like(self.mean)
+        if init is not None:
+            mean[:], std[:] = init.feature_mean, init.feature_std
+        for e in range(len(self.n)):
+            if self.n[e]:
+                mean[e] = self.mean[e]
+                s = np.sqrt(self.m2[e] / self.n[e])
+                std[e] = np.where(s > 1e-8 * (np.abs(mean[e]) + 1e-12), s, 1.0)
+        return mean, std
+
+
+class MiniBatches:
+    """The structures in fixed blocks of `size` (a seeded shuffle), each block's Batch built
+    when needed: descriptors, and the pair Jacobian while the blocks kept so far fit
+    cache_gb (then kept); beyond it, built without the Jacobian (the VJP/JVP kernels
+    recompute it) and dropped after use. Peak memory: the cache, one batch and the labels.
+
+    A campaign can train on any list of structures (new labels + a replay sample of old
+    ones) for a fixed number of steps (TrainConfig.max_steps)."""
+
+    def __init__(self, structures, desc, cutoff: float, cfg: TrainConfig, size: int, rng):
+        self.structures, self.desc, self.cutoff, self.cfg = structures, desc, cutoff, cfg
+        order = rng.permutation(len(structures))
+        self.blocks = [np.sort(order[i:i + size]) for i in range(0, len(structures), size)]
+        self.size = size
+        self.cache: dict = {}
+        self.cached_bytes = 0
+        self.reference = None  # (e0, baseline) once fitted: targets need them
+
+    def _labels(self, k):
+        return _labels([self.structures[i] for i in self.blocks[k]])
+
+    def get(self, k):
+        """(Batch, targets or None before the reference fit) of block k."""
+        if k in self.cache:
+            ent = self.cache[k]
+        else:
+            room = max(self.cfg.cache_gb * 1e9 - self.cached_bytes, 0.0) / 1e9
+            budget = min(room / 1.2, self.cfg.jacobian_budget_gb)  # J and, beside it, G and pairs
+            b = Batch([self.structures[i] for i in self.blocks[k]], self.desc, self.cutoff, budget,
+                      self.cfg.backend, "cpu")
+            ent = [b, None]
+            if b.J is not None and self.cached_bytes + b.nbytes <= self.cfg.cache_gb * 1e9:
+                self.cache[k] = ent
+                self.cached_bytes += b.nbytes
+        if ent[1] is None and self.reference is not None:
+            E, F, fm, sig = self._labels(k)
+            ent[1] = _targets(ent[0], E, F, fm, sig, *self.reference)
+        return ent[0], ent[1]
+
+    def pairs_only(self, k) -> Batch:
+        if k in self.cache:
+            return self.cache[k][0]
+        return Batch([self.structures[i] for i in self.blocks[k]], self.desc, self.cutoff, 0.0,
+                     self.cfg.backend, "cpu", descriptors=False)
+
+
+# ---------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------
+CHECKPOINT = "checkpoint.npz"
+_CKPT_ARRAYS = ("theta", "adam_m", "adam_v", "best_theta")
+
+
+def save_checkpoint(path, state: dict) -> None:
+    """Write `state` (numpy arrays under _CKPT_ARRAYS and members, the rest JSON) to `path`
+    atomically: a temporary file beside it, fsync, os.replace."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays, meta = {}, {}
+    for k, v in state.items():
+        if k in _CKPT_ARRAYS:
+            if v is not None:
+                arrays[k] = np.asarray(v)
+        elif k == "members":
+            for i, th in enumerate(v):
+                arrays[f"member_{i}"] = np.asarray(th)
+            meta["n_members"] = len(v)
+        else:
+            meta[k] = v
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, meta=np.array(json.dumps(meta, default=_json_default)), **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def load_checkpoint(path) -> dict:
+    with np.load(path, allow_pickle=False) as d:
+        state = json.loads(str(d["meta"]))
+        for k in _CKPT_ARRAYS:
+            state[k] = d[k].copy() if k in d.files else None
+        state["members"] = [d[f"member_{i}"].copy() for i in range(state.pop("n_members", 0))]
+    return state
+
+
+def _config_dict(cfg: TrainConfig) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()}
+
+
 def train(structures, cfg: TrainConfig | None = None, init: Potential | None = None,
-          progress=None) -> TrainResult:
+          progress=None, checkpoint_dir=None, resume: bool = False, announce=None) -> TrainResult:
     """Train a potential (or warm-start from `init`) on labelled structures.
 
     progress(member, epoch, metrics) is called every iteration (for progress bars).
+    checkpoint_dir: write CHECKPOINT there every cfg.checkpoint_every iterations (steps);
+    resume: continue from the checkpoint there (same data and settings). announce(info)
+    is called once before the optimisation with the expected time (info["expected_s"]).
     """
     cfg = cfg or TrainConfig()
     rng = np.random.default_rng(cfg.seed)
@@ -620,15 +914,30 @@ def train(structures, cfg: TrainConfig | None = None, init: Potential | None = N
     desc = init.descriptor if init is not None else ChebyshevDescriptor(
         species, **{**DEFAULT_DESCRIPTOR, **cfg.descriptor})
     cutoff = init.cutoff if init is not None else desc.cutoff
+    ckpt = None
+    if checkpoint_dir is not None:
+        from pathlib import Path
+
+        ckpt = Path(checkpoint_dir) / CHECKPOINT
+    saved = None
+    if resume:
+        if ckpt is None or not ckpt.exists():
+            raise ValueError(f"resume: no checkpoint {ckpt}")
+        saved = load_checkpoint(ckpt)
+        if saved.get("config") != json.loads(json.dumps(_config_dict(cfg))) or \
+                saved.get("n_structures") != len(structures):
+            raise ValueError(f"resume: {ckpt} was written for other data or settings "
+                             f"({saved.get('n_structures')} structures)")
+    size = plan_batches(structures, desc, cutoff, cfg)
+    if size and resolve_device(cfg.device) == "cuda":
+        raise ValueError("mini-batch training (batch_structures) runs on the CPU only for now: use "
+                         "device 'cpu', or batch_structures 0 (full batch) on the GPU")
     t0 = time.perf_counter()
+    if size:
+        return _train_minibatch(structures, cfg, init, progress, desc, cutoff, species, size, rng, dropped, t0,
+                                ckpt, saved, announce)
     batch = Batch(structures, desc, cutoff, cfg.jacobian_budget_gb, cfg.backend, cfg.device)
-    energies = np.array([s.energy for s in structures])
-    forces = np.concatenate([s.forces if s.forces is not None else np.full((len(s.positions), 3), np.nan)
-                             for s in structures])
-    fmask = np.all(np.isfinite(forces), axis=1)
-    forces = np.nan_to_num(forces)
-    sigma = np.array([s.stress if s.stress is not None else np.full((3, 3), np.nan) for s in structures])
-    smask = np.all(np.isfinite(sigma), axis=(1, 2)) & np.isfinite(batch.volume)
+    energies, forces, fmask, sigma = _labels(structures)
 
     if init is not None and not cfg.refit_on_warm_start:
         e0, baseline = init.energy_shift, init.baseline
@@ -641,50 +950,44 @@ def train(structures, cfg: TrainConfig | None = None, init: Potential | None = N
         e0, baseline = fit_reference(batch, energies, forces, fmask, delta, cutoff)
         mean, std = feature_statistics(batch, len(species), desc.n_features,
                                        None if init is None else init)
-    e_base, f_base, v_base = baseline_terms(batch, baseline)
-    comp_e0 = np.bincount(batch.struct_of_atom, e0[batch.types], batch.S)
-    targets = {
-        "E": energies - e_base - comp_e0,
-        "F": forces - f_base,
-        "fmask": fmask,
-        "sigma": sigma - (-v_base / batch.volume[:, None, None]),
-        "smask": smask,
-    }
+    targets = _targets(batch, energies, forces, fmask, sigma, e0, baseline)
     setup_time = time.perf_counter() - t0
 
     members, history = [], []
+    ck = _Checkpointer(ckpt, cfg, len(structures), saved)
     for m in range(cfg.n_models):
+        rng_state = rng.bit_generator.state
         # each member: its own initial weights and its own validation split
         perm = rng.permutation(batch.S)
         n_val = int(round(cfg.validation_fraction * batch.S)) if batch.S > 1 else 0
         train_mask = np.ones(batch.S, dtype=bool)
         train_mask[perm[:n_val]] = False
-        if init is not None:
-            mm = m % init.n_models
-            nets = [ElementNetwork(tuple(w[mm:mm + 1] for w in n.weights), tuple(b[mm:mm + 1] for b in n.biases),
-                                   n.activation) for n in init.networks]
-            nets = warm_start_networks(nets, init, mean, std, e0)
-        else:
-            nets = [ElementNetwork.random(desc.n_features, cfg.hidden, 1, cfg.activation, rng) for _ in species]
+        nets = _initial_networks(init, m, mean, std, e0, desc, species, cfg, rng)
         pot = Potential(desc, tuple(nets), mean, std, e0, baseline)
         obj = Objective(batch, pot, targets, cfg, train_mask)
-        theta, hist = _optimise(obj, obj.pack(nets), cfg, lambda ep, mt, m=m: progress and progress(m, ep, mt))
+        done = ck.done_member(m, obj)
+        if done is not None:
+            members.append(done[0])
+            history.append(done[1])
+            continue
+        if m == 0 and announce is not None and ck.resume_state(m) is None:
+            tt = time.perf_counter()
+            obj(obj.pack(nets))
+            dt = time.perf_counter() - tt
+            its = cfg.warmup_epochs + cfg.max_epochs
+            announce({"setup_s": setup_time, "s_per_iteration": dt, "iterations": its, "n_models": cfg.n_models,
+                      "batch_structures": 0, "expected_s": dt * its * cfg.n_models})
+        theta, hist = _optimise(obj, obj.pack(nets), cfg, lambda ep, mt, m=m: progress and progress(m, ep, mt),
+                                save=ck.saver(m, rng_state, members, history), resume=ck.resume_state(m))
         members.append(obj.unpack(theta))
         history.append(hist)
 
-    nets = tuple(
-        ElementNetwork(
-            tuple(np.concatenate([mem[e].weights[l] for mem in members]) for l in range(len(members[0][e].weights))),
-            tuple(np.concatenate([mem[e].biases[l] for mem in members]) for l in range(len(members[0][e].biases))),
-            cfg.activation if init is None else init.activation,
-        )
-        for e in range(len(species))
-    )
+    nets = _stack_members(members, species, cfg, init)
     meta = {
         "trained": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "n_structures": int(batch.S),
         "n_atoms": int(batch.N),
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
+        "config": _config_dict(cfg),
         "warm_start": init.content_hash[:16] if init is not None else None,
         "setup_seconds": setup_time,
         # shortest distance per element pair in the training set: MD stops below a fraction
@@ -708,7 +1011,314 @@ def train(structures, cfg: TrainConfig | None = None, init: Potential | None = N
     metrics["jacobian_cached"] = batch.J is not None
     metrics["jacobian_gb"] = batch.jacobian_gb
     metrics["device"] = batch.device
+    metrics["batch_structures"] = 0
+    metrics["optimizer"] = cfg.optimizer
     return TrainResult(final, history, metrics, dropped)
+
+
+def _initial_networks(init, m, mean, std, e0, desc, species, cfg, rng):
+    if init is not None:
+        mm = m % init.n_models
+        nets = [ElementNetwork(tuple(w[mm:mm + 1] for w in n.weights), tuple(b[mm:mm + 1] for b in n.biases),
+                               n.activation) for n in init.networks]
+        return warm_start_networks(nets, init, mean, std, e0)
+    return [ElementNetwork.random(desc.n_features, cfg.hidden, 1, cfg.activation, rng) for _ in species]
+
+
+def _stack_members(members, species, cfg, init):
+    return tuple(
+        ElementNetwork(
+            tuple(np.concatenate([mem[e].weights[l] for mem in members]) for l in range(len(members[0][e].weights))),
+            tuple(np.concatenate([mem[e].biases[l] for mem in members]) for l in range(len(members[0][e].biases))),
+            cfg.activation if init is None else init.activation,
+        )
+        for e in range(len(species))
+    )
+
+
+class _Checkpointer:
+    """Checkpoint bookkeeping shared by both paths: members finished, the member in
+    progress (its RNG state at its start, so that its split and initial weights are drawn
+    again identically) and its optimiser state."""
+
+    def __init__(self, path, cfg, n_structures, saved):
+        self.path, self.cfg, self.n, self.saved = path, cfg, n_structures, saved
+
+    def done_member(self, m, obj):
+        s = self.saved
+        if s is None or m >= len(s["members"]):
+            return None
+        return obj.unpack(s["members"][m]), s["histories"][m]
+
+    def resume_state(self, m):
+        s = self.saved
+        if s is None or s.get("member") != m or s.get("theta") is None:
+            return None
+        return s
+
+    def saver(self, m, rng_state, members, histories):
+        if self.path is None:
+            return None
+
+        def save(opt_state: dict):
+            packed = [np.concatenate([a[0].ravel() for net in mem for w, b in zip(net.weights, net.biases)
+                                      for a in (w, b)]) for mem in members]
+            save_checkpoint(self.path, {**opt_state, "member": m, "members": packed,
+                                        "histories": list(histories), "rng_member": rng_state,
+                                        "config": _config_dict(self.cfg), "n_structures": self.n})
+        return save
+
+
+def _evaluate_blocks(mb: MiniBatches, blocks, pot, nets_list, cfg, mask, prefix: str) -> dict:
+    """Energy and force errors (and the loss without l2) of the mean of `nets_list` over the
+    structures selected by `mask` (S,), block by block."""
+    se = ae = ne_ = sf = af = nf = 0.0
+    for k in blocks:
+        blk = mb.blocks[k]
+        sel = mask[blk]
+        if not sel.any():
+            continue
+        b, t = mb.get(k)
+        obj = Objective(b, pot, t, cfg, sel)
+        E = np.zeros(b.S)
+        F = np.zeros((b.N, 3))
+        for nets in nets_list:
+            e_, f_, _, _ = obj.predict(nets, virial=False)
+            E += e_ / len(nets_list)
+            F += f_ / len(nets_list)
+        dE = ((E - t["E"]) / b.n_atoms)[sel]
+        se += float(np.sum(dE ** 2))
+        ae += float(np.sum(np.abs(dE)))
+        ne_ += len(dE)
+        fm = t["fmask"] & sel[b.struct_of_atom]
+        d = (F - t["F"])[fm]
+        sf += float(np.sum(d ** 2))
+        af += float(np.sum(np.abs(d)))
+        nf += d.size
+    out = {}
+    if ne_:
+        out[f"{prefix}_energy_rmse"] = float(np.sqrt(se / ne_))
+        out[f"{prefix}_energy_mae"] = ae / ne_
+        loss = cfg.energy_weight * se / ne_
+        if nf:
+            out[f"{prefix}_force_rmse"] = float(np.sqrt(sf / nf))
+            out[f"{prefix}_force_mae"] = af / nf
+            loss += cfg.force_weight * sf / nf
+        out[f"{prefix}_loss"] = loss
+    return out
+
+
+def _train_minibatch(structures, cfg, init, progress, desc, cutoff, species, size, rng, dropped, t0, ckpt,
+                     saved, announce) -> TrainResult:
+    """train() over mini-batches: the setup streams over the blocks (feature statistics,
+    the reference fit's QR factor), then Adam over the blocks of each member's training
+    structures, early stopping on its validation structures (evaluated block by block)."""
+    # blocks from their own stream, so that `rng` draws the same splits and initial
+    # weights as the full-batch path with the same seed
+    mb = MiniBatches(structures, desc, cutoff, cfg, size, np.random.default_rng([cfg.seed, 7]))
+    S = len(structures)
+    n_atoms = np.array([len(s.positions) for s in structures])
+    pair_min: dict = {}
+    if init is not None and not cfg.refit_on_warm_start:
+        e0, baseline = init.energy_shift, init.baseline
+        mean, std = init.feature_mean, init.feature_std
+        for k in range(len(mb.blocks)):
+            b = mb.pairs_only(k)
+            for key, v in min_pair_distances(b.types, b.pair_i, b.pair_j, b.rij, species).items():
+                pair_min[key] = min(v, pair_min.get(key, np.inf))
+    else:
+        delta = cfg.delta if init is None else init.baseline is not None
+        ref = ReferenceFit(len(species), delta, cutoff)
+        stats = FeatureStatistics(len(species), desc.n_features)
+        for k in range(len(mb.blocks)):
+            b, _ = mb.get(k)
+            E, F, fm, _ = mb._labels(k)
+            ref.add(b, E, F, fm)
+            stats.add(b)
+            for key, v in min_pair_distances(b.types, b.pair_i, b.pair_j, b.rij, species).items():
+                pair_min[key] = min(v, pair_min.get(key, np.inf))
+            del b
+        baseline = ref.solve()
+        if baseline is not None:
+            for k in range(len(mb.blocks)):
+                ref.add_e_base(mb.pairs_only(k))
+        e0 = ref.e0()
+        mean, std = stats.result(None if init is None else init)
+    mb.reference = (e0, baseline)
+    setup_time = time.perf_counter() - t0
+
+    members, history = [], []
+    ck = _Checkpointer(ckpt, cfg, S, saved)
+    for m in range(cfg.n_models):
+        rng_state = rng.bit_generator.state
+        perm = rng.permutation(S)
+        n_val = int(round(cfg.validation_fraction * S)) if S > 1 else 0
+        train_mask = np.ones(S, dtype=bool)
+        train_mask[perm[:n_val]] = False
+        nets = _initial_networks(init, m, mean, std, e0, desc, species, cfg, rng)
+        pot = Potential(desc, tuple(nets), mean, std, e0, baseline)
+        b0, t0_ = mb.get(0)
+        obj0 = Objective(b0, pot, t0_, cfg, np.ones(b0.S, bool))
+        done = ck.done_member(m, obj0)
+        if done is not None:
+            members.append(done[0])
+            history.append(done[1])
+            continue
+        theta, hist = _optimise_minibatch(mb, pot, obj0.pack(nets), cfg, train_mask,
+                                          lambda ep, mt, m=m: progress and progress(m, ep, mt),
+                                          np.random.default_rng([cfg.seed, 11, m]),
+                                          save=ck.saver(m, rng_state, members, history),
+                                          resume=ck.resume_state(m),
+                                          announce=announce if m == 0 else None, setup_time=setup_time)
+        members.append(obj0.unpack(theta))
+        history.append(hist)
+
+    nets = _stack_members(members, species, cfg, init)
+    meta = {
+        "trained": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "n_structures": int(S),
+        "n_atoms": int(n_atoms.sum()),
+        "config": _config_dict(cfg),
+        "warm_start": init.content_hash[:16] if init is not None else None,
+        "setup_seconds": setup_time,
+        "min_pair_distance_A": {k: float(v) for k, v in pair_min.items()},
+    }
+    final = Potential(desc, nets, mean, std, e0, baseline, metadata=meta)
+    metrics = _evaluate_blocks(mb, range(len(mb.blocks)), final, members, cfg, np.ones(S, bool), "all")
+    metrics.pop("all_loss", None)
+    metrics.update({"n_dropped_outliers": len(dropped), "jacobian_cached": len(mb.cache) == len(mb.blocks),
+                    "batches_cached": f"{len(mb.cache)}/{len(mb.blocks)}", "cache_gb": mb.cached_bytes / 1e9,
+                    "jacobian_gb": estimate_jacobian_gb(structures, desc, cutoff), "device": "cpu",
+                    "batch_structures": size, "optimizer": "adam"})
+    return TrainResult(final, history, metrics, dropped)
+
+
+def _optimise_minibatch(mb: MiniBatches, pot, theta0, cfg: TrainConfig, train_mask, report, rng, save=None,
+                        resume=None, announce=None, setup_time=0.0):
+    """Adam over mini-batches: warmup_epochs energy-only steps, then epochs (passes over the
+    training blocks in a shuffled order), the validation errors after each epoch, early
+    stopping after `patience` epochs without improvement; the best parameters are kept."""
+    train_blocks = [k for k, blk in enumerate(mb.blocks) if train_mask[blk].any()]
+    val_blocks = [k for k, blk in enumerate(mb.blocks) if (~train_mask[blk]).any()]
+    n_steps = len(train_blocks)
+    total = max(cfg.max_epochs * n_steps, 1)
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    st = {"phase": "energy", "k": 0, "epoch": 0, "pos": 0, "order": None, "step": 0, "since": 0,
+          "best_score": np.inf, "hist": [], "acc": [0.0, 0.0, 0.0, 0.0], "rng": None, "time": 0.0}
+    theta, m1, v1, best = theta0.copy(), np.zeros_like(theta0), np.zeros_like(theta0), theta0.copy()
+    if resume is not None:
+        st.update({k: resume[k] for k in st if k in resume})
+        theta, m1, v1 = resume["theta"].copy(), resume["adam_m"].copy(), resume["adam_v"].copy()
+        best = resume["best_theta"].copy()
+        if st["rng"] is not None:
+            rng.bit_generator.state = st["rng"]
+    t_start = time.perf_counter() - st["time"]
+
+    def checkpoint():
+        if save is not None:
+            st["rng"] = rng.bit_generator.state
+            st["time"] = time.perf_counter() - t_start
+            save({**st, "theta": theta, "adam_m": m1, "adam_v": v1, "best_theta": best})
+
+    def step(k_block, energy_only, lr):
+        nonlocal theta, m1, v1
+        blk = mb.blocks[k_block]
+        b, t = mb.get(k_block)
+        obj = Objective(b, pot, t, cfg, train_mask[blk])
+        loss, grad, metrics = obj(theta, energy_only)
+        st["k"] += 1
+        k = st["k"]
+        m1 = b1 * m1 + (1 - b1) * grad
+        v1 = b2 * v1 + (1 - b2) * grad * grad
+        theta = theta - lr * (m1 / (1 - b1 ** k)) / (np.sqrt(v1 / (1 - b2 ** k)) + eps)
+        return loss, metrics, obj.n_e
+
+    if st["phase"] == "energy":
+        if announce is not None:
+            tt = time.perf_counter()
+            b, t = mb.get(train_blocks[0])
+            Objective(b, pot, t, cfg, train_mask[mb.blocks[train_blocks[0]]])(theta)
+            dt = time.perf_counter() - tt
+            per_epoch = dt * (n_steps + 0.5 * len(val_blocks))
+            announce({"setup_s": setup_time, "s_per_iteration": dt, "iterations": cfg.max_epochs * n_steps,
+                      "n_models": cfg.n_models, "batch_structures": mb.size, "s_per_epoch": per_epoch,
+                      "steps_per_epoch": n_steps,
+                      "expected_s": (per_epoch * cfg.max_epochs + dt * cfg.warmup_epochs) * cfg.n_models})
+        loss = np.nan
+        while st["k"] < cfg.warmup_epochs:
+            loss, metrics, _ = step(train_blocks[st["k"] % n_steps], True, cfg.adam_lr)
+            row = {"epoch": 0, "step": st["k"], "phase": "energy", "loss": float(loss),
+                   "time": time.perf_counter() - t_start, **metrics}
+            report(st["k"], row)
+            if st["k"] % cfg.checkpoint_every == 0:
+                checkpoint()
+        st["hist"].append({"epoch": 0, "step": st["k"], "phase": "energy", "loss": float(loss),
+                           "time": time.perf_counter() - t_start})
+        st.update(phase="full", k=0)
+        m1, v1 = np.zeros_like(theta), np.zeros_like(theta)
+    stop = False
+    while st["epoch"] < cfg.max_epochs and not stop:
+        if st["pos"] == 0:
+            st["order"] = [int(train_blocks[i]) for i in rng.permutation(n_steps)]
+            st["acc"] = [0.0, 0.0, 0.0, 0.0]
+        while st["pos"] < n_steps:
+            lr = cfg.adam_lr
+            if cfg.adam_lr_final:
+                lr = cfg.adam_lr * (cfg.adam_lr_final / cfg.adam_lr) ** min(st["step"] / total, 1.0)
+            loss, metrics, n_e = step(st["order"][st["pos"]], False, lr)
+            st["pos"] += 1
+            st["step"] += 1
+            a = st["acc"]  # running train errors over the epoch
+            a[0] += metrics.get("train_energy_rmse", 0.0) ** 2 * n_e
+            a[1] += n_e
+            a[2] += metrics.get("train_force_rmse", 0.0) ** 2 * n_e
+            a[3] += float(loss) * n_e
+            report(st["epoch"] + st["pos"] / n_steps, {"phase": "full", "loss": float(loss), **metrics})
+            out_of_time = cfg.max_minutes is not None and time.perf_counter() - t_start > 60 * cfg.max_minutes
+            if (cfg.max_steps is not None and st["step"] >= cfg.max_steps) or out_of_time:
+                stop = True
+                break
+            if st["step"] % cfg.checkpoint_every == 0 and st["pos"] < n_steps:
+                checkpoint()
+        # end of an epoch (or of the budget): validation, early stopping
+        st["epoch"] += 1
+        st["pos"] = 0
+        nets = pot_unpack(pot, theta)
+        a = st["acc"]
+        row = {"epoch": st["epoch"], "step": st["step"], "phase": "full", "loss": a[3] / max(a[1], 1),
+               "lr": lr, "time": time.perf_counter() - t_start,
+               "train_energy_rmse": float(np.sqrt(a[0] / max(a[1], 1)))}
+        if cfg.force_weight > 0:
+            row["train_force_rmse"] = float(np.sqrt(a[2] / max(a[1], 1)))
+        row.update(_evaluate_blocks(mb, val_blocks, pot, [nets], cfg, ~train_mask, "val"))
+        st["hist"].append(row)
+        report(st["epoch"], row)
+        score = _validation_score(row)
+        if score < st["best_score"]:
+            st["best_score"], st["since"] = score, 0
+            best = theta.copy()
+        else:
+            st["since"] += 1
+            if st["since"] >= cfg.patience:
+                stop = True
+        checkpoint()
+    if cfg.max_epochs > 0 and np.isfinite(st["best_score"]):
+        theta = best
+    return theta, st["hist"]
+
+
+def pot_unpack(pot: Potential, theta):
+    """Networks (M = 1) of `pot`'s shapes viewing theta (Objective.unpack without a batch)."""
+    nets, k = [], 0
+    for net in pot.networks:
+        ws, bs = [], []
+        for w, b in zip(net.weights, net.biases):
+            ws.append(theta[k:k + w[0].size].reshape((1,) + w.shape[1:]))
+            k += w[0].size
+            bs.append(theta[k:k + b[0].size].reshape((1,) + b.shape[1:]))
+            k += b[0].size
+        nets.append(ElementNetwork(tuple(ws), tuple(bs), net.activation))
+    return nets
 
 
 def feature_statistics(batch: Batch, n_species: int, n_features: int, init=None):
@@ -744,14 +1354,38 @@ def warm_start_networks(nets, init, mean, std, e0):
     return out
 
 
-def _optimise(obj: Objective, theta0, cfg: TrainConfig, report):
-    """Energy-only warm-up, then the full loss; L-BFGS or Adam; early stopping on validation."""
+def _optimise(obj: Objective, theta0, cfg: TrainConfig, report, save=None, resume=None):
+    """Energy-only warm-up, then the full loss; L-BFGS or Adam; early stopping on validation.
+
+    save(state): called every cfg.checkpoint_every iterations with the optimiser state
+    (theta, Adam moments, phase and iteration, best so far, history); resume: such a
+    state to continue from. Adam continues exactly; L-BFGS restarts its history (scipy
+    keeps it internal) from the checkpoint's parameters."""
     hist = []
-    state = {"epoch": 0, "best": (np.inf, theta0.copy()), "since": 0, "last": None}
-    t_start = time.perf_counter()
+    state = {"epoch": 0, "best": (np.inf, theta0.copy()), "since": 0, "last": None, "stop": False}
+    start_phase, k0 = "energy", 0
+    t_offset = 0.0
+    if resume is not None:
+        hist = list(resume["hist"])
+        state.update(epoch=resume["epoch"], best=(resume["best_score"], resume["best_theta"].copy()),
+                     since=resume["since"])
+        start_phase, k0 = resume["phase"], resume["k"]
+        theta0 = resume["theta"].copy()
+        t_offset = resume.get("time", 0.0)
+    t_start = time.perf_counter() - t_offset
+    ctx = {"phase": start_phase, "k": k0, "m": None, "v": None}
+
+    def checkpoint(theta):
+        if save is None:
+            return
+        save({"phase": ctx["phase"], "k": ctx["k"], "epoch": state["epoch"], "theta": theta,
+              "adam_m": ctx["m"], "adam_v": ctx["v"], "best_score": state["best"][0],
+              "best_theta": state["best"][1], "since": state["since"], "hist": hist,
+              "time": time.perf_counter() - t_start})
 
     def record(theta, loss, metrics, phase):
         state["epoch"] += 1
+        ctx["k"] += 1
         row = {"epoch": state["epoch"], "phase": phase, "loss": float(loss), "time": time.perf_counter() - t_start,
                **metrics}
         hist.append(row)
@@ -763,10 +1397,18 @@ def _optimise(obj: Objective, theta0, cfg: TrainConfig, report):
                 state["since"] = 0
             else:
                 state["since"] += 1
+        if cfg.max_minutes is not None and time.perf_counter() - t_start > 60 * cfg.max_minutes:
+            state["stop"] = True
+        if state["epoch"] % cfg.checkpoint_every == 0:
+            checkpoint(theta)
 
-    def run(theta, n_iter, energy_only):
+    def stopping(phase):
+        return state["stop"] or (phase == "full" and state["since"] >= cfg.patience)
+
+    def run(theta, n_iter, energy_only, k_start=0, moments=None):
         phase = "energy" if energy_only else "full"
-        if n_iter <= 0:
+        ctx.update(phase=phase, k=k_start, m=None, v=None)
+        if n_iter - k_start <= 0 or state["stop"]:
             return theta
         if cfg.optimizer == "lbfgs":
             from scipy.optimize import minimize
@@ -779,28 +1421,38 @@ def _optimise(obj: Objective, theta0, cfg: TrainConfig, report):
             def callback(intermediate_result):
                 loss, metrics = state["last"]
                 record(intermediate_result.x, loss, metrics, phase)
-                if phase == "full" and state["since"] >= cfg.patience:
+                if stopping(phase):
                     raise StopIteration
 
             res = minimize(fun, theta, jac=True, method="L-BFGS-B", callback=callback,
-                           options={"maxiter": n_iter, "maxcor": cfg.lbfgs_history, "ftol": 1e-14, "gtol": 1e-10})
+                           options={"maxiter": n_iter - k_start, "maxcor": cfg.lbfgs_history, "ftol": 1e-14,
+                                    "gtol": 1e-10})
             return res.x
         # Adam, full batch
-        m = np.zeros_like(theta)
-        v = np.zeros_like(theta)
+        m, v = moments if moments is not None else (np.zeros_like(theta), np.zeros_like(theta))
         b1, b2, eps = 0.9, 0.999, 1e-8
-        for k in range(1, n_iter + 1):
+        for k in range(k_start + 1, n_iter + 1):
             loss, grad, metrics = obj(theta, energy_only)
             m = b1 * m + (1 - b1) * grad
             v = b2 * v + (1 - b2) * grad * grad
-            theta = theta - cfg.adam_lr * (m / (1 - b1**k)) / (np.sqrt(v / (1 - b2**k)) + eps)
+            lr = cfg.adam_lr
+            if cfg.adam_lr_final and not energy_only:
+                lr = cfg.adam_lr * (cfg.adam_lr_final / cfg.adam_lr) ** ((k - 1) / max(n_iter, 1))
+            theta = theta - lr * (m / (1 - b1**k)) / (np.sqrt(v / (1 - b2**k)) + eps)
+            ctx["m"], ctx["v"] = m, v
             record(theta, loss, metrics, phase)
-            if phase == "full" and state["since"] >= cfg.patience:
+            if stopping(phase):
                 break
         return theta
 
-    theta = run(theta0, cfg.warmup_epochs, True)
-    theta = run(theta, cfg.max_epochs, False)
+    moments = None
+    if resume is not None and resume.get("adam_m") is not None:
+        moments = (resume["adam_m"].copy(), resume["adam_v"].copy())
+    theta = theta0
+    if start_phase == "energy":
+        theta = run(theta, cfg.warmup_epochs, True, k0, moments)
+        k0, moments = 0, None
+    theta = run(theta, cfg.max_epochs, False, k0, moments)
     if cfg.max_epochs > 0 and np.isfinite(state["best"][0]):
         theta = state["best"][1]
     return theta, hist

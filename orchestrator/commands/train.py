@@ -6,46 +6,102 @@ import json
 
 
 def register(sub) -> None:
+    from services.trainer.run import PRESETS
+
+    presets = "; ".join(f"{k}: " + (", ".join(f"{kk}={json.dumps(vv)}" for kk, vv in v.items()) or
+                                    "TrainConfig's defaults") for k, v in PRESETS.items())
     p = sub.add_parser("train", help="train a potential on energies and forces",
                        description="Train a Behler-Parrinello potential. Data: extxyz (or any ASE-readable "
                                    "file with energies and forces), mlearn JSON, n2p2 input.data, a DeePMD "
                                    "folder, or an nnmd store (DIR or URL, optionally URL#campaign); the "
-                                   "format of each is detected (see docs/training.md, Data formats).")
-    p.add_argument("--data", nargs="+", required=True, help="training data files, folders or stores")
-    p.add_argument("--test", nargs="*", default=[], help="held-out test data (reported, never trained on)")
+                                   "format of each is detected (see docs/training.md, Data formats). "
+                                   "Settings, in increasing precedence: --preset, --config, the flags "
+                                   "below. The expected time is printed before training starts; a "
+                                   "checkpoint is written into the report folder every checkpoint_every "
+                                   "iterations, and --resume continues from it.",
+                       epilog=f"presets: {presets}. Every other setting: TrainConfig's default "
+                              "(docs/training.md, Settings).")
+    p.add_argument("--data", nargs="+", help="training data files, folders or stores (required unless --resume)")
+    p.add_argument("--test", nargs="*", default=[], help="held-out test data (reported, never trained on; "
+                                                        "default: none)")
     p.add_argument("--format", dest="data_format", default=None, metavar="FORMAT",
                    help="format of every --data/--test file instead of detecting it: extxyz, mlearn, "
-                        "n2p2, deepmd, store or an ase.io format name")
-    p.add_argument("-o", "--out", dest="out", required=True, help="output model file (.nnmd)")
-    p.add_argument("--force", action="store_true", help="replace the output model if it exists")
-    p.add_argument("--config", help="YAML/JSON of training settings (TrainConfig fields)")
-    p.add_argument("--init", help="warm start from this model (keeps its descriptor and baseline)")
-    p.add_argument("--report-dir", help="where metrics.json and plots go (default: <out>_training/)")
-    p.add_argument("--epochs", type=int, help="override max_epochs")
-    p.add_argument("--models", type=int, help="override n_models (ensemble size)")
-    p.add_argument("--seed", type=int, help="override seed")
-    p.add_argument("--no-progress", action="store_true")
+                        "n2p2, deepmd, store or an ase.io format name (default: detected per file)")
+    p.add_argument("-o", "--out", dest="out", help="output model file (.nnmd; required unless --resume)")
+    p.add_argument("--force", action="store_true", help="replace the output model if it exists (default: refuse)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="a set of settings (listed below); --config and flags override it "
+                        "(default: none, i.e. TrainConfig's defaults, as 'default')")
+    p.add_argument("--config", help="YAML/JSON of training settings (TrainConfig fields; default: none)")
+    p.add_argument("--init", help="warm start from this model (keeps its descriptor and baseline; default: "
+                                  "random initial networks)")
+    p.add_argument("--report-dir", help="where metrics.json, plots and checkpoints go (default: <out>_training/)")
+    p.add_argument("--resume", metavar="DIR",
+                   help="continue the interrupted training whose report folder is DIR, from its last "
+                        "checkpoint, with the data and settings it started with (default: start afresh)")
+    p.add_argument("--epochs", type=int, help="override max_epochs (default: the preset's or config's, else 300)")
+    p.add_argument("--models", type=int, help="override n_models, the ensemble size (default: preset/config, "
+                                              "else 1)")
+    p.add_argument("--seed", type=int, help="override seed (default: preset/config, else 0)")
+    p.add_argument("--batch-structures", help="override batch_structures: 'auto', 0 (full batch) or "
+                                              "structures per mini-batch (default: preset/config, else auto)")
+    p.add_argument("--checkpoint-every", type=int, help="override checkpoint_every, iterations between "
+                                                        "checkpoints (default: preset/config, else 10)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown)")
     p.set_defaults(func=_train)
     register_test(sub)
 
 
 def _train(args) -> int:
+    from pathlib import Path
+
     from nnmd_kernels import Potential
+    from nnmd_kernels.training import CHECKPOINT, TrainConfig
     from orchestrator.commands._output import check_out
     from services.trainer.data import read_training_data
     from services.trainer.formats import canonical_format
-    from services.trainer.run import load_config, run_training
+    from services.trainer.run import INVOCATION, load_config, run_training
 
-    check_out(args.out, args.force)  # before hours of training, not after
-    overrides = {k: v for k, v in (("max_epochs", args.epochs), ("n_models", args.models), ("seed", args.seed))
-                 if v is not None}
-    cfg = load_config(args.config, overrides)
-    fmt = canonical_format(args.data_format) if args.data_format else None
-    data = read_training_data(args.data, fmt)
-    test = read_training_data(args.test, fmt) if args.test else None
-    init = Potential.load(args.init) if args.init else None
-    _, metrics = run_training(data, args.out, cfg, init=init, test_structures=test, report_dir=args.report_dir,
-                              progress=not args.no_progress)
+    if args.resume:
+        rdir = Path(args.resume)
+        inv_path = rdir / INVOCATION
+        if not inv_path.is_file():
+            raise ValueError(f"--resume {rdir}: no {INVOCATION} there (not the report folder of an nnmd train run)")
+        inv = json.loads(inv_path.read_text())
+        cfg = TrainConfig.from_dict(inv["config"])
+        resume = (rdir / CHECKPOINT).is_file()
+        if not resume:
+            print(f"--resume {rdir}: no checkpoint yet; training from the start", flush=True)
+        data_paths, test_paths, fmt_name = inv["data"], inv.get("test") or [], inv.get("format")
+        out, init_path, report_dir = inv["out"], inv.get("init"), str(rdir)
+    else:
+        if not args.data or not args.out:
+            raise ValueError("train: --data and --out are required (or --resume DIR)")
+        check_out(args.out, args.force)  # before hours of training, not after
+        bs = args.batch_structures
+        if bs is not None and bs != "auto":
+            try:
+                bs = int(bs)
+            except ValueError:
+                raise ValueError(f"--batch-structures {bs}: 'auto' or a number >= 0") from None
+        overrides = {k: v for k, v in (("max_epochs", args.epochs), ("n_models", args.models),
+                                       ("seed", args.seed), ("batch_structures", bs),
+                                       ("checkpoint_every", args.checkpoint_every)) if v is not None}
+        cfg = load_config(args.config, overrides, preset=args.preset)
+        data_paths, test_paths, fmt_name = list(args.data), list(args.test or []), args.data_format
+        out, init_path, report_dir, resume = args.out, args.init, args.report_dir, False
+        if report_dir is None:
+            report_dir = str(Path(out).with_name(Path(out).stem + "_training"))
+    fmt = canonical_format(fmt_name) if fmt_name else None
+    data = read_training_data(data_paths, fmt)
+    test = read_training_data(test_paths, fmt) if test_paths else None
+    init = Potential.load(init_path) if init_path else None
+    invocation = {"data": [str(Path(p).resolve()) if Path(p).exists() else p for p in data_paths],
+                  "test": [str(Path(p).resolve()) if Path(p).exists() else p for p in test_paths],
+                  "format": fmt_name, "out": str(Path(out).resolve()),
+                  "init": str(Path(init_path).resolve()) if init_path else None}
+    _, metrics = run_training(data, out, cfg, init=init, test_structures=test, report_dir=report_dir,
+                              progress=not args.no_progress, resume=resume, invocation=invocation)
     print(json.dumps({"model": metrics["model"], "train_seconds": round(metrics["train_seconds"], 1),
                       **metrics["errors"]}, indent=2))
     return 0
