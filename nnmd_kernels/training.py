@@ -563,16 +563,7 @@ class Objective:
 
     def unpack(self, theta):
         """Networks viewing theta (numpy theta: host networks; an xp theta: networks on its device)."""
-        nets, k = [], 0
-        for net in self.pot.networks:
-            ws, bs = [], []
-            for w, b in zip(net.weights, net.biases):
-                ws.append(theta[k:k + w[0].size].reshape((1,) + w.shape[1:]))
-                k += w[0].size
-                bs.append(theta[k:k + b[0].size].reshape((1,) + b.shape[1:]))
-                k += b[0].size
-            nets.append(ElementNetwork(tuple(ws), tuple(bs), net.activation))
-        return nets
+        return pot_unpack(self.pot, theta)
 
     def _on_device(self, nets):
         if self.xp is np:
