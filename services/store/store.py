@@ -226,6 +226,17 @@ class _DurableLocalStore(LocalStore):
         await asyncio.to_thread(_durable_put, path, value.as_buffer_like())
 
 
+def _require_group(zstore, root, path: str):
+    """root.require_group(path), safe when another writer (another campaign of the same
+    process, or another process) creates the group at the same moment."""
+    from zarr.errors import ContainsGroupError
+
+    try:
+        return root.require_group(path)
+    except ContainsGroupError:  # created between zarr's check and its write: open it
+        return zarr.open_group(store=zstore, path=path, mode="a")
+
+
 def _durable_put(path: Path, data) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
@@ -714,7 +725,7 @@ class StoreWriter:
     def _open_structures(self):
         """Opens (creates) the arrays, fresh: another writer may have grown them."""
         root = zarr.open_group(store=self.store.zstore, mode="a")
-        g = root.require_group(schema.STRUCTURES_GROUP)
+        g = _require_group(self.store.zstore, root, schema.STRUCTURES_GROUP)
         arrays = {}
         for f in schema.STRUCTURE_FIELDS:
             if f.name in g:
@@ -903,7 +914,7 @@ class StoreWriter:
         """Stores a model file as the next version; returns the version (>= 1)."""
         with self._write_lock:
             root = zarr.open_group(store=self.store.zstore, mode="a")
-            models = root.require_group(schema.MODELS_GROUP)
+            models = _require_group(self.store.zstore, root, schema.MODELS_GROUP)
             version = max([int(models.attrs.get("latest", 0)), *self.store.model_versions()]) + 1
             # the version number is claimed by an exclusive create: two writers publishing
             # at once get two versions

@@ -261,3 +261,53 @@ def test_writer_killed_inside_a_fold_loses_nothing(tmp_path, capsys):
     assert [identity(r) for r in store.read()] == [(0, s) for s in acked] + [(0, 99)]
     capsys.readouterr()
     assert main(["store", "check", url]) == 0, capsys.readouterr().out
+
+
+def test_first_models_published_at_the_same_moment(tmp_path):
+    """Two campaigns of one coordinator publish their first models at once into a store
+    with no models group yet: both get a version (zarr's require_group raced here)."""
+    import threading
+
+    for attempt in range(5):
+        url = str(tmp_path / f"s{attempt}")
+        writers = [Store(url).writer(campaign=c) for c in ("a", "b", "c")]
+        barrier = threading.Barrier(len(writers))
+        got, errors = [], []
+
+        def publish(w, barrier=barrier, got=got, errors=errors):
+            barrier.wait()
+            try:
+                got.append(w.publish_model(b"m"))
+            except Exception as exc:  # noqa: BLE001 - collected and reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=publish, args=(w,)) for w in writers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for w in writers:
+            w.close()
+        assert not errors, errors
+        assert sorted(got) == [1, 2, 3]
+        assert Store(url).model_versions() == [1, 2, 3]
+
+
+def test_require_group_opens_a_group_created_under_its_feet(tmp_path):
+    """The race seen in a coordinator with two campaigns: zarr's require_group checks, the
+    other writer creates the group, require_group's own create raises ContainsGroupError."""
+    import zarr
+    from zarr.errors import ContainsGroupError
+
+    from services.store.store import _require_group
+
+    store = Store(str(tmp_path / "s"))
+    with store.writer() as w:
+        w.publish_model(b"m")  # the models group exists now
+
+    class Racing:  # a root whose require_group lost the race
+        def require_group(self, path):
+            raise ContainsGroupError(path)
+
+    g = _require_group(store.zstore, Racing(), "models")
+    assert isinstance(g, zarr.Group) and g.path == "models"
