@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 
-from orchestrator.commands.slhmc import json_safe
+from services.runtime.convert import json_safe
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from orchestrator.commands._output import add_out, atomic_path, check_out
 from services.reference.spec import SPEC_HELP
+from services.runtime.convert import json_safe
 
 # The demo: EMT copper, small descriptor and network so that it runs in ~1-2 minutes.
 DEMO_TRAIN = {"descriptor": {"n_radial": 12, "n_angular": 6, "r_radial": 4.5, "r_angular": 4.0},
@@ -166,25 +167,6 @@ def cmd_slhmc(args) -> int:
     summary = run_campaign(cfg, args.store, export_dir=args.out)
     print(json.dumps(json_safe(summary), indent=2, allow_nan=False))
     return 0
-
-
-def json_safe(x):
-    """x with NaN/inf as null and non-JSON objects as strings: always valid JSON."""
-    import math
-
-    if isinstance(x, dict):
-        return {str(k): json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_safe(v) for v in x]
-    if isinstance(x, bool) or x is None or isinstance(x, (int, str)):
-        return x
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    try:
-        f = float(x)
-        return f if math.isfinite(f) else None
-    except (TypeError, ValueError):
-        return str(x)
 
 
 def cmd_demo(args) -> int:

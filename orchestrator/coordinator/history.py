@@ -29,6 +29,8 @@ import math
 
 import numpy as np
 
+from services.runtime.convert import json_safe
+
 MAX_LIMIT = 200
 LOG_KINDS = ("log", "state", "model_published", "chain_failed")
 
@@ -38,24 +40,6 @@ def _thin(n: int, max_points: int) -> np.ndarray:
         return np.arange(n)
     idx = np.unique(np.linspace(0, n - 1, max_points).round().astype(int))
     return idx
-
-
-def _clean(x):
-    """JSON-safe: NaN/inf -> None, numpy scalars -> Python."""
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _clean(x.tolist())
-    if isinstance(x, (np.floating, float)):
-        x = float(x)
-        return x if math.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
 
 
 def _num(v) -> float:
@@ -178,7 +162,7 @@ def campaign_history(store_url: str, campaign: str, *, state: str = "", message:
 
         st = status_from_store(store_url, campaign) or {}
         state, message = st.get("state", "stopped"), message or st.get("message", "")
-    return _clean({
+    return json_safe({
         "campaign": campaign, "state": state, "message": message,
         "settings": doc.get("config") or {},
         "chain_names": names, "n_chains": len(names), "offset": offset, "limit": limit,

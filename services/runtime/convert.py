@@ -305,3 +305,27 @@ def from_atoms(atoms: Atoms) -> tuple[StructureArrays, LabelArrays]:
     if "stress" in results:
         stress = stress_3x3(results["stress"])
     return s, LabelArrays(energy, forces, stress)
+
+
+def json_safe(x):
+    """x as plain JSON values: NaN/inf become null, numpy arrays lists, numpy scalars
+    Python numbers (integers stay integers), other objects strings. Always valid JSON."""
+    import math
+
+    if isinstance(x, dict):
+        return {str(k): json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return json_safe(x.tolist())
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if x is None or isinstance(x, str):
+        return x
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    return f if math.isfinite(f) else None

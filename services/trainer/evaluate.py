@@ -26,6 +26,7 @@ import math
 import numpy as np
 
 from nnmd_kernels.md.units import EV_PER_A3_TO_GPA
+from services.runtime.convert import json_safe
 
 VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
 
@@ -110,16 +111,6 @@ def worst(rows: list[dict], n: int = 10) -> dict:
                   for v, r in sorted(f, key=lambda t: -t[0])[:n]]}
 
 
-def _clean(x):
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_clean(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
 def evaluate(pot, structures, groups: list[str] | None = None, *, n_worst: int = 10,
              rows: list[dict] | None = None) -> dict:
     """Errors of `pot` on labelled `structures` (module docstring); groups: one name per
@@ -133,7 +124,7 @@ def evaluate(pot, structures, groups: list[str] | None = None, *, n_worst: int =
         out["groups"] = {g: errors(rs) for g, rs in sorted(by.items())}
     if getattr(pot, "n_models", 1) > 1:
         out["calibration"] = calibration(rows)
-    return _clean(out)
+    return json_safe(out)
 
 
 def plot(rows: list[dict], groups: list[str] | None, folder) -> list[str]:
