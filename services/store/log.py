@@ -66,6 +66,22 @@ def seg_key(seq: int) -> str:
 # ---------------------------------------------------------------- raw key backend
 
 
+
+def synced_temp(path: Path, data) -> Path:
+    """``data`` in a new temp file beside ``path``, flushed to disk; the caller renames
+    (os.replace) or links (os.link: an exclusive create) it into place, then removes it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
 class Backend:
     """Exclusive create, read, list and delete of raw keys of one store."""
 
@@ -90,13 +106,8 @@ class Backend:
         """Creates ``key`` with ``data`` if it does not exist; False if it does. Atomic."""
         if self.local is not None:
             path = self.local / key
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+            tmp = synced_temp(path, data)
             try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
                 try:
                     os.link(tmp, path)  # fails if the name exists: the exclusive create
                 except FileExistsError:
@@ -128,6 +139,7 @@ class Backend:
             if self.fs.exists(path):
                 return False
             self.fs.pipe_file(path, data)
+            return True
             return True
 
     def put(self, key: str, data: bytes) -> None:
