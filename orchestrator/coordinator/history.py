@@ -158,10 +158,11 @@ def campaign_history(store_url: str, campaign: str, *, state: str = "", message:
                        "history": meta.get("history") or []})
     log = [e for e in events if e.get("kind") in LOG_KINDS][-200:]
     if not state:
-        from orchestrator.coordinator.runner import status_from_store
+        from orchestrator.coordinator.runner import stored_state
 
-        st = status_from_store(store_url, campaign) or {}
-        state, message = st.get("state", "stopped"), message or st.get("message", "")
+        state = stored_state(doc.get("config") or {},
+                             [(int((d.get("state") or {}).get("step", 0)), bool(d.get("failed")))
+                              for d in docs.values()])
     return json_safe({
         "campaign": campaign, "state": state, "message": message,
         "settings": doc.get("config") or {},

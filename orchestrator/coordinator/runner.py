@@ -349,6 +349,15 @@ def _chain_row(ev: dict) -> dict:
             "phase": str(ev.get("phase", ""))}
 
 
+def stored_state(cfg: dict, chains: list[tuple[int, bool]]) -> str:
+    """A stored campaign's state from its settings and its chains' (step, failed):
+    "finished" when every chain reached its last step or failed, else "stopped"."""
+    steps = int(cfg.get("steps", 0))
+    done = bool(chains) and len(chains) >= int(cfg.get("chains", 0)) and \
+        all(step >= steps or failed for step, failed in chains)
+    return "finished" if done else "stopped"
+
+
 def status_from_store(store_url: str, campaign: str) -> dict | None:
     """A campaign's status as its store holds it (None when the store does not know it)."""
     from orchestrator.slhmc import CAMPAIGN_DOC, campaign_models
@@ -388,9 +397,7 @@ def status_from_store(store_url: str, campaign: str) -> dict | None:
     src = store.read(campaign=campaign).arrays["source"]
     n_labels = int(((src == "hmc") | (src == "mc")).sum())  # as the campaign counts them
     versions = [v for v, _ in campaign_models(store, campaign)]
-    steps = int(cfg.get("steps", 0))
-    done = bool(chains) and len(chains) >= int(cfg.get("chains", 0)) and \
-        all(c["step"] >= steps or c["state"] == "failed" for c in chains)
-    return {"campaign": campaign, "state": "finished" if done else "stopped",
+    state = stored_state(cfg, [(c["step"], c["state"] == "failed") for c in chains])
+    return {"campaign": campaign, "state": state,
             "chains": chains, "n_labels": n_labels,
             "model_version": versions[-1] if versions else 0, "message": "", "store": store_url}

@@ -107,13 +107,6 @@ def parse_file(path: str | Path) -> tuple[list[str], list[float] | None, list[st
     return elements, charges, commands
 
 
-def _lower_cell(cell):
-    """(L, Q): lower-triangular L with positive diagonal and rotation Q, cell @ Q = L."""
-    from services.md.lammps import lammps_cell
-
-    return lammps_cell(cell)
-
-
 class LammpsBackend:
     """Labels structures with the LAMMPS potential of FILE (module docstring)."""
 
@@ -157,8 +150,10 @@ class LammpsBackend:
                       info={**info, "attempts": 1, "wall_s": time.monotonic() - t0})
 
     def _run(self, atoms: Atoms, symbols: list[str]):
+        from services.md.lammps import lammps_cell  # cell @ q = lower (lower-triangular)
+
         lmp = self._instance()
-        lower, q = _lower_cell(atoms.cell.array)
+        lower, q = lammps_cell(atoms.cell.array)
         n = len(atoms)
         types = np.array([self.elements.index(s) + 1 for s in symbols], dtype=np.int32)
         x = atoms.positions @ q

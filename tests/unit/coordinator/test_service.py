@@ -209,3 +209,5 @@ def test_history_before_the_first_step(tmp_path, tiny_spec):
     assert h["n_chains"] == 0 and h["chains"] == {} and h["aggregate"]["step"] == []
     assert h["labels"] == {"time": [], "n_labels": []} and h["models"] == []
     assert campaign_history(str(tmp_path / "s"), "other") is None
+    # not running here: its state comes from the store (no chain at its last step)
+    assert campaign_history(str(tmp_path / "s"), "fresh")["state"] == "stopped"
