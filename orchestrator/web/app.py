@@ -36,7 +36,6 @@ import asyncio
 import concurrent.futures
 import json
 import logging
-import math
 import re
 import threading
 import time
@@ -50,6 +49,7 @@ from aiohttp import web
 
 from orchestrator.web import forms, pages
 from orchestrator.web.auth import COOKIE_NAME, SessionSigner
+from services.runtime.convert import json_safe
 
 log = logging.getLogger("nnmd.console")
 STATIC = Path(__file__).resolve().parent / "static"
@@ -93,24 +93,11 @@ def plotly_js_path() -> Path:
 # ---------------------------------------------------------------- JSON and errors
 
 
-def _finite(obj):
-    """obj with NaN and infinities as None (JSON has no NaN; JSON.parse refuses it)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if hasattr(obj, "tolist"):  # numpy scalars and arrays
-        return _finite(obj.tolist())
-    return obj
-
-
 def dumps(obj) -> str:
     try:
         return json.dumps(obj, allow_nan=False, separators=(",", ":"))
     except (ValueError, TypeError):
-        return json.dumps(_finite(obj), allow_nan=False, separators=(",", ":"), default=str)
+        return json.dumps(json_safe(obj), allow_nan=False, separators=(",", ":"))
 
 
 def json_response(obj, status: int = 200) -> web.Response:
