@@ -87,6 +87,11 @@ class CampaignConfig:
     volume_step: float = 0.02
     train: dict = field(default_factory=dict)
     retrain_epochs: int = 60
+    # bounded re-training (services.trainer.replay): a warm-start re-training sees the new
+    # labels plus a replay sample of the old ones, this many in all (0 = every label);
+    # every retrain_full_every-th re-training sees every label (0 = only the run's last)
+    retrain_max_structures: int = 400
+    retrain_full_every: int = 0
     reference_workers: int = 1  # reference calls at once (one backend each, e.g. one pw.x)
     qe: dict = field(default_factory=dict)  # QEConfig fields (ranks, threads, timeout_s, ...)
     # chain groups with their own conditions: ({count, temperature, ensemble, pressure_gpa,
@@ -118,7 +123,8 @@ class CampaignConfig:
                              f"failing ends as failed) or 'reject' (biased), got "
                              f"{self.on_failure!r}")
         for name, lo in (("chains", 1), ("steps", 0), ("bootstrap_steps", 1),
-                         ("retrain_every", 0), ("retrain_epochs", 1), ("reference_workers", 1)):
+                         ("retrain_every", 0), ("retrain_epochs", 1), ("reference_workers", 1),
+                         ("retrain_max_structures", 0), ("retrain_full_every", 0)):
             if int(getattr(self, name)) < lo:
                 raise ValueError(f"{name} must be >= {lo}, got {getattr(self, name)}"
                                  + (" (the first model is trained on the bootstrap frames)"
@@ -380,33 +386,55 @@ class Campaign:
             self._n_hmc = int(((src == "hmc") | (src == "mc")).sum())
         return self._n_hmc
 
-    def maybe_train(self, n_labels: int | None = None) -> int:
+    def maybe_train(self, n_labels: int | None = None, final: bool = False) -> int:
         """The current model version; trains first when none exists or one is due.
 
         n_labels: the chain-label count the training is for (default: all counted so far);
         a running campaign passes the count at which it became due, so that re-trainings
         fall every `retrain_every` labels even while chains append during a training.
+        A warm-start re-training is bounded (services.trainer.replay): every new label
+        plus a replay sample of the old ones, `retrain_max_structures` in all, and every
+        `retrain_full_every`-th one sees every label. final: the run's end; the model
+        that is exported sees every label, so a last re-training on all of them runs when
+        the latest model saw a sample only.
         """
         from nnmd_kernels.model_file import dumps
         from nnmd_kernels.training import TrainConfig, train
         from services.trainer.data import read_store
+        from services.trainer.replay import retrain_selection
 
         models = self._campaign_models()
         n_hmc = self._n_hmc_labels() if n_labels is None else int(n_labels)
+        previous = 0  # labels (store rows) the previous model's training had
         if models:
             version, meta = models[-1]
             self._trained_at = int(meta.get("n_labels", 0))
+            previous = int(meta.get("n_rows", 0))
             due = self.cfg.retrain_every and n_hmc - int(meta.get("n_labels", 0)) >= \
                 self.cfg.retrain_every
+            if final and not due and meta.get("sampled"):
+                due = True  # the exported model sees every label
             if not due:
                 return version
         structures = read_store(self.store.url, self.cfg.campaign)
+        n_rows = len(structures)
         held = [s for s in structures if is_held_out(s.name, self.cfg.holdout_fraction)]
+        sel = None
         if len(structures) - len(held) >= 2:  # keep the held-out labels out of training
             names = {s.name for s in held}
+            n_prev_train = sum(s.name not in names for s in structures[:previous])
             structures = [s for s in structures if s.name not in names]
         else:
-            held = []
+            held, n_prev_train = [], min(previous, n_rows)
+        n_warm = sum(1 for v, m in models if m.get("warm_start"))
+        full_due = final or (self.cfg.retrain_full_every
+                             and (n_warm + 1) % self.cfg.retrain_full_every == 0)
+        if models and self.cfg.retrain_max_structures and not full_due:
+            sel = retrain_selection(len(structures), n_prev_train,
+                                    self.cfg.retrain_max_structures, self.cfg.seed)
+            structures = [structures[i] for i in sel.indices]
+            if sel.full:
+                sel = None
         overrides = dict(self.cfg.train)
         init = None
         if models:
@@ -415,6 +443,8 @@ class Campaign:
         tc = TrainConfig.from_dict({"seed": self.cfg.seed, **overrides})
         t0 = time.perf_counter()
         self.log(f"training on {len(structures)} labels ({n_hmc} from chains)"
+                 + (f": {sel.n_new} new + {sel.n_replay} of {sel.n_old} replayed"
+                    if sel is not None else "")
                  + (" (warm start)" if init is not None else "") + " ...")
         # train_fn: this process by default; on Ray a task with the trainer's resources
         if self.train_fn is None:
@@ -430,6 +460,11 @@ class Campaign:
                 "energy_rmse_mev_per_atom": 1e3 * float(m.get("all_energy_rmse", np.nan)),
                 "force_rmse_mev_per_angstrom": 1e3 * float(m.get("all_force_rmse", np.nan)),
                 "warm_start": init is not None,
+                # bounded re-training: store rows seen so far, and whether this model
+                # saw a sample of them only (new labels + replay)
+                "n_rows": n_rows, "sampled": sel is not None,
+                "n_new": sel.n_new if sel is not None else None,
+                "n_replay": sel.n_replay if sel is not None else None,
                 # learning curve of member 0: [iteration, train E, val E, train F, val F]
                 # (RMSE, eV/atom and eV/A; NaN where absent)
                 "history": [[h.get("epoch"), *(float(h.get(k, np.nan)) for k in (
@@ -569,7 +604,7 @@ class Campaign:
             if self._failure is not None:
                 raise self._failure
             if not self._stop.is_set():
-                self.version = await asyncio.to_thread(self.maybe_train)
+                self.version = await asyncio.to_thread(self.maybe_train, None, True)
         finally:
             self.stats["seconds_loop_cpu"] += time.thread_time() - cpu_start
             self._md_pool.shutdown(wait=True)

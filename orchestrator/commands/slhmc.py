@@ -45,6 +45,13 @@ def register(sub) -> None:
     p.add_argument("--retrain-every", type=int, default=100,
                    help="re-train after this many new labels (0 = never)")
     p.add_argument("--retrain-epochs", type=int, default=60)
+    p.add_argument("--retrain-max-structures", type=int, default=400,
+                   help="a re-training sees the labels new since the last model plus a "
+                        "replay sample of the older ones, this many in all, so its cost "
+                        "stays flat as the data grow (0 = every label)")
+    p.add_argument("--retrain-full-every", type=int, default=0,
+                   help="every k-th re-training sees every label (0 = only the run's "
+                        "last one, the model that is exported)")
     p.add_argument("--bootstrap-steps", type=int, default=50,
                    help="first-principles MD steps before the first model")
     p.add_argument("--bootstrap-dt", type=float, default=1.0, help="bootstrap MD time step, fs")
@@ -155,7 +162,8 @@ def cmd_slhmc(args) -> int:
         ensemble=args.ensemble, pressure_gpa=args.pressure, md_steps=args.md_steps,
         md_steps_min=args.md_steps_min, md_steps_max=args.md_steps_max, dt=args.dt,
         retrain_every=args.retrain_every, retrain_epochs=args.retrain_epochs,
-        seed=args.seed, bootstrap_steps=args.bootstrap_steps, bootstrap_dt=args.bootstrap_dt,
+        retrain_max_structures=args.retrain_max_structures,
+        retrain_full_every=args.retrain_full_every, seed=args.seed, bootstrap_steps=args.bootstrap_steps, bootstrap_dt=args.bootstrap_dt,
         reference_workers=args.reference_workers,
         qe={"ranks": args.ranks, "threads": args.threads, "timeout_s": args.timeout,
             "attempts": args.attempts},

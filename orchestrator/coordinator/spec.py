@@ -10,6 +10,9 @@
     ensemble: nvt                  # nvt | npt
     pressure: 0.0                  # GPa (npt); "1 GPa" also accepted, other units refused
     md_steps: 20, dt: 1.0, retrain_every: 100, bootstrap_steps: 50, seed: 0, ...
+    retrain_max_structures: 400    # a re-training sees the new labels + a replay sample of
+                                   # the old ones, this many in all (0 = every label)
+    retrain_full_every: 0          # every k-th re-training sees every label (0 = the last)
     sampling:                      # docs/slhmc.md, "What is exact"
       burn_in: 200                 # steps 1..200 learn; later steps: frozen kernel (exact)
       cell_moves: isotropic        # isotropic | anisotropic | triclinic (npt)
@@ -157,7 +160,8 @@ _NUMERIC = {  # key: (type, lower bound, strict)
     "pressure": (float, None, False), "pressure_gpa": (float, None, False),
     "md_steps": (int, 1, False), "md_steps_min": (int, 1, False),
     "md_steps_max": (int, 1, False), "dt": (float, 0, True), "retrain_every": (int, 0, False),
-    "retrain_epochs": (int, 1, False), "seed": (int, None, False),
+    "retrain_epochs": (int, 1, False), "retrain_max_structures": (int, 0, False),
+    "retrain_full_every": (int, 0, False), "seed": (int, None, False),
     "bootstrap_steps": (int, 1, False), "bootstrap_dt": (float, 0, True),
     "volume_step": (float, 0, True), "reference_workers": (int, 1, False),
 }
