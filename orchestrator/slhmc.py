@@ -90,7 +90,7 @@ class CampaignConfig:
     # bounded re-training (services.trainer.replay): a warm-start re-training sees the new
     # labels plus a replay sample of the old ones, this many in all (0 = every label);
     # every retrain_full_every-th re-training sees every label (0 = only the run's last)
-    retrain_max_structures: int = 400
+    retrain_max_structures: int = 250
     retrain_full_every: int = 0
     reference_workers: int = 1  # reference calls at once (one backend each, e.g. one pw.x)
     qe: dict = field(default_factory=dict)  # QEConfig fields (ranks, threads, timeout_s, ...)

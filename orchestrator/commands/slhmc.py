@@ -45,7 +45,7 @@ def register(sub) -> None:
     p.add_argument("--retrain-every", type=int, default=100,
                    help="re-train after this many new labels (0 = never)")
     p.add_argument("--retrain-epochs", type=int, default=60)
-    p.add_argument("--retrain-max-structures", type=int, default=400,
+    p.add_argument("--retrain-max-structures", type=int, default=250,
                    help="a re-training sees the labels new since the last model plus a "
                         "replay sample of the older ones, this many in all, so its cost "
                         "stays flat as the data grow (0 = every label)")

@@ -10,7 +10,7 @@
     ensemble: nvt                  # nvt | npt
     pressure: 0.0                  # GPa (npt); "1 GPa" also accepted, other units refused
     md_steps: 20, dt: 1.0, retrain_every: 100, bootstrap_steps: 50, seed: 0, ...
-    retrain_max_structures: 400    # a re-training sees the new labels + a replay sample of
+    retrain_max_structures: 250    # a re-training sees the new labels + a replay sample of
                                    # the old ones, this many in all (0 = every label)
     retrain_full_every: 0          # every k-th re-training sees every label (0 = the last)
     sampling:                      # docs/slhmc.md, "What is exact"
