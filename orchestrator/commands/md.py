@@ -1,4 +1,5 @@
-"""`nnmd md`: production MD with a trained potential, on the native engine or LAMMPS."""
+"""`nnmd md`: production MD with a trained potential, on the native engine or LAMMPS, in this
+process or on an MD executor of a Ray cluster (`--executor ray`)."""
 
 from __future__ import annotations
 
@@ -73,6 +74,13 @@ def register(subparsers) -> None:
                    help="run without the guards (and without the model-deviation column)")
     p.add_argument("--quiet", action="store_true",
                    help="do not echo thermo lines (with their ETA column)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local (default): run in this process (LAMMPS --np > 1: a child "
+                        "mpirun); ray: on one MD executor, a Ray actor holding --np CPUs (and "
+                        "a GPU where the cluster has one), of the Ray cluster RAY_ADDRESS "
+                        "names, else of a local Ray started for the run; the same output "
+                        "files, written here (a --store must be reachable from the "
+                        "executor's node)")
     p.set_defaults(func=run)
 
 
@@ -120,18 +128,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ase.io import read, write
-
     from nnmd_kernels import Potential
-    from services.md.guards import Guard, check_max_deviation
-    from services.md.observers import (
-        ExtxyzTrajectory,
-        MDFrame,
-        StoreTrajectory,
-        ThermoLog,
-        fan_out,
-        velocities_of,
-    )
+    from services.md.guards import check_max_deviation
 
     spec = spec_from_args(args)
     if args.np < 1:
@@ -164,32 +162,70 @@ def _run(args: argparse.Namespace) -> int:
         from services.store.store import safe_name
 
         safe_name(store[1], "--traj-name")
-    echo = None if args.quiet else sys.stdout
     guard_options = None if args.no_guards else {"max_deviation": args.max_deviation,
                                                  "distance_interval": args.guard_interval}
-    deviation = guard_options is not None and pot.n_models > 1
+    if args.executor == "ray":
+        return _run_on_executor(args, spec, traj_path, thermo_path, store, guard_options)
+    line = md_to_files(args.model, args.structure, spec, engine=args.engine, n_ranks=args.np,
+                       ranks_per_gpu=args.ranks_per_gpu, traj=traj_path, thermo=thermo_path,
+                       final=args.final, store=store, guard=guard_options,
+                       echo=not args.quiet)
+    print(line)
+    return 0
 
-    if args.engine == "lammps" and args.np > 1:
+
+def md_to_files(model, structure, spec: MDSpec, *, engine: str, n_ranks: int = 1,
+                ranks_per_gpu: int = 2, traj, thermo, final=None, store=None, guard=None,
+                echo: bool = False, lammps_dir=None) -> str:
+    """The run of `nnmd md` (model and structure files, checked by the caller): the
+    trajectory `traj` (extxyz), the thermo log `thermo`, the last frame at `final`, the
+    frames also in `store` ((url, trajectory name)). engine native, or lammps on n_ranks
+    MPI ranks (> 1: a child mpirun, its files in lammps_dir, default TRAJ_STEM_lammps
+    beside the trajectory). guard: Guard.for_spec options, None = no guards. echo: the
+    thermo lines also to stdout. Returns the summary line; a guard's stop raises MDStopped
+    after the last good frame has gone to the files. Also what an MD executor runs for
+    `nnmd md --executor ray` (MDExecutor.md_files)."""
+    from ase.io import read, write
+
+    from nnmd_kernels import Potential
+    from services.md.guards import Guard
+    from services.md.observers import (
+        ExtxyzTrajectory,
+        MDFrame,
+        StoreTrajectory,
+        ThermoLog,
+        fan_out,
+        velocities_of,
+    )
+    from services.trainer.formats import read_structure
+
+    traj_path, thermo_path = Path(traj), Path(thermo)
+    pot = Potential.load(str(model))
+    deviation = guard is not None and pot.n_models > 1
+
+    if engine == "lammps" and n_ranks > 1:
         from services.md.lammps import launch_lammps
 
-        if not args.quiet:
+        if echo:
             sys.stdout.write(ThermoLog.echo_header_line(deviation))
             sys.stdout.flush()
-        result = launch_lammps(args.structure, args.model, spec, args.np,
-                               traj_path.parent / (traj_path.stem + "_lammps"), traj=traj_path,
-                               thermo=thermo_path, ranks_per_gpu=args.ranks_per_gpu,
-                               echo_thermo=not args.quiet, store=store, guard=guard_options)
-        if args.final:
-            write(args.final, read(result["final"]), format="extxyz")
-        print(f"LAMMPS on {result['mpi_size']} ranks: {spec.steps} steps{_conditions(spec)} in "
-              f"{result['wall_s']:.2f} s; trajectory {traj_path}, thermo {thermo_path}")
-        return 0
+        workdir = (Path(lammps_dir) if lammps_dir is not None
+                   else traj_path.parent / (traj_path.stem + "_lammps"))
+        result = launch_lammps(structure, model, spec, n_ranks, workdir, traj=traj_path,
+                               thermo=thermo_path, ranks_per_gpu=ranks_per_gpu,
+                               echo_thermo=echo, store=store, guard=guard)
+        if final:
+            write(final, read(result["final"]), format="extxyz")
+        return (f"LAMMPS on {result['mpi_size']} ranks: {spec.steps} steps{_conditions(spec)} "
+                f"in {result['wall_s']:.2f} s; trajectory {traj_path}, thermo {thermo_path}")
 
-    guard = (Guard.for_spec(pot, atoms, spec, velocities_of(atoms), **guard_options)
-             if guard_options is not None else None)
+    atoms = read_structure(str(structure), "--structure")
+    guard_obj = (Guard.for_spec(pot, atoms, spec, velocities_of(atoms), **guard)
+                 if guard is not None else None)
     with open(thermo_path, "w") as fh:
-        thermo = ThermoLog(fh, echo=echo, deviation=deviation, total_steps=spec.steps)
-        traj = ExtxyzTrajectory(traj_path)
+        thermo_log = ThermoLog(fh, echo=sys.stdout if echo else None, deviation=deviation,
+                               total_steps=spec.steps)
+        trajectory = ExtxyzTrajectory(traj_path)
         writer = to_store = None
         if store is not None:
             from services.store import Store
@@ -197,23 +233,78 @@ def _run(args: argparse.Namespace) -> int:
             writer = Store(store[0]).writer()
             to_store = StoreTrajectory(writer, store[1])
         try:
-            if args.engine == "native":
+            if engine == "native":
                 from services.md.native import run_native
 
-                state = run_native(atoms, pot, spec, thermo=thermo, traj=fan_out(traj, to_store),
-                                   guard=guard)
-                final = MDFrame.from_state(state)
+                state = run_native(atoms, pot, spec, thermo=thermo_log,
+                                   traj=fan_out(trajectory, to_store), guard=guard_obj)
+                last = MDFrame.from_state(state)
             else:
                 from services.md.lammps import run_lammps
 
-                final, _ = run_lammps(atoms, pot, spec, thermo=thermo, traj=fan_out(traj, to_store),
-                                      log=thermo_path.with_suffix(".lammps.log"), guard=guard)
+                last, _ = run_lammps(atoms, pot, spec, thermo=thermo_log,
+                                     traj=fan_out(trajectory, to_store),
+                                     log=thermo_path.with_suffix(".lammps.log"),
+                                     guard=guard_obj)
         finally:
-            traj.close()
+            trajectory.close()
             if writer is not None:
                 writer.close()
-    if args.final:
-        write(args.final, final.to_atoms(), format="extxyz")
-    print(f"{args.engine}: {spec.steps} steps{_conditions(spec)}; trajectory {traj_path}, "
-          f"thermo {thermo_path}")
+    if final:
+        write(final, last.to_atoms(), format="extxyz")
+    return (f"{engine}: {spec.steps} steps{_conditions(spec)}; trajectory {traj_path}, "
+            f"thermo {thermo_path}")
+
+
+def _run_on_executor(args, spec: MDSpec, traj_path: Path, thermo_path: Path, store,
+                     guard_options) -> int:
+    """`nnmd md --executor ray`: the run on one MD executor (RayMDPool, one actor with
+    --np CPUs), its files written here where the local run writes them."""
+    import asyncio
+    import os
+
+    import ray
+
+    from orchestrator.coordinator.executors import RayMDPool
+    from services.md.guards import MDStopped
+
+    if store is not None and "://" not in store[0]:
+        store = (str(Path(store[0]).resolve()), store[1])  # the executor's cwd differs
+    job = {"model": (Path(args.model).name, Path(args.model).read_bytes()),
+           "structure": (Path(args.structure).name, Path(args.structure).read_bytes()),
+           "spec": spec.to_dict(), "engine": args.engine, "np": args.np,
+           "ranks_per_gpu": args.ranks_per_gpu, "guard": guard_options,
+           "store": store, "final": bool(args.final)}
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, namespace="nnmd",
+                 ignore_reinit_error=True, log_to_driver=False)
+    try:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+        try:
+            pool = RayMDPool("", 1, num_cpus=float(args.np), num_gpus=gpus, ranks=args.np,
+                             max_restarts=1, start_timeout_s=180.0)
+        except RuntimeError as exc:  # no node has --np free CPUs
+            raise RuntimeError(f"--executor ray: {exc}; lower --np") from None
+        try:
+            out = asyncio.run(pool.md_files(job))
+        finally:
+            pool.close()
+    finally:
+        if started:
+            ray.shutdown()
+    files = out["files"]
+    targets = {"traj": traj_path, "thermo": thermo_path,
+               "final": Path(args.final) if args.final else None,
+               "lammps_log": (traj_path.parent / (traj_path.stem + "_lammps") / "lammps.log"
+                              if args.np > 1 else thermo_path.with_suffix(".lammps.log"))}
+    for role, path in targets.items():
+        if path is not None and role in files:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(files[role])
+    if not args.quiet and "thermo" in files:  # the lines a local run echoes (no ETA)
+        sys.stdout.write(files["thermo"].decode())
+    if out.get("stopped"):
+        raise MDStopped.from_dict(out["stopped"])
+    print(f"{out['summary']} (on MD executor {out['address']})")
     return 0

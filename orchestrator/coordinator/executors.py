@@ -16,6 +16,7 @@ labels.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -329,46 +330,183 @@ class MDExecutor:
 
     def production(self, version: int, sha256: str, structure: dict, spec: dict,
                    model_box=None) -> list[dict]:
-        """A production MD run (services.md.native with an MDSpec) with model `version`
-        from `structure` (numbers, positions, cell, pbc); returns its trajectory frames
-        (step, time_fs, positions, cell, energy, temperature_k), every traj_interval steps.
-        A pure function of its arguments (the spec's seed draws the velocities)."""
+        """A production MD run (production_run: an MDSpec, plus the production block's
+        engine and ranks) with model `version` from `structure` (numbers, positions,
+        cell, pbc); returns its trajectory frames (step, time_fs, positions, cell, energy,
+        temperature_k), every traj_interval steps. The engine is the spec's (native |
+        cuda | lammps), else this executor's; lammps runs on `ranks` MPI ranks in a child
+        mpirun, which this actor's num_cpus covers (parse_spec's default for
+        resources.md.num_cpus). A pure function of its arguments (the spec's seed draws
+        the velocities)."""
         import numba
 
-        return production_run(self._model(int(version), sha256, model_box), structure, spec,
-                              threads=min(self._threads, numba.config.NUMBA_NUM_THREADS),
-                              backend="cuda" if self._engine == "cuda" else "numba")
+        pot = self._model(int(version), sha256, model_box)
+        with _threads_per_rank(int(spec.get("ranks", 1)) if spec.get("engine") == "lammps"
+                               else 0):
+            return production_run(pot, structure, spec,
+                                  threads=min(self._threads, numba.config.NUMBA_NUM_THREADS),
+                                  backend="cuda" if self._engine == "cuda" else "numba")
+
+    def md_files(self, job: dict) -> dict:
+        """`nnmd md --executor ray`: the run that orchestrator.commands.md.md_to_files
+        makes on this executor's node, in a temporary folder. job: the model and the
+        structure as (file name, bytes), the MDSpec dict, engine, np, ranks_per_gpu, guard
+        options, store (url, trajectory name) or None, final (bool). Returns the output
+        files' bytes by role (traj, thermo, final, lammps_log), the summary line, and the
+        guard's stop (MDStopped.to_dict) when one stopped the run (the files then end with
+        the last good frame, as a local run's do)."""
+        import tempfile
+        from pathlib import Path
+
+        import numba
+
+        from orchestrator.commands.md import md_to_files
+        from services.md.guards import MDStopped
+        from services.md.spec import MDSpec
+
+        numba.set_num_threads(min(self._threads, numba.config.NUMBA_NUM_THREADS))
+        with tempfile.TemporaryDirectory(prefix="nnmd-md-executor-") as tmp:
+            tmp = Path(tmp)
+            inputs = {}
+            for key in ("model", "structure"):
+                name, data = job[key]
+                (tmp / key).mkdir()
+                inputs[key] = tmp / key / Path(name).name  # the caller's name: its format
+                inputs[key].write_bytes(data)
+            paths = {"traj": tmp / "traj.extxyz", "thermo": tmp / "traj.thermo",
+                     "final": tmp / "final.extxyz" if job.get("final") else None,
+                     "lammps_log": (tmp / "lammps" / "lammps.log" if int(job["np"]) > 1
+                                    else tmp / "traj.lammps.log")}
+            stopped, summary = None, ""
+            ranks = int(job["np"]) if job["engine"] == "lammps" else 0
+            try:
+                with _threads_per_rank(ranks):
+                    summary = md_to_files(
+                        inputs["model"], inputs["structure"], MDSpec.from_dict(job["spec"]),
+                        engine=job["engine"], n_ranks=int(job["np"]),
+                        ranks_per_gpu=int(job.get("ranks_per_gpu", 2)), traj=paths["traj"],
+                        thermo=paths["thermo"], final=paths["final"],
+                        store=tuple(job["store"]) if job.get("store") else None,
+                        guard=job.get("guard"), echo=False, lammps_dir=tmp / "lammps")
+            except MDStopped as exc:  # the files hold what a local run's would
+                stopped = exc.to_dict()
+            files = {k: v.read_bytes() for k, v in paths.items()
+                     if v is not None and v.is_file()}
+        self.calls += 1
+        return {"files": files, "summary": summary, "stopped": stopped,
+                "address": self.ready()["address"]}
+
+
+PRODUCTION_ENGINES = ("native", "cuda", "lammps")  # production MD (proposals: MD_ENGINES)
+
+
+@contextlib.contextmanager
+def _threads_per_rank(ranks: int):
+    """While an executor runs LAMMPS on `ranks` MPI ranks (0: not at all): Ray gives the
+    actor OMP_NUM_THREADS = its CPUs, which its ranks share, so each rank (a child of
+    mpirun, which passes the environment on) gets CPUs // ranks OpenMP threads, >= 1."""
+    old = os.environ.get("OMP_NUM_THREADS")
+    if ranks < 1:
+        yield
+        return
+    try:
+        import ray
+
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    except Exception:  # noqa: BLE001 - outside Ray
+        cpus = None
+    os.environ["OMP_NUM_THREADS"] = str(max(1, int(cpus or float(old or 1)) // ranks))
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = old
 
 
 def production_run(potential, structure: dict, spec: dict, *, threads: int = 1,
                    backend: str = "numba") -> list[dict]:
     """MDExecutor.production's work, also run in the coordinator's thread when the
-    campaign has no MD executors."""
+    campaign has no MD executors. spec: services.md.spec.MDSpec fields, plus `engine`
+    (native | cuda | lammps; default: `backend`) and `ranks` (LAMMPS' MPI ranks) where
+    the production block gives them (orchestrator.coordinator.spec.production_md).
+    The frames are the same dicts whichever engine ran them: step, time_fs, numbers,
+    pbc, positions, cell, energy (eV), temperature_k (3N - 3 degrees of freedom)."""
     import numba
     from ase import Atoms
 
-    from nnmd_kernels.md.state import kinetic_energy
-    from nnmd_kernels.md.units import KB_EV_PER_K
     from services.md.native import run_native
     from services.md.spec import MDSpec
 
-    numba.set_num_threads(max(1, threads))
+    spec = dict(spec)
+    engine = spec.pop("engine", None)
+    ranks = int(spec.pop("ranks", 1))
+    if engine not in (None, *PRODUCTION_ENGINES):
+        raise ValueError(f"production engine must be one of {', '.join(PRODUCTION_ENGINES)}, "
+                         f"got {engine!r}")
+    md = MDSpec.from_dict(spec)
     atoms = Atoms(numbers=structure["numbers"], positions=structure["positions"],
                   cell=structure["cell"], pbc=structure["pbc"])
+    if engine == "lammps":
+        return lammps_production(potential, atoms, md, ranks)
+    if engine is not None:
+        backend = "cuda" if engine == "cuda" else "numba"
+    numba.set_num_threads(max(1, threads))
     frames: list[dict] = []
 
     def traj(f):
-        dof = max(1, 3 * len(f.numbers) - 3)
-        frames.append({"step": int(f.step), "time_fs": float(f.time_fs),
-                       "numbers": np.array(f.numbers), "pbc": np.array(f.pbc),
-                       "positions": np.array(f.positions), "cell": np.array(f.cell),
-                       "energy": float(f.energy),
-                       "temperature_k": float(2.0 * kinetic_energy(f.velocities, f.masses)
-                                              / (dof * KB_EV_PER_K))})
+        frames.append(_production_frame(f.step, f.time_fs, f.numbers, f.pbc, f.positions,
+                                        f.cell, f.energy, f.velocities, f.masses))
 
-    md = MDSpec.from_dict(dict(spec))
     run_native(atoms, potential, md, traj=traj, backend=backend)
     return frames
+
+
+def _production_frame(step, time_fs, numbers, pbc, positions, cell, energy, velocities,
+                      masses) -> dict:
+    from nnmd_kernels.md.state import kinetic_energy
+    from nnmd_kernels.md.units import KB_EV_PER_K
+
+    dof = max(1, 3 * len(numbers) - 3)
+    return {"step": int(step), "time_fs": float(time_fs), "numbers": np.array(numbers),
+            "pbc": np.array(pbc), "positions": np.array(positions), "cell": np.array(cell),
+            "energy": float(energy),
+            "temperature_k": float(2.0 * kinetic_energy(velocities, masses)
+                                   / (dof * KB_EV_PER_K))}
+
+
+def lammps_production(potential, atoms, spec, ranks: int, *, timeout: float | None = None
+                      ) -> list[dict]:
+    """Production frames (production_run's dicts) of `spec` run by LAMMPS on `ranks` MPI
+    ranks: services.md.lammps.launch_lammps (a child mpirun of services.md.lammps_worker)
+    in a temporary folder, the potential and the start written there as files
+    (model.nnmd; start.traj, exact). Velocities: Maxwell-Boltzmann from spec.seed, the
+    native engine's draw. The pair is pair_style nnmd (the C++ plugin) unless GPUs are
+    visible here, where the ranks share them (2 a GPU) through fix external with the GPU
+    kernels; $NNMD_LAMMPS_PAIR overrides. The frames are read back from the run's extxyz
+    trajectory (positions to 1e-8 A, as in every extxyz output)."""
+    import tempfile
+    from pathlib import Path
+
+    from ase.io import read, write
+
+    from services.md.lammps import count_gpus, launch_lammps
+    from services.md.observers import velocities_of
+
+    if ranks < 1:
+        raise ValueError(f"production.ranks must be >= 1, got {ranks}")
+    pair = os.environ.get("NNMD_LAMMPS_PAIR") or ("auto" if count_gpus() else "plugin")
+    with tempfile.TemporaryDirectory(prefix="nnmd-production-") as tmp:
+        tmp = Path(tmp)
+        potential.save(tmp / "model.nnmd")
+        write(tmp / "start.traj", atoms)
+        launch_lammps(tmp / "start.traj", tmp / "model.nnmd", spec, int(ranks), tmp / "run",
+                      traj=tmp / "traj.extxyz", pair=pair, timeout=timeout)
+        images = read(tmp / "traj.extxyz", index=":")
+    return [_production_frame(a.info["step"], a.info["time_fs"], a.numbers, a.pbc,
+                              a.positions, a.cell.array, a.info["potential_energy"],
+                              velocities_of(a), a.get_masses()) for a in images]
 
 
 class RayMDPool:
@@ -497,8 +635,34 @@ class RayMDPool:
         return await self._call("propose", "a proposal", version, state, kcfg)
 
     async def production(self, version: int, structure: dict, spec: dict):
-        """One production MD replica with model `version` (MDExecutor.production)."""
+        """One production MD replica with model `version` (MDExecutor.production; the
+        spec's engine and ranks say how it runs: lammps on MPI ranks, native, cuda)."""
         return await self._call("production", "a production run", version, structure, spec)
+
+    async def md_files(self, job: dict) -> dict:
+        """`nnmd md --executor ray`: one run (MDExecutor.md_files; the model travels in the
+        job, not through the store) on the least-loaded executor, sent again elsewhere
+        when one dies mid-run (the run is a pure function of the job)."""
+        import ray
+
+        for _attempt in range(self._attempts):
+            i = self._pick(None)
+            if i is None:
+                break
+            self._inflight[i] += 1
+            try:
+                out = await self._actors[i].md_files.remote(job)
+            except ray.exceptions.RayActorError as exc:
+                self.retries += 1
+                log.warning("MD executor %s failed an MD run (%s); sending it again",
+                            self._addresses[i], type(exc).__name__)
+                continue
+            finally:
+                self._inflight[i] -= 1
+            self._calls[i] += 1
+            self.calls += 1
+            return out
+        raise NoMDExecutors(f"no MD executor answered an MD run after {self._attempts} tries")
 
     async def _call(self, method: str, what: str, version: int, *args):
         """executor.<method>(version, sha256, *args, model_box) on the least-loaded

