@@ -8,7 +8,10 @@ gRPC (asyncio channel, bearer token, deadline, idempotency key) to an idle endpo
 so no endpoint runs two calculations at once and hundreds of chains share W workers.
 When an endpoint stops answering (UNAVAILABLE: its actor died), the actor is asked for
 its new address (Ray restarts it, ``max_restarts``) and the call goes to the next idle
-endpoint with the same idempotency key; an actor gone for good is dropped. The reference
+endpoint with the same idempotency key; an actor gone for good is dropped. A node lost
+without closing its connections (a machine that hangs or is cut off) would leave a call
+waiting for its deadline, so while a call runs its actor is asked every ``watch_s`` where
+it serves: once Ray has restarted it elsewhere, the call is sent again. The reference
 failures of a call (SCF not converged, timeout) come back as typed Failures, never as
 labels.
 """
@@ -41,7 +44,7 @@ class RayReferencePool:
     def __init__(self, reference: str, workers: int = 1, *, qe: dict | None = None,
                  num_cpus: float | None = None, resources: dict | None = None,
                  max_restarts: int = 3, timeout_s: float = 24 * 3600.0,
-                 start_timeout_s: float = 300.0) -> None:
+                 start_timeout_s: float = 300.0, watch_s: float = 10.0) -> None:
         import ray
 
         from services.runtime.ray_service import start_service_actor
@@ -58,6 +61,7 @@ class RayReferencePool:
         # A token that only this coordinator and its workers know (travels inside Ray).
         self._token = secrets.token_urlsafe(24)
         self._timeout_s = timeout_s
+        self._watch_s = float(watch_s)
         self._endpoints: list[list] = []  # [actor, address, channel, stub, calls]
         self.settings_hash = ""
         try:
@@ -140,10 +144,11 @@ class RayReferencePool:
             try:
                 call = self._stub(endpoint).Compute(request,
                                                     metadata=idempotency_metadata(key))
-                resp = await call
+                resp = await self._answer(call, endpoint)
                 trailer = await call.trailing_metadata()
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+            except (grpc.aio.AioRpcError, _WorkerLost) as exc:
+                if isinstance(exc, _WorkerLost) or exc.code() in (grpc.StatusCode.UNAVAILABLE,
+                                                                  grpc.StatusCode.CANCELLED):
                     self.retries += 1
                     alive = await self._refresh(endpoint)
                     if alive:
@@ -160,6 +165,37 @@ class RayReferencePool:
         return Failure(FailureReason.CRASHED, "no reference worker answered after 8 tries",
                        info={})
 
+    async def _answer(self, call, endpoint):
+        """The call's response. While it runs, every ``watch_s`` the endpoint's actor is
+        asked where it serves: when Ray has restarted it at another address (its node was
+        lost: a machine that hangs or is cut off never closes the call's connection) or it
+        is gone for good, the call is cancelled and _WorkerLost raised."""
+        import ray
+
+        waiter = asyncio.ensure_future(_await(call))
+        try:
+            while True:
+                done, _ = await asyncio.wait({waiter}, timeout=self._watch_s)
+                if done:
+                    return waiter.result()
+                try:
+                    address = await asyncio.wait_for(endpoint[0].address.remote(),
+                                                      self._watch_s)
+                except (TimeoutError, ray.exceptions.ActorUnavailableError):
+                    continue  # its node is silent, or Ray is restarting it: keep waiting
+                except ray.exceptions.RayActorError:
+                    address = None  # gone for good
+                if address != endpoint[1] and not waiter.done():
+                    log.warning("reference worker %s now serves at %s (its node lost?); "
+                                "sending its call again", endpoint[1], address)
+                    raise _WorkerLost(endpoint[1])
+        finally:
+            if not waiter.done():
+                call.cancel()
+                waiter.cancel()
+                with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                    await waiter
+
     def close(self) -> None:
         import ray
 
@@ -174,6 +210,14 @@ class RayReferencePool:
             except Exception:  # noqa: BLE001 - already gone
                 pass
         self._endpoints.clear()
+
+
+class _WorkerLost(Exception):
+    """A reference call's worker was restarted elsewhere (or is gone) while it ran."""
+
+
+async def _await(call):
+    return await call
 
 
 class _Trailer:
@@ -565,6 +609,12 @@ class RayMDPool:
         self._attempts = attempts
         self._models: dict[int, tuple[str, list]] = {}  # version -> (sha256, [ObjectRef])
         self._checks: set = set()  # tasks that follow a failed executor (restart or gone)
+        # Executor i's address is read again after a call when an executor failed since it
+        # was last read (_failures > _seen[i]): a node lost while i was idle restarts i
+        # too, and its next call just waits for the restart, failing nothing.
+        self._failures = 0
+        self._seen = [0] * workers
+        self._rereads: set = set()
         self.calls = 0
         self.retries = 0
 
@@ -614,7 +664,7 @@ class RayMDPool:
                 try:
                     info = await asyncio.wait_for(self._actors[i].ready.remote(),
                                                   max(1.0, deadline - time.monotonic()))
-                    self._addresses[i] = info["address"]
+                    self._addresses[i], self._seen[i] = info["address"], self._failures
                     return
                 except ray.exceptions.ActorUnavailableError:  # restarting: ask again
                     if time.monotonic() > deadline:
@@ -690,6 +740,7 @@ class RayMDPool:
                 out = await getattr(self._actors[i], method).remote(version, sha, *args, box)
             except ray.exceptions.RayActorError as exc:
                 self.retries += 1
+                self._failures += 1
                 log.warning("MD executor %s failed %s (%s); sending it again",
                             self._addresses[i], what, type(exc).__name__)
                 last = i
@@ -703,8 +754,19 @@ class RayMDPool:
                 self._inflight[i] -= 1
             self._calls[i] += 1
             self.calls += 1
+            if self._seen[i] < self._failures:
+                self._seen[i] = self._failures
+                task = asyncio.ensure_future(self._reread(i))
+                self._rereads.add(task)
+                task.add_done_callback(self._rereads.discard)
             return out
         raise NoMDExecutors(f"no MD executor answered {what} after {self._attempts} tries")
+
+    async def _reread(self, i: int) -> None:
+        """Executor i's address (node/process) again, for workers()."""
+        with contextlib.suppress(Exception):
+            info = await asyncio.wait_for(self._actors[i].ready.remote(), 60.0)
+            self._addresses[i] = info["address"]
 
     def close(self) -> None:
         import ray
