@@ -30,6 +30,7 @@ import math
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -197,6 +198,17 @@ def holdout_errors(potential, structures) -> dict:
     if not structures:
         return {"n": 0}
     return {"n": len(structures), **error_table(predictions(potential, structures))}
+
+
+def md_threads(cpus: int | None = None) -> int:
+    """MD threads of a campaign's small-cell proposals: 4 a core, at most 32 (but never
+    fewer than a thread a core). A small cell's proposal is many short kernel calls that
+    release the GIL, with Python between them; with one thread a core, each thread waits
+    for the GIL after every kernel (the other threads hold it) and the proposals of many
+    chains queue (measured, docs/benchmarks.md "The coordinator under load": 1,000
+    chains, MD latency 1.1 s with 2 threads, 0.14-0.2 s with 8, on 2 cores)."""
+    cpus = max(1, int(cpus or os.cpu_count() or 1))
+    return max(cpus, min(4 * cpus, 32))
 
 
 def chain_name(c: int) -> str:
@@ -582,14 +594,19 @@ class Campaign:
         self._model_ready.set()
         self._training: asyncio.Task | None = None
         self._round = min(s.step for s in states.values())
+        # chains (not failed) at each step: the slowest chain's step without a scan of
+        # every chain at every step
+        self._at_step = Counter(s.step for s in states.values())
         # MD: for big cells one thread (the numba kernels are parallel inside); for small
-        # ones a thread per core, each running the (nogil) kernels on one thread, since a
-        # parallel region costs more than a few dozen atoms do. Store calls block until
-        # durable, so they get threads of their own (the writer batches them: group commit)
+        # ones several threads a core (md_threads), each running the (nogil) kernels on
+        # one thread, since a parallel region costs more than a few dozen atoms do.
+        # Store calls that block until durable (the explorers', the rare checkpoint of a
+        # chain outside its step) get threads of their own; a chain step's label and
+        # checkpoint go to the store writer's group commit without a thread
         self._small = max(s.n_atoms for s in states.values()) < SMALL_CELL_ATOMS
         # (with MD executors the chains' MD runs there; the pool is left to the explorers)
         self._md_pool = ThreadPoolExecutor(
-            (os.cpu_count() or 1) if self._small and self.md_executor is None else 1,
+            md_threads() if self._small and self.md_executor is None else 1,
             thread_name_prefix="md")
         self._io_pool = ThreadPoolExecutor(min(64, len(states) + 2), thread_name_prefix="store")
         t_start, cpu_start = time.perf_counter(), time.thread_time()
@@ -644,10 +661,11 @@ class Campaign:
         """Due every `retrain_every` labels, while some chain is still learning (once all
         chains are in production, their kernels are frozen and nothing re-trains until
         the run's end, when a final model is fitted on every label for export)."""
-        learning = any(slhmc.phase(st, self.kcfgs[c]) == "burn_in"
-                       for c, st in self._states.items() if c not in self._failed)
-        return bool(self.cfg.retrain_every) and learning and \
-            self._n_hmc_labels() - self._trained_at >= self.cfg.retrain_every
+        if not self.cfg.retrain_every or \
+                self._n_hmc_labels() - self._trained_at < self.cfg.retrain_every:
+            return False  # (checked first: the scan below is over every chain)
+        return any(slhmc.phase(st, self.kcfgs[c]) == "burn_in"
+                   for c, st in self._states.items() if c not in self._failed)
 
     def _labels_added(self) -> None:
         if self._training is None and self._failure is None and self._retrain_due():
@@ -688,6 +706,7 @@ class Campaign:
         doc = docs[n]
         if doc.get("failed"):  # stopped by a reference failure (on_failure: stop)
             self._failed[n] = doc["failed"]
+            self._left_step(states[n].step)
             return
         while states[n].step < self.cfg.steps and not self._stop.is_set():
             pinned = doc.get("production_model")
@@ -763,8 +782,9 @@ class Campaign:
                    "energy_proposal": e_ref, "n_md_steps": p.n_md, "model_version": v,
                    "volume": new.volume, "temperature": kcfg.temperature, "time": time.time()}
             t0 = time.perf_counter()
+            records = []
             if outcome is not None and outcome.ok:  # durable before the checkpoint counts it
-                record = Record(
+                records = [Record(
                     StructureArrays(positions=np.array(p.positions),
                                     numbers=np.asarray(s.numbers, np.int32),
                                     cell=np.array(p.cell), pbc=np.asarray(s.pbc, bool),
@@ -774,15 +794,17 @@ class Campaign:
                     Provenance(campaign=self.cfg.campaign, chain=n, step=new.step,
                                source="hmc", model_version=v, accepted=accepted,
                                reference_settings_hash=self.ref_hash,
-                               wall_time=float(outcome.info.get("wall_s", wall))))
-                await loop.run_in_executor(self._io_pool, self.writer.append, [record])
-                faults.point("after_append")
-                self.stats["labels"] += 1
-                self._n_hmc = self._n_hmc_labels() + 1
+                               wall_time=float(outcome.info.get("wall_s", wall))))]
             docs[n]["state"] = new.to_dict()
             docs[n]["history"].append(row)
-            await loop.run_in_executor(self._io_pool, self.writer.write_checkpoint,
-                                       self.cfg.campaign, n, docs[n])
+            # one group commit of the store writer: the label durable first, then the
+            # checkpoint that counts it (a kill between them: the step is replayed on resume
+            # with the stored label); many chains' steps share a commit
+            await asyncio.wrap_future(self.writer.submit(
+                records, checkpoint=(self.cfg.campaign, n, docs[n])))
+            if records:
+                self.stats["labels"] += 1
+                self._n_hmc = self._n_hmc_labels() + 1
             self.stats["seconds_store"] += time.perf_counter() - t0
             states[n] = new
             self.stats["chain_steps"] += 1
@@ -792,17 +814,25 @@ class Campaign:
                         if tried else math.nan})
             if outcome is not None and outcome.ok:
                 self._labels_added()
-            low = min((st.step for c, st in states.items() if c not in self._failed),
-                      default=self._round)
+            self._left_step(s.step)
+            self._at_step[new.step] += 1
+            low = min(self._at_step, default=self._round)
             if low > self._round:
                 self._round = low
                 self._progress(states)
+
+    def _left_step(self, step: int) -> None:
+        """A chain left `step` (made its next step, or failed)."""
+        self._at_step[step] -= 1
+        if self._at_step[step] <= 0:
+            del self._at_step[step]
 
     async def _fail_chain(self, n: str, step: int, reason: str, doc: dict) -> None:
         """on_failure: stop: the chain ends here, in state failed, with its reason kept in
         its checkpoint (the failed structure is stored nowhere); the others go on."""
         doc["failed"] = {"step": step, "reason": reason, "time": time.time()}
         self._failed[n] = doc["failed"]
+        self._left_step(self._states[n].step)
         await asyncio.get_running_loop().run_in_executor(
             self._io_pool, self.writer.write_checkpoint, self.cfg.campaign, n, doc)
         self.log(f"{n} step {step}: the reference failed after its retries ({reason}); "

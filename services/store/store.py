@@ -697,6 +697,7 @@ class StoreWriter:
                 self._lease.release()
             raise
         self._closed = False
+        self._folder: threading.Thread | None = None  # a fold under way
         from concurrent.futures import ThreadPoolExecutor
 
         self._write_pool = ThreadPoolExecutor(len(schema.STRUCTURE_FIELDS),
@@ -749,15 +750,31 @@ class StoreWriter:
         c = g.attrs[schema.COMMITTED_ATTR]
         return g, arrays, int(c["S"]), int(c["A"]), int(c.get("log", 0))
 
-    def submit(self, records: Sequence[Record]) -> Future:
-        """Queues records; the future resolves to their record ids once durable."""
+    def submit(self, records: Sequence[Record],
+               checkpoint: tuple[str, str, dict] | None = None) -> Future:
+        """Queues records; the future resolves to their record ids once durable.
+
+        checkpoint: ``(campaign, chain, document)``, a chain checkpoint to replace in the
+        same group commit, after the records (of this and every submission of the batch)
+        are durable: a crash leaves the records without the checkpoint, never the
+        checkpoint without its records. The many checkpoints of one group commit are
+        written together by the commit thread (their fsyncs side by side), with no
+        thread or lock round trip of the caller's each. The document is serialised in
+        that thread: the caller must not change it until the future is done.
+        """
         if self._closed:
             raise FailedPrecondition("store", "writer is closed")
         records = list(records)
         for k, r in enumerate(records):
             _check_record(r, f"records[{k}]")
+        if checkpoint is not None:
+            campaign, chain, document = checkpoint
+            checkpoint = (_checkpoint_key(campaign, chain), document)
         fut: Future = Future()
-        self._queue.put((records, fut))
+        # running from now on: a caller that gives up (an asyncio task cancelled while it
+        # awaits asyncio.wrap_future(fut)) cannot cancel it under the commit thread
+        fut.set_running_or_notify_cancel()
+        self._queue.put((records, fut, checkpoint))
         return fut
 
     def append(self, records: Sequence[Record] | Record, timeout: float | None = None) -> list[int]:
@@ -781,19 +798,49 @@ class StoreWriter:
                     self._queue.put(None)
                     break
                 batch.append(nxt)
-            records = [r for recs, _ in batch for r in recs]
+            records = [r for recs, _, _ in batch for r in recs]
             try:
-                first = self._write(records)
+                first = self._write(records) if records else 0
+                # the records are durable: now the checkpoints that count them
+                self._write_checkpoints([(ck, bool(recs)) for recs, _, ck in batch
+                                         if ck is not None])
             except BaseException as exc:  # every waiting producer sees the failure
-                for _, fut in batch:
+                for _, fut, _ in batch:
                     fut.set_exception(exc)
                 continue
-            for recs, fut in batch:
+            for recs, fut, _ in batch:
                 fut.set_result(list(range(first, first + len(recs))))
                 first += len(recs)
-            if self._next_seq - self._last_fold_check >= self.FOLD_EVERY:
+            if self._next_seq - self._last_fold_check >= self.FOLD_EVERY and \
+                    (self._folder is None or not self._folder.is_alive()):
+                # in a thread of its own: commits go on while the log is folded (other
+                # writers' commits always could; a fold reads only whole segments)
                 self._last_fold_check = self._next_seq
-                self._try_fold()
+                self._folder = threading.Thread(target=self._try_fold, daemon=True,
+                                                name="nnmd-store-fold")
+                self._folder.start()
+
+    def _write_checkpoints(self, items: list[tuple[tuple[str, dict], bool]]) -> None:
+        """The checkpoints of one group commit, each replaced atomically (and fsynced on a
+        local store); items: ((key, document), whether records came with it)."""
+        if not items:
+            return
+        latest = {key: doc for (key, doc), _ in items}  # one key twice: the later one wins
+        raw = [(key, json.dumps(doc, sort_keys=True).encode()) for key, doc in latest.items()]
+        for (_, with_records) in items:
+            if with_records:  # a label durable, its chain not yet checkpointed
+                faults.point("after_append")
+        local = self.store.local_path
+        with self._write_lock:
+            if local is not None:
+                # side by side: the file system joins concurrent fsyncs into one journal
+                # commit (one by one, a commit of hundreds of chains waits for each)
+                list(self._write_pool.map(lambda kv: _durable_put(local / kv[0], kv[1]),
+                                          raw))
+            else:
+                for key, data in raw:
+                    sync(self.store.zstore.set(key, default_buffer_prototype().buffer.from_bytes(
+                        data)))
 
     def _write(self, records: list[Record]) -> int:
         """One segment with ``records``; the id of the first."""
@@ -1041,6 +1088,8 @@ class StoreWriter:
         self._closed = True
         self._queue.put(None)
         self._thread.join()
+        if self._folder is not None:
+            self._folder.join()
         try:
             self._try_fold()
         except Exception:  # noqa: BLE001 - the records are safe in the log; a later writer folds
