@@ -183,6 +183,31 @@ def campaign_models(store, campaign: str | None) -> list[tuple[int, dict]]:
     return out
 
 
+# A chain checkpoint keeps its newest history rows; older ones move, HISTORY_SEGMENT_ROWS
+# at a time, to history segments (checkpoint keys "<chain>.history.<first step>"), so a
+# checkpoint's size, its write and the coordinator's memory stay flat over a long run.
+HISTORY_SEGMENT_ROWS = 256
+_HISTORY = ".history."
+
+
+def history_segment_name(chain: str, first_step: int) -> str:
+    return f"{chain}{_HISTORY}{int(first_step):09d}"
+
+
+def is_history_segment(name: str) -> bool:
+    """Whether a checkpoint key is a history segment (not a chain or an explorer)."""
+    return _HISTORY in name
+
+
+def chain_history(store, campaign: str, chain: str, doc: dict) -> list[dict]:
+    """Every history row of a chain: its segments (in order), then its checkpoint's own."""
+    rows: list[dict] = []
+    for first in doc.get("history_segments") or ():
+        seg = store.read_checkpoint(campaign, history_segment_name(chain, first)) or {}
+        rows.extend(seg.get("rows") or ())
+    return rows + list(doc.get("history") or ())
+
+
 def is_held_out(name: str, fraction: float) -> bool:
     """Whether the label called `name` belongs to the held-out set (a stable hash)."""
     import zlib
@@ -797,6 +822,17 @@ class Campaign:
                                wall_time=float(outcome.info.get("wall_s", wall))))]
             docs[n]["state"] = new.to_dict()
             docs[n]["history"].append(row)
+            if len(docs[n]["history"]) > HISTORY_SEGMENT_ROWS:
+                # the older rows become a history segment, durable before the checkpoint
+                # that no longer holds them (a kill between: the old checkpoint still has
+                # them, and the segment it does not list is written again on the replay)
+                old, docs[n]["history"] = docs[n]["history"][:-1], docs[n]["history"][-1:]
+                first = int(old[0]["step"])
+                await loop.run_in_executor(
+                    self._io_pool, self.writer.write_checkpoint, self.cfg.campaign,
+                    history_segment_name(n, first), {"kind": "history", "chain": n,
+                                                     "rows": old})
+                docs[n].setdefault("history_segments", []).append(first)
             # one group commit of the store writer: the label durable first, then the
             # checkpoint that counts it (a kill between them: the step is replayed on resume
             # with the stored label); many chains' steps share a commit

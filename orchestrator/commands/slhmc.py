@@ -256,7 +256,7 @@ def campaigns(store) -> list[str]:
 
 def report_rows(store_url: str, campaign: str | None = None) -> list[dict]:
     """One row per chain step of every chain (from the chain checkpoints)."""
-    from orchestrator.slhmc import CAMPAIGN_DOC
+    from orchestrator.slhmc import CAMPAIGN_DOC, chain_history, is_history_segment
     from services.store import Store
 
     store = Store(store_url, read_only=True)
@@ -267,12 +267,12 @@ def report_rows(store_url: str, campaign: str | None = None) -> list[dict]:
     rows = []
     for camp in names:
         for chain in store.list_checkpoints(camp):
-            if chain == CAMPAIGN_DOC:
+            if chain == CAMPAIGN_DOC or is_history_segment(chain):
                 continue
             doc = store.read_checkpoint(camp, chain)
             if doc.get("kind") == "mc":  # a Metropolis explorer's rounds, not chain steps
                 continue
-            for h in doc.get("history", []):
+            for h in chain_history(store, camp, chain, doc):
                 rows.append({"campaign": camp, "chain": chain, **h})
     return rows
 

@@ -97,15 +97,17 @@ def _aggregate(traces: dict[str, dict]) -> dict:
 
 
 def _chain_docs(store, campaign: str) -> dict[str, dict]:
-    from orchestrator.slhmc import CAMPAIGN_DOC
+    from orchestrator.slhmc import CAMPAIGN_DOC, chain_history, is_history_segment
 
     docs = {}
     for name in sorted(store.list_checkpoints(campaign)):
-        if name == CAMPAIGN_DOC:
+        if name == CAMPAIGN_DOC or is_history_segment(name):
             continue
         d = store.read_checkpoint(campaign, name) or {}
         if d.get("kind") == "mc":  # a Metropolis explorer, not a chain
             continue
+        if d.get("history_segments"):  # the rows moved out of the checkpoint, in order
+            d = {**d, "history": chain_history(store, campaign, name, d)}
         docs[name] = d
     return docs
 

@@ -364,7 +364,7 @@ def stored_state(cfg: dict, chains: list[tuple[int, bool]]) -> str:
 
 def status_from_store(store_url: str, campaign: str) -> dict | None:
     """A campaign's status as its store holds it (None when the store does not know it)."""
-    from orchestrator.slhmc import CAMPAIGN_DOC, campaign_models
+    from orchestrator.slhmc import CAMPAIGN_DOC, campaign_models, is_history_segment
     from services.store import Store
 
     try:
@@ -377,7 +377,7 @@ def status_from_store(store_url: str, campaign: str) -> dict | None:
     cfg = doc.get("config", {})
     chains = []
     for name in store.list_checkpoints(campaign):
-        if name == CAMPAIGN_DOC:
+        if name == CAMPAIGN_DOC or is_history_segment(name):
             continue
         d = store.read_checkpoint(campaign, name) or {}
         if d.get("kind") == "mc":  # a Metropolis explorer, not a chain
