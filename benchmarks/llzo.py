@@ -1,0 +1,769 @@
+"""The source's LLZO case end to end with the classical teacher (issue 19).
+
+    .venv/bin/python benchmarks/llzo.py --quick      # < 10 min on 2 cores: a smoke run
+    .venv/bin/python benchmarks/llzo.py              # the full case (not run; docs/llzo.md
+                                                     # estimates 2.3-2.7 h on one core)
+
+Stages (each resumable: a stage whose marker `WORK/done/<stage>.json` exists is skipped,
+and every output is written to a temporary name and renamed when complete, so an
+interrupted run loses only the stage it was in):
+
+  campaign     `nnmd campaign run` of examples/llzo/classical.yaml (the real runner; the
+               campaign store resumes by itself), exported to WORK/model/model.nnmd
+  relax        each phase's 192-atom cell relaxed by the teacher: the common MD start
+  teacher_md   NPT (Nose-Hoover, aniso, 0 pressure) MD of the 192-atom cubic and tetragonal
+               cells with the teacher in LAMMPS directly, one run per phase and temperature;
+               extxyz frames with time_fs, energy, forces and virial stress
+  force_rmse   the student's force RMSE on held-out teacher frames (every k-th frame of the
+               teacher runs after equilibration; never seen in training), per temperature,
+               with services.trainer.evaluate
+  student_md   `nnmd md` of the same cells (npt --anisotropic; engine lammps: LAMMPS'
+               Nose-Hoover barostat as the teacher's), one run per phase and temperature;
+               a run whose volume leaves +-10 % of its start is marked unstable
+  analysis     per run (redone when its MD run was redone): nnmd's own analysis
+               (orchestrator.commands.analyze.analyze: block-averaged D with its error and
+               the diffusive verdict); then the Arrhenius fit (weighted, diffusive and
+               stable points only) -> Ea with error, D and Nernst-Einstein sigma at 600 K
+  report       benchmarks/results/llzo[_quick].json (the issue's schema) + a markdown table
+
+WORK defaults to out/llzo[_quick] (git-ignored). --quick writes
+benchmarks/results/llzo_quick.json, the full run benchmarks/results/llzo.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "llzo"
+SPEC = EXAMPLE / "classical.yaml"
+RESULTS = ROOT / "benchmarks" / "results"
+KB_EV = 8.617333262e-5  # eV/K
+BAR_TO_EV_PER_A3 = 1e5 / 1.602176634e11  # 1 bar = 1e5 Pa; 1 eV/A^3 = 160.2 GPa
+PHASES = {"cubic": ("cubic_192.extxyz", 0), "tetragonal": ("tetragonal_192.extxyz", 0)}
+N_LI_192 = 56
+# a student run whose volume leaves +-10 % of its start is "unstable" (the model has
+# left the region it was trained on, e.g. a runaway expansion): analysed, reported, but
+# never used in the Arrhenius fit nor the volume
+MAX_VOLUME_CHANGE = 0.10
+T_EXTRAPOLATE = 600.0
+SOURCE_SIGMA_600K = {"cubic": 9.4e-2, "tetragonal": 4.2e-3}  # S/cm, the source's NNP-MD
+EXPERIMENT_SIGMA = {"cubic": 2.5e-1, "tetragonal": 2.4e-2}  # S/cm, as quoted in SEED.md
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a run depends on (stored with the stage markers)."""
+
+    temperatures: tuple = (700.0, 850.0, 1000.0, 1100.0)
+    # campaign overrides of classical.yaml ({} = the spec as it is)
+    campaign: dict = field(default_factory=dict)
+    dt_fs: float = 1.0  # production MD time step (teacher and student)
+    equil_steps: int = 5000  # NPT equilibration before frames are kept
+    prod_steps: int = 30000  # production steps per run (30 ps at 1 fs)
+    frame_every: int = 50  # steps between frames
+    blocks: int = 5  # D's block-average error
+    rmse_frames: int = 10  # held-out teacher frames per phase and temperature
+    engine: str = "lammps"  # student MD engine: lammps (measured faster, docs/llzo.md) | native
+    seed: int = 1
+
+
+FULL = Settings()
+QUICK = Settings(
+    temperatures=(800.0, 1000.0, 1200.0),
+    campaign={"chains": 2, "steps": 40, "bootstrap_steps": 40, "retrain_every": 40,
+              "retrain_epochs": 30, "md_steps": 10, "md_steps_max": 20,
+              "train": {"descriptor": {"n_radial": 12, "n_angular": 6, "r_radial": 5.0,
+                                       "r_angular": 5.0, "weighting": "typespin"},
+                        "hidden": [20, 20], "max_epochs": 60}},
+    equil_steps=500, prod_steps=3000, frame_every=20, blocks=4, rmse_frames=4)
+
+
+# ------------------------------------------------------------------ files and stages
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text to path via a temporary file in the same folder and os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1, allow_nan=False) + "\n")
+
+
+class Stages:
+    """Stage markers in WORK/done/: a stage that completed is skipped on the next run.
+
+    A marker holds the stage's result (JSON) and the settings key it was made with; a
+    marker made with other settings is an error (use another --work or delete it)."""
+
+    def __init__(self, work: Path, key: dict, log=print):
+        self.work = Path(work)
+        self.key = key
+        self.log = log
+        self.timings: dict[str, float] = {}
+
+    def marker(self, name: str) -> Path:
+        return self.work / "done" / f"{name}.json"
+
+    def done(self, name: str):
+        p = self.marker(name)
+        if not p.exists():
+            return None
+        d = json.loads(p.read_text())
+        if d.get("key") != self.key:
+            raise SystemExit(f"{p}: made with other settings; use another --work or delete "
+                             f"{self.work}")
+        return d
+
+    def run(self, name: str, fn, outputs=(), depends=()):
+        """fn() -> JSON-able result, unless the marker exists, its outputs are there and no
+        stage in `depends` completed after it (then it is redone)."""
+        d = self.done(name)
+        mine = self.marker(name)
+        stale = d is not None and any(
+            self.marker(dep).exists() and self.marker(dep).stat().st_mtime_ns
+            > mine.stat().st_mtime_ns for dep in depends)
+        if d is not None and not stale and all((self.work / o).exists()
+                                               for o in d.get("outputs", [])):
+            self.log(f"[{name}] done before ({d['wall_s']:.1f} s), skipped")
+            self.timings[name] = 0.0
+            return d["result"]
+        t0 = time.perf_counter()
+        result = fn()
+        wall = time.perf_counter() - t0
+        atomic_write_json(self.marker(name), {"key": self.key, "wall_s": wall, "result": result,
+                                              "outputs": [str(o) for o in outputs],
+                                              "load_average": list(os.getloadavg())})
+        self.timings[name] = wall
+        self.log(f"[{name}] {wall:.1f} s")
+        return result
+
+
+# ------------------------------------------------------------------ campaign
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def campaign_spec(settings: Settings, work: Path) -> Path:
+    """classical.yaml with the settings' overrides, absolute paths, store in WORK."""
+    import yaml
+
+    spec = yaml.safe_load(SPEC.read_text())
+    spec = _merge(spec, settings.campaign)
+    spec["reference"] = "lammps:" + str(EXAMPLE / spec["reference"].split(":", 1)[1])
+    spec["structure"] = str(EXAMPLE / spec["structure"])
+    spec["store"] = str(work / "store")
+    path = work / "campaign.yaml"
+    atomic_write_text(path, yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def run_campaign(settings: Settings, work: Path, log=print) -> dict:
+    from orchestrator.coordinator.spec import parse_spec
+    from services.trainer.data import read_store
+
+    path = campaign_spec(settings, work)
+    spec = parse_spec(path)
+    out = work / "model"
+    cmd = [str(Path(sys.executable).with_name("nnmd")), "campaign", "run", str(path),
+           "-o", str(out), "--force"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    (work / "campaign.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0 or not (out / "model.nnmd").exists():
+        raise SystemExit(f"campaign failed (exit {proc.returncode}); see {work}/campaign.log:\n"
+                         + "\n".join((proc.stdout + proc.stderr).splitlines()[-20:]))
+    labels = len(read_store(spec.store, spec.name))
+    log(f"[campaign] {labels} labels in {wall:.0f} s")
+    return {"labels": labels, "wall_s": wall, "model": str(out / "model.nnmd")}
+
+
+# ------------------------------------------------------------------ teacher MD (LAMMPS)
+
+
+def phase_structure(phase: str, work: Path | None = None):
+    """The 192-atom cell of a phase: the teacher-relaxed one in WORK when there, else
+    the shipped (unrelaxed) structure."""
+    from ase.io import read
+
+    if work is not None and (work / f"start_{phase}.extxyz").exists():
+        return read(work / f"start_{phase}.extxyz")
+    name, frame = PHASES[phase]
+    return read(EXAMPLE / name, index=frame)
+
+
+def relax_start(phase: str, work: Path) -> dict:
+    """The phase's cell relaxed by the teacher (positions and a, b, c at zero pressure):
+    the common starting point of the teacher's and the student's MD, so neither barostat
+    starts from the shipped structure's -11 GPa (DFT cell, larger than the teacher's)."""
+    from ase.io import write
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from llzo_structures import relax
+
+    atoms, e = relax(phase_structure(phase))
+    path = work / f"start_{phase}.extxyz"
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp, atoms, format="extxyz")
+    os.replace(tmp, path)
+    return {"energy_eV": e, "cell_A": atoms.cell.lengths().tolist(), "V_A3": atoms.get_volume()}
+
+
+def _snapshot(lmp, elements, time_fs: float):
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    boxlo, boxhi, xy, yz, xz, _, _ = lmp.extract_box()
+    lo, hi = np.array(boxlo), np.array(boxhi)
+    cell = np.array([[hi[0] - lo[0], 0, 0], [xy, hi[1] - lo[1], 0], [xz, yz, hi[2] - lo[2]]])
+    n = lmp.get_natoms()
+    x = np.array(lmp.gather_atoms("x", 1, 3), dtype=float).reshape(n, 3) - lo
+    f = np.array(lmp.gather_atoms("f", 1, 3), dtype=float).reshape(n, 3)
+    t = np.array(lmp.gather_atoms("type", 0, 1), dtype=int)
+    a = Atoms([elements[k - 1] for k in t], positions=x, cell=cell, pbc=True)
+    # the virial part of the pressure tensor (no kinetic term), as the teacher's labels:
+    # LAMMPS order xx yy zz xy xz yz in bar -> ASE stress (Voigt xx yy zz yz xz xy) = -P
+    thermo = lmp.last_thermo()
+    p = [float(thermo[f"c_nnmd_pv[{i}]"]) for i in range(1, 7)]
+    stress = -np.array([p[0], p[1], p[2], p[5], p[4], p[3]]) * BAR_TO_EV_PER_A3
+    a.calc = SinglePointCalculator(a, energy=float(thermo["PotEng"]), forces=f, stress=stress)
+    a.info["time_fs"] = float(time_fs)
+    a.info["temperature_K"] = float(thermo["Temp"])
+    return a
+
+
+def teacher_md(atoms, temperature: float, settings: Settings, traj: Path, seed: int) -> dict:
+    """NPT MD of the teacher (Nose-Hoover, aniso, zero pressure), frames to traj (extxyz)."""
+    from ase.io import write
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from llzo_structures import _lammps
+
+    dt = settings.dt_fs
+    lmp, els = _lammps(atoms)
+    try:
+        lmp.commands_list([
+            f"timestep {dt / 1000.0}",
+            f"velocity all create {temperature} {seed} mom yes rot yes dist gaussian",
+            f"fix nnmd_npt all npt temp {temperature} {temperature} {100 * dt / 1000} "
+            f"aniso 0.0 0.0 {1000 * dt / 1000}",
+            "compute nnmd_pv all pressure NULL virial",
+            "thermo_style custom step temp pe press lx ly lz vol "
+            + " ".join(f"c_nnmd_pv[{i}]" for i in range(1, 7)),
+            f"thermo {settings.frame_every}", "run 0"])
+        t0 = time.perf_counter()
+        if settings.equil_steps:
+            lmp.command(f"run {settings.equil_steps} pre no post no")
+        frames = [_snapshot(lmp, els, 0.0)]
+        for k in range(1, settings.prod_steps // settings.frame_every + 1):
+            lmp.command(f"run {settings.frame_every} pre no post no")
+            frames.append(_snapshot(lmp, els, k * settings.frame_every * dt))
+        wall = time.perf_counter() - t0
+    finally:
+        lmp.close()
+    tmp = traj.with_name(f".{traj.name}.tmp")
+    traj.parent.mkdir(parents=True, exist_ok=True)
+    write(tmp, frames, format="extxyz")
+    os.replace(tmp, traj)
+    n = settings.equil_steps + settings.prod_steps
+    return {"ms_per_step": 1000.0 * wall / n, "wall_s": wall, "frames": len(frames),
+            "mean_T_K": float(np.mean([a.info["temperature_K"] for a in frames])),
+            "mean_V_A3": float(np.mean([a.get_volume() for a in frames]))}
+
+
+# ------------------------------------------------------------------ student MD (nnmd md)
+
+
+def student_md(model: Path, atoms, temperature: float, settings: Settings, traj: Path,
+               seed: int, work: Path) -> dict:
+    """`nnmd md` NPT (anisotropic) from the same start; equilibration frames dropped later."""
+    from ase.io import read, write
+
+    start = work / "md" / f"{traj.stem}.start.extxyz"
+    start.parent.mkdir(parents=True, exist_ok=True)
+    write(start, atoms, format="extxyz")
+    tmp = traj.with_name(f"{traj.stem}.partial.extxyz")
+    n = settings.equil_steps + settings.prod_steps
+    cmd = [str(Path(sys.executable).with_name("nnmd")), "md", "--model", str(model),
+           "--structure", str(start), "--engine", settings.engine, "--ensemble", "npt",
+           "--temperature", str(temperature), "--pressure", "0", "--anisotropic",
+           "--dt", str(settings.dt_fs), "--steps", str(n),
+           "--traj-interval", str(settings.frame_every), "--thermo-interval",
+           str(settings.frame_every * 10), "--seed", str(seed), "-o", str(tmp),
+           "--force", "--quiet"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    log = traj.with_suffix(".log")
+    log.write_text(" ".join(cmd) + "\n" + proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        return {"failed": True, "exit": proc.returncode, "wall_s": wall,
+                "why": (proc.stdout + proc.stderr).strip().splitlines()[-1:]}
+    frames = read(tmp, index=":")
+    v = np.array([a.get_volume() for a in frames])
+    drift = float(np.max(np.abs(v / v[0] - 1.0)))
+    keep = frames[settings.equil_steps // settings.frame_every:]
+    t_first = keep[0].info["time_fs"]
+    for a in keep:  # production time origin at 0, as the teacher's
+        a.info["time_fs"] = float(a.info["time_fs"] - t_first)
+    write(traj.with_name(f".{traj.name}.tmp"), keep, format="extxyz")
+    os.replace(traj.with_name(f".{traj.name}.tmp"), traj)
+    tmp.unlink()
+    return {"ms_per_step": 1000.0 * wall / n, "wall_s": wall, "frames": len(keep),
+            "mean_V_A3": float(np.mean([a.get_volume() for a in keep])),
+            "max_volume_change": drift, "stable": drift < MAX_VOLUME_CHANGE}
+
+
+# ------------------------------------------------------------------ analysis
+
+
+def analyze_run(traj: Path, temperature: float, blocks: int) -> dict:
+    """nnmd's analysis of one run: D with its block error, verdict, volume, NE sigma."""
+    from ase.io import read
+
+    from orchestrator.commands.analyze import analyze
+
+    frames = read(traj, index=":")
+    res, curves = analyze(frames, "Li", temperature, charges={"Li": 1.0}, n_blocks=blocks)
+    return {"D_cm2_per_s": res["D_cm2_per_s"], "D_err_cm2_per_s": res["D_err_cm2_per_s"],
+            "diffusive": bool(res["diffusive"]), "note": res["diffusive_note"],
+            "V_A3": res["mean_volume_A3"], "sigma_S_per_cm": res["sigma_S_per_cm"],
+            "duration_ps": res["duration_ps"], "window_ps": res["window_ps"],
+            "msd_t_ps": [float(v) for v in curves["t_ps"][::max(1, len(curves["t_ps"]) // 200)]],
+            "msd_A2": [float(v) for v in curves["msd"][::max(1, len(curves["t_ps"]) // 200)]]}
+
+
+def arrhenius(temperatures, d, d_err, use=None) -> dict | None:
+    """Weighted fit ln D = ln D0 - Ea / (kB T) over the points in `use` (default: D > 0).
+
+    Weights 1/sigma_lnD^2 with sigma_lnD = D_err / D. Returns Ea (eV) with its standard
+    error (from the weighted covariance, scaled by the reduced chi^2 when > 1), ln D0 and
+    the points used; None with fewer than 2 usable points.
+    """
+    t = np.asarray(temperatures, dtype=float)
+    d = np.asarray(d, dtype=float)
+    e = np.asarray(d_err, dtype=float)
+    ok = (d > 0) & np.isfinite(d) & (e > 0)
+    if use is not None:
+        ok &= np.asarray(use, dtype=bool)
+    if ok.sum() < 2:
+        return None
+    x = 1.0 / (KB_EV * t[ok])
+    y = np.log(d[ok])
+    s = e[ok] / d[ok]
+    w = 1.0 / s ** 2
+    a = np.stack([np.ones_like(x), -x], axis=1)
+    aw = a * w[:, None]
+    cov = np.linalg.inv(a.T @ aw)
+    coef = cov @ (aw.T @ y)
+    n = int(ok.sum())
+    if n > 2:
+        chi2 = float(((y - a @ coef) ** 2 * w).sum() / (n - 2))
+        cov = cov * max(1.0, chi2)
+    return {"Ea_eV": float(coef[1]), "Ea_err_eV": float(math.sqrt(cov[1, 1])),
+            "lnD0": float(coef[0]), "cov": cov.tolist(), "n_points": n,
+            "temperatures_K": [float(v) for v in t[ok]]}
+
+
+def extrapolate(fit: dict, temperature: float) -> tuple[float, float]:
+    """D (cm^2/s) and its standard error at a temperature from an Arrhenius fit."""
+    g = np.array([1.0, -1.0 / (KB_EV * temperature)])
+    lnd = fit["lnD0"] - fit["Ea_eV"] / (KB_EV * temperature)
+    var = float(g @ np.asarray(fit["cov"]) @ g)
+    d = math.exp(lnd)
+    return d, d * math.sqrt(max(var, 0.0))
+
+
+def sigma_ne(d_cm2_s: float, volume_a3: float, temperature: float, n_li: int = N_LI_192) -> float:
+    from nnmd_kernels.analysis.transport import nernst_einstein_conductivity
+
+    return nernst_einstein_conductivity(d_cm2_s, n_li, volume_a3, temperature, 1.0)
+
+
+def phase_summary(temps, runs: dict) -> dict:
+    """The schema's per-phase block (+ extra keys) from analyze_run results per (who, T)."""
+    out: dict = {}
+    extra: dict = {}
+    for who in ("teacher", "student"):
+        rows = [runs.get((who, T)) for T in temps]
+        d = [r["D_cm2_per_s"] if r else None for r in rows]
+        e = [r["D_err_cm2_per_s"] if r else None for r in rows]
+        out[f"{who}_D"] = d
+        out[f"{who}_D_err"] = e
+        use = [bool(r and r["diffusive"]) for r in rows]
+        fit = arrhenius(temps, [x if x is not None else np.nan for x in d],
+                        [x if x is not None else np.nan for x in e], use)
+        out[f"{who}_Ea_eV"] = fit["Ea_eV"] if fit else None
+        vols = [r["V_A3"] for r in rows if r and r.get("stable", True)]
+        out[f"{who}_V_A3"] = float(np.mean(vols)) if vols else None
+        info = {"diffusive": use, "stable": [bool(r and r.get("stable", True)) for r in rows],
+                "V_A3_per_T": [r["V_A3"] if r else None for r in rows],
+                "Ea_err_eV": fit["Ea_err_eV"] if fit else None,
+                "fit_points": fit["n_points"] if fit else 0}
+        if fit:
+            # sigma at 600 K: D extrapolated, volume of the lowest-temperature run
+            d600, d600_err = extrapolate(fit, T_EXTRAPOLATE)
+            v = next((r["V_A3"] for r in rows if r and r.get("stable", True)),
+                     next(r["V_A3"] for r in rows if r))
+            info.update(D_600K=d600, D_600K_err=d600_err,
+                        sigma_600K_S_per_cm=sigma_ne(d600, v, T_EXTRAPOLATE),
+                        sigma_600K_err_S_per_cm=sigma_ne(d600_err, v, T_EXTRAPOLATE))
+        extra[who] = info
+    out["extra"] = extra
+    return out
+
+
+def build_result(teacher: str, labels: int, wall_s: float, temps, phases: dict,
+                 rmse: dict, extra: dict | None = None) -> dict:
+    """The issue's schema (exactly its keys), plus an "extra" block beside it."""
+    keys = ("teacher_D", "teacher_D_err", "student_D", "student_D_err", "teacher_Ea_eV",
+            "student_Ea_eV", "teacher_V_A3", "student_V_A3")
+    out = {"teacher": str(teacher), "labels": int(labels), "wall_s": float(wall_s),
+           "temperatures_K": [float(t) for t in temps],
+           "phases": {p: {k: phases[p][k] for k in keys} for p in ("cubic", "tetragonal")},
+           "force_rmse_meV_A": {f"{float(t):g}": float(v) for t, v in rmse.items()}}
+    if extra is not None:
+        out["extra"] = extra
+    return out
+
+
+SCHEMA_KEYS = {"teacher", "labels", "wall_s", "temperatures_K", "phases", "force_rmse_meV_A"}
+
+
+def check_schema(d: dict) -> None:
+    """ValueError unless d has the issue's schema (extra top-level 'extra' allowed)."""
+    missing = SCHEMA_KEYS - set(d)
+    if missing:
+        raise ValueError(f"missing keys {sorted(missing)}")
+    n = len(d["temperatures_K"])
+    for p in ("cubic", "tetragonal"):
+        ph = d["phases"][p]
+        for k in ("teacher_D", "teacher_D_err", "student_D", "student_D_err"):
+            if len(ph[k]) != n:
+                raise ValueError(f"phases.{p}.{k}: {len(ph[k])} values for {n} temperatures")
+        for k in ("teacher_Ea_eV", "student_Ea_eV", "teacher_V_A3", "student_V_A3"):
+            if k not in ph:
+                raise ValueError(f"phases.{p}.{k} missing")
+
+
+def markdown_table(result: dict) -> str:
+    def f(x, fmt=".3g"):
+        return "-" if x is None else format(x, fmt)
+
+    lines = ["| phase | T (K) | teacher D (cm^2/s) | student D (cm^2/s) | teacher diffusive | "
+             "student diffusive |", "| --- | --- | --- | --- | --- | --- |"]
+    ex = result.get("extra", {}).get("phases", {})
+    for p, ph in result["phases"].items():
+        for k, t in enumerate(result["temperatures_K"]):
+            dt = ex.get(p, {}).get("teacher", {}).get("diffusive", [None] * (k + 1))[k]
+            ds = ex.get(p, {}).get("student", {}).get("diffusive", [None] * (k + 1))[k]
+            lines.append(f"| {p} | {t:g} | {f(ph['teacher_D'][k])} +- {f(ph['teacher_D_err'][k], '.2g')}"
+                         f" | {f(ph['student_D'][k])} +- {f(ph['student_D_err'][k], '.2g')} | "
+                         f"{dt} | {ds} |")
+    lines += ["", "| phase | teacher Ea (eV) | student Ea (eV) | teacher V (A^3) | student V (A^3) | "
+              "teacher sigma 600 K (S/cm) | student sigma 600 K (S/cm) | source 600 K | experiment |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for p, ph in result["phases"].items():
+        e = ex.get(p, {})
+        lines.append(
+            f"| {p} | {f(ph['teacher_Ea_eV'])} +- {f(e.get('teacher', {}).get('Ea_err_eV'), '.2g')} "
+            f"| {f(ph['student_Ea_eV'])} +- {f(e.get('student', {}).get('Ea_err_eV'), '.2g')} "
+            f"| {f(ph['teacher_V_A3'], '.1f')} | {f(ph['student_V_A3'], '.1f')} "
+            f"| {f(e.get('teacher', {}).get('sigma_600K_S_per_cm'))} "
+            f"| {f(e.get('student', {}).get('sigma_600K_S_per_cm'))} "
+            f"| {SOURCE_SIGMA_600K[p]:g} | {EXPERIMENT_SIGMA[p]:g} |")
+    lines += ["", "| T (K) | held-out force RMSE (meV/A) |", "| --- | --- |"]
+    lines += [f"| {t} | {v:.1f} |" for t, v in result["force_rmse_meV_A"].items()]
+    return "\n".join(lines)
+
+
+def plots(result: dict, runs: dict, folder: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    temps = result["temperatures_K"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for ax, p in zip(axes, ("cubic", "tetragonal")):
+        for k, t in enumerate(temps):
+            for who, ls in (("teacher", "-"), ("student", "--")):
+                r = runs.get(f"{who}/{p}/{t:g}")
+                if r:
+                    bad = "" if r.get("stable", True) else " (unstable)"
+                    ax.loglog(r["msd_t_ps"][1:], r["msd_A2"][1:], ls, color=f"C{k}",
+                              label=f"{who} {t:g} K{bad}")
+        ax.set_title(f"{p}: Li MSD (solid teacher, dashed student)")
+        ax.set_xlabel("lag time (ps)")
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("MSD (A$^2$)")
+    fig.tight_layout()
+    msd_png = folder / "msd.png"
+    fig.savefig(msd_png, dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    x = 1000.0 / np.asarray(temps)
+    for k, p in enumerate(("cubic", "tetragonal")):
+        ph = result["phases"][p]
+        for who, mk in (("teacher", "o"), ("student", "s")):
+            d = np.array([np.nan if v is None else v for v in ph[f"{who}_D"]], dtype=float)
+            e = np.array([np.nan if v is None else v for v in ph[f"{who}_D_err"]], dtype=float)
+            stable = np.array(result.get("extra", {}).get("phases", {}).get(p, {}).get(
+                who, {}).get("stable", [True] * len(temps)), dtype=bool)
+            pos = (d > 0) & stable
+            ax.errorbar(x[pos], d[pos], yerr=np.minimum(e[pos], 0.99 * d[pos]), fmt=mk,
+                        color=f"C{k}", mfc="none" if who == "student" else None,
+                        label=f"{p} {who}")
+            bad = (d > 0) & ~stable
+            if bad.any():
+                ax.plot(x[bad], d[bad], "x", color=f"C{k}",
+                        label=f"{p} {who}: unstable run, not fitted")
+            ea = ph[f"{who}_Ea_eV"]
+            fit = result.get("extra", {}).get("fits", {}).get(f"{p}/{who}")
+            if ea is not None and fit:
+                xx = np.linspace(1000.0 / max(temps), 1000.0 / T_EXTRAPOLATE, 20)
+                ax.plot(xx, np.exp(fit["lnD0"] - ea * xx / (1000.0 * KB_EV)),
+                        "-" if who == "teacher" else "--", color=f"C{k}", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel("1000 / T (1/K)")
+    ax.set_ylabel("D$_{Li}$ (cm$^2$/s)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    arr_png = folder / "arrhenius.png"
+    fig.savefig(arr_png, dpi=110)
+    plt.close(fig)
+    return [str(msd_png), str(arr_png)]
+
+
+# ------------------------------------------------------------------ force RMSE
+
+
+def force_rmse(model: Path, trajs: dict, settings: Settings) -> dict:
+    """Held-out teacher frames (evenly spread over each teacher run) -> RMSE per T."""
+    from ase.io import read
+
+    from nnmd_kernels import Potential
+    from services.trainer.data import atoms_to_structure
+    from services.trainer.evaluate import evaluate
+
+    pot = Potential.load(model)
+    out = {}
+    for t, paths in trajs.items():
+        structs = []
+        for path in paths:
+            frames = read(path, index=":")
+            pick = np.linspace(1, len(frames) - 1, settings.rmse_frames).round().astype(int)
+            structs += [atoms_to_structure(frames[i], f"{Path(path).stem}[{i}]") for i in pick]
+        ev = evaluate(pot, structs)["overall"]
+        out[f"{t:g}"] = {"force_rmse_meV_A": ev["force_rmse_mev_per_angstrom"],
+                         "energy_rmse_meV_atom": ev["energy_rmse_mev_per_atom"],
+                         "n_structures": ev["n_structures"]}
+    return out
+
+
+# ------------------------------------------------------------------ descriptor weighting
+
+
+def compare_weighting(store: str, campaign: str, test_trajs, weightings=("z", "typespin", "blocks"),
+                      descriptor=None, train=None, n_test: int = 8, log=print) -> dict:
+    """Train one model per descriptor weighting on the same campaign labels and score each
+    on held-out teacher frames (forces, energies, stress). Same seed, data, network, epochs.
+    """
+    from ase.io import read
+
+    from nnmd_kernels.training import TrainConfig
+    from nnmd_kernels.training import train as fit
+    from services.trainer.data import atoms_to_structure, read_store
+    from services.trainer.evaluate import evaluate
+
+    labels = read_store(store, campaign)
+    test = []
+    for path in test_trajs:
+        frames = read(path, index=":")
+        pick = np.linspace(1, len(frames) - 1, n_test).round().astype(int)
+        test += [atoms_to_structure(frames[i], f"{Path(path).stem}[{i}]") for i in pick]
+    descriptor = dict(descriptor or {"n_radial": 12, "n_angular": 6, "r_radial": 5.0,
+                                     "r_angular": 5.0})
+    train = dict(train or {"hidden": [20, 20], "max_epochs": 60, "stress_weight": 20.0})
+    out = {"labels": len(labels), "test_structures": len(test), "descriptor": descriptor,
+           "train": train, "by_weighting": {}}
+    for w in weightings:
+        cfg = TrainConfig.from_dict({**train, "descriptor": {**descriptor, "weighting": w}})
+        t0 = time.perf_counter()
+        res = fit(labels, cfg)
+        wall = time.perf_counter() - t0
+        ev = evaluate(res.potential, test)["overall"]
+        row = {"features": res.potential.descriptor.n_features, "train_s": wall,
+               "force_rmse_meV_A": ev["force_rmse_mev_per_angstrom"],
+               "energy_rmse_meV_atom": ev["energy_rmse_mev_per_atom"],
+               "stress_rmse_GPa": ev.get("stress_rmse_gpa")}
+        out["by_weighting"][w] = row
+        log(f"[weighting] {w}: {row}")
+    return out
+
+
+# ------------------------------------------------------------------ main
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small smoke run (< 10 min)")
+    ap.add_argument("--work", default=None, help="working folder (default out/llzo[_quick], "
+                    "git-ignored)")
+    ap.add_argument("--out", default=None, help="result JSON (default "
+                    "benchmarks/results/llzo[_quick].json)")
+    ap.add_argument("--engine", choices=("native", "lammps"), default=None,
+                    help="student MD engine (default lammps)")
+    ap.add_argument("--plots", default=None, help="folder for msd.png and arrhenius.png "
+                    "(default WORK/plots)")
+    ap.add_argument("--compare-weighting", action="store_true",
+                    help="after the run: train z / typespin / blocks models on the campaign's "
+                         "labels and score them on held-out teacher frames "
+                         "(WORK/weighting.json)")
+    args = ap.parse_args(argv)
+    settings = QUICK if args.quick else FULL
+    if args.engine:
+        settings = replace(settings, engine=args.engine)
+    tag = "_quick" if args.quick else ""
+    work = Path(args.work or ROOT / "out" / f"llzo{tag}").resolve()
+    out = Path(args.out or RESULTS / f"llzo{tag}.json")
+    work.mkdir(parents=True, exist_ok=True)
+    key = json.loads(json.dumps(asdict(settings)))
+    key.pop("engine")  # the engine may change between resumes (student runs keep theirs)
+    st = Stages(work, key)
+    t_start = time.perf_counter()
+    temps = list(settings.temperatures)
+
+    camp = st.run("campaign", lambda: run_campaign(settings, work), ["model/model.nnmd"])
+    model = work / "model" / "model.nnmd"
+
+    starts = {p: st.run(f"relax_{p}", partial(relax_start, p, work), [f"start_{p}.extxyz"])
+              for p in PHASES}
+    teacher, student = {}, {}
+    for p in PHASES:
+        atoms = phase_structure(p, work)
+        for k, t in enumerate(temps):
+            traj = work / "md" / f"teacher_{p}_{t:g}.extxyz"
+            teacher[(p, t)] = st.run(
+                f"teacher_md_{p}_{t:g}",
+                partial(teacher_md, atoms, t, settings, traj, settings.seed + k),
+                [traj.relative_to(work)])
+    rmse = st.run("force_rmse", lambda: force_rmse(
+        model, {t: [work / "md" / f"teacher_{p}_{t:g}.extxyz" for p in PHASES] for t in temps},
+        settings))
+    for p in PHASES:
+        atoms = phase_structure(p, work)
+        for k, t in enumerate(temps):
+            traj = work / "md" / f"student_{p}_{t:g}.extxyz"
+            student[(p, t)] = st.run(
+                f"student_md_{p}_{t:g}",
+                partial(student_md, model, atoms, t, settings, traj, settings.seed + k, work),
+                [traj.relative_to(work)])
+
+    def analysis(who, p, t, md):
+        traj = work / "md" / f"{who}_{p}_{t:g}.extxyz"
+        if md.get("failed") or not traj.exists():
+            return None
+        try:
+            r = analyze_run(traj, t, settings.blocks)
+        except ValueError as exc:
+            print(f"[analysis] {who} {p} {t:g} K: {exc}")
+            return None
+        r["stable"] = bool(md.get("stable", True))
+        if not r["stable"]:
+            r["diffusive"] = False
+            r["note"] = "unstable (volume runaway); " + r["note"]
+        return r
+
+    runs = {}
+    for p in PHASES:
+        for t in temps:
+            for who, done in (("teacher", teacher), ("student", student)):
+                runs[f"{who}/{p}/{t:g}"] = st.run(
+                    f"analysis_{who}_{p}_{t:g}",
+                    partial(analysis, who, p, t, done[(p, t)]),
+                    depends=[f"{who}_md_{p}_{t:g}"])
+    phases, fits = {}, {}
+    for p in PHASES:
+        by = {}
+        for t in temps:
+            for who in ("teacher", "student"):
+                r = runs.get(f"{who}/{p}/{t:g}")
+                if r:
+                    by[(who, t)] = r
+        phases[p] = phase_summary(temps, by)
+        for who in ("teacher", "student"):
+            ok = [bool(by.get((who, t)) and by[(who, t)]["diffusive"]) for t in temps]
+            d = [by[(who, t)]["D_cm2_per_s"] if by.get((who, t)) else np.nan for t in temps]
+            e = [by[(who, t)]["D_err_cm2_per_s"] if by.get((who, t)) else np.nan for t in temps]
+            fits[f"{p}/{who}"] = arrhenius(temps, d, e, ok)
+    wall = sum(d.get("wall_s", 0.0) for d in
+               (json.loads(m.read_text()) for m in (work / "done").glob("*.json")))
+    extra = {
+        "mode": "quick" if args.quick else "full",
+        "settings": asdict(settings),
+        "stage_wall_s": {m.stem: json.loads(m.read_text())["wall_s"]
+                         for m in sorted((work / "done").glob("*.json"))},
+        "this_invocation_wall_s": time.perf_counter() - t_start,
+        "start_structures": starts,
+        "teacher_md": {f"{p}/{t:g}": v for (p, t), v in teacher.items()},
+        "student_md": {f"{p}/{t:g}": v for (p, t), v in student.items()},
+        "force_rmse": rmse,
+        "phases": {p: phases[p]["extra"] for p in phases},
+        "fits": fits,
+        "runs": {k: ({kk: vv for kk, vv in v.items() if not kk.startswith("msd_")} if v else None)
+                 for k, v in runs.items()},
+        "load_average": os.getloadavg(),  # now; each stage's is in stage_load_average
+        "stage_load_average": {m.stem: json.loads(m.read_text()).get("load_average")
+                               for m in sorted((work / "done").glob("*.json"))},
+    }
+    result = build_result(
+        f"LAMMPS Buckingham + Ewald ({EXAMPLE.relative_to(ROOT)}/buckingham.lammps)",
+        camp["labels"], wall, temps, phases,
+        {float(t): v["force_rmse_meV_A"] for t, v in rmse.items()}, extra)
+    check_schema(result)
+    result["extra"]["plots"] = plots(result, runs, Path(args.plots) if args.plots
+                                     else work / "plots")
+    atomic_write_json(out, result)
+    print(markdown_table(result))
+    print("\nstage wall times (s): " + ", ".join(
+        f"{k} {v:.0f}" for k, v in extra["stage_wall_s"].items()))
+    print(f"total {wall:.0f} s; wrote {out}")
+    if args.compare_weighting:
+        cmp = st.run("compare_weighting", lambda: compare_weighting(
+            str(work / "store"), "llzo-classical",
+            [work / "md" / f"teacher_{p}_{temps[0]:g}.extxyz" for p in PHASES]))
+        atomic_write_json(work / "weighting.json", cmp)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

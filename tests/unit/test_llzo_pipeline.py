@@ -1,0 +1,184 @@
+"""benchmarks/llzo.py's pure parts on tiny synthetic inputs: the Arrhenius fit and its
+extrapolation, the result JSON's schema, and the stage skip / resume logic."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def llzo():
+    spec = importlib.util.spec_from_file_location("llzo_bench", ROOT / "benchmarks" / "llzo.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["llzo_bench"] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_arrhenius_recovers_ea_and_extrapolates(llzo):
+    temps = np.array([700.0, 850.0, 1000.0, 1100.0])
+    ea, d0 = 0.30, 1e-3
+    d = d0 * np.exp(-ea / (llzo.KB_EV * temps))
+    fit = llzo.arrhenius(temps, d, 0.05 * d)
+    assert fit["Ea_eV"] == pytest.approx(ea, abs=1e-9)
+    assert fit["n_points"] == 4
+    assert fit["Ea_err_eV"] > 0
+    d600, err600 = llzo.extrapolate(fit, 600.0)
+    assert d600 == pytest.approx(d0 * math.exp(-ea / (llzo.KB_EV * 600.0)), rel=1e-9)
+    assert 0 < err600 < d600  # extrapolation error grows, stays finite
+
+
+def test_arrhenius_error_matches_scatter(llzo):
+    rng = np.random.default_rng(0)
+    temps = np.linspace(700, 1100, 5)
+    d_true = 1e-3 * np.exp(-0.25 / (llzo.KB_EV * temps))
+    rel = 0.1
+    eas = [llzo.arrhenius(temps, d_true * np.exp(rel * rng.normal(size=5)), rel * d_true)["Ea_eV"]
+           for _ in range(300)]
+    fit = llzo.arrhenius(temps, d_true, rel * d_true)
+    # the reported error (no chi2 inflation here: chi2 = 0) matches the spread of refits
+    assert np.std(eas) == pytest.approx(fit["Ea_err_eV"], rel=0.2)
+
+
+def test_arrhenius_skips_non_diffusive_and_needs_two_points(llzo):
+    temps = [700.0, 900.0, 1100.0]
+    d = [1e-7, 2e-6, 5e-6]
+    err = [1e-7, 1e-7, 2e-7]
+    fit = llzo.arrhenius(temps, d, err, use=[False, True, True])
+    assert fit["n_points"] == 2 and fit["temperatures_K"] == [900.0, 1100.0]
+    assert llzo.arrhenius(temps, d, err, use=[False, False, True]) is None
+    assert llzo.arrhenius(temps, [-1e-6, np.nan, 1e-6], err) is None  # D <= 0, nan dropped
+
+
+def _phase(llzo, temps):
+    rows = {}
+    for who, scale in (("teacher", 1.0), ("student", 1.1)):
+        for t in temps:
+            d = scale * 1e-3 * math.exp(-0.3 / (llzo.KB_EV * t))
+            rows[(who, t)] = {"D_cm2_per_s": d, "D_err_cm2_per_s": 0.1 * d, "diffusive": True,
+                              "V_A3": 2300.0 + t / 100}
+    return llzo.phase_summary(temps, rows)
+
+
+def test_result_has_exactly_the_issue_schema(llzo, tmp_path):
+    temps = [700.0, 900.0, 1100.0]
+    phases = {"cubic": _phase(llzo, temps), "tetragonal": _phase(llzo, temps)}
+    res = llzo.build_result("teacher", 120, 42.0, temps, phases, {700.0: 80.0, 900.0: 90.5},
+                            extra={"note": "x"})
+    llzo.check_schema(res)
+    assert set(res) == llzo.SCHEMA_KEYS | {"extra"}
+    assert set(res["phases"]) == {"cubic", "tetragonal"}
+    assert set(res["phases"]["cubic"]) == {
+        "teacher_D", "teacher_D_err", "student_D", "student_D_err", "teacher_Ea_eV",
+        "student_Ea_eV", "teacher_V_A3", "student_V_A3"}
+    assert res["force_rmse_meV_A"] == {"700": 80.0, "900": 90.5}
+    assert res["phases"]["cubic"]["teacher_Ea_eV"] == pytest.approx(0.3)
+    assert res["phases"]["cubic"]["student_Ea_eV"] == pytest.approx(0.3)
+    sig = phases["cubic"]["extra"]["teacher"]["sigma_600K_S_per_cm"]
+    assert sig > 0
+    path = tmp_path / "r.json"
+    llzo.atomic_write_json(path, res)
+    assert json.loads(path.read_text()) == res
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary left
+    table = llzo.markdown_table(res)
+    assert "| cubic | 700 |" in table and "| 700 | 80.0 |" in table
+    bad = json.loads(json.dumps(res))
+    bad["phases"]["cubic"]["student_D"].pop()
+    with pytest.raises(ValueError, match="student_D"):
+        llzo.check_schema(bad)
+
+
+def test_missing_runs_give_none_not_a_crash(llzo):
+    temps = [700.0, 900.0]
+    ph = llzo.phase_summary(temps, {("teacher", 900.0): {
+        "D_cm2_per_s": 1e-6, "D_err_cm2_per_s": 1e-7, "diffusive": True, "V_A3": 2300.0}})
+    assert ph["teacher_D"] == [None, 1e-6]
+    assert ph["teacher_Ea_eV"] is None and ph["student_Ea_eV"] is None
+    assert ph["student_V_A3"] is None and ph["teacher_V_A3"] == 2300.0
+
+
+def test_stages_skip_done_and_rerun_incomplete(llzo, tmp_path):
+    calls = []
+    st = llzo.Stages(tmp_path, {"a": 1}, log=lambda m: None)
+
+    def make(name):
+        def fn():
+            calls.append(name)
+            (tmp_path / f"{name}.out").write_text("x")
+            return {"v": len(calls)}
+        return fn
+
+    assert st.run("one", make("one"), ["one.out"]) == {"v": 1}
+    assert st.run("one", make("one"), ["one.out"]) == {"v": 1}  # skipped
+    assert calls == ["one"]
+    # a stage interrupted before its marker is written runs again
+    with pytest.raises(RuntimeError):
+        st.run("two", lambda: (_ for _ in ()).throw(RuntimeError("killed")))
+    assert not st.marker("two").exists()
+    assert st.run("two", make("two"), ["two.out"]) == {"v": 2}
+    # an output that disappeared makes the stage run again
+    (tmp_path / "one.out").unlink()
+    assert st.run("one", make("one"), ["one.out"]) == {"v": 3}
+    # markers from other settings are refused
+    with pytest.raises(SystemExit, match="other settings"):
+        llzo.Stages(tmp_path, {"a": 2}, log=lambda m: None).run("one", make("one"))
+
+
+def test_campaign_spec_overrides_and_paths(llzo, tmp_path):
+    import yaml
+
+    from orchestrator.coordinator.spec import parse_spec
+
+    path = llzo.campaign_spec(llzo.QUICK, tmp_path)
+    d = yaml.safe_load(path.read_text())
+    assert d["chains"] == llzo.QUICK.campaign["chains"]
+    assert d["train"]["descriptor"]["weighting"] == "typespin"  # quick: cheaper
+    assert d["sampling"]["cell_moves"] == "anisotropic"
+    spec = parse_spec(path)
+    assert spec.store == str(tmp_path / "store")
+    assert Path(spec.config.structure).exists()
+    full = parse_spec(llzo.SPEC)  # the committed spec: the source's settings
+    cfg = full.config
+    assert cfg.bootstrap_steps + cfg.chains * cfg.steps == 2500
+    assert (cfg.temperature, cfg.ensemble, cfg.dt) == (800.0, "npt", 0.25)
+    assert (cfg.md_steps_min, cfg.md_steps_max, cfg.cell_moves) == (10, 80, "anisotropic")
+    assert cfg.train["hidden"] == [40, 40]
+    desc = cfg.train["descriptor"]
+    assert desc["weighting"] == "blocks"  # separates the four elements (docs/llzo.md)
+    assert desc["r_radial"] == desc["r_angular"] == 5.0
+    assert cfg.train["stress_weight"] > 0  # NPT students need the stress
+
+
+def test_stage_redone_when_a_dependency_completed_after_it(llzo, tmp_path):
+    import os
+
+    st = llzo.Stages(tmp_path, {}, log=lambda m: None)
+    n = {"md": 0, "an": 0}
+
+    def md():
+        n["md"] += 1
+        return n["md"]
+
+    def an():
+        n["an"] += 1
+        return n["an"]
+
+    st.run("md", md)
+    st.run("an", an, depends=["md"])
+    st.run("an", an, depends=["md"])
+    assert n == {"md": 1, "an": 1}
+    st.marker("md").unlink()  # the MD run is redone ...
+    st.run("md", md)
+    t = st.marker("an").stat().st_mtime_ns
+    os.utime(st.marker("md"), ns=(t + 10**9, t + 10**9))
+    assert st.run("an", an, depends=["md"]) == 2  # ... so its analysis is redone
+    assert n == {"md": 2, "an": 2}
