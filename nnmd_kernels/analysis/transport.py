@@ -192,8 +192,10 @@ def nernst_einstein_conductivity(
 
 
 # A species whose diffusive MSD over the whole run, 6 D t, stays below this is "not
-# diffusive": it has not moved further than a vibration (ionic hops are ~2-4 A).
-NOT_DIFFUSIVE_MSD_A2 = 1.0
+# diffusive": its ions have not made one hop each on average (ionic hops are ~2-4 A; in
+# LLZO 1.6-2.5 A between Li sites, so 5 A^2 is about one hop; 1 A^2, the earlier floor,
+# let 3 ps runs with a few hops pass as diffusive).
+NOT_DIFFUSIVE_MSD_A2 = 5.0
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,7 @@ class BlockDiffusion:
     (diffusion_coefficient), giving D_b. D is the mean of the D_b and its error the
     standard error of that mean (analysis.blocking.blocked_mean; blocks longer than the
     fit window are close to independent). diffusive: D > 2 x error and the diffusive
-    MSD over the run, 2 dim D duration, above NOT_DIFFUSIVE_MSD_A2 (1 A^2).
+    MSD over the run, 2 dim D duration, above NOT_DIFFUSIVE_MSD_A2 (5 A^2).
     """
 
     diffusion_a2_per_ps: float
