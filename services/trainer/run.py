@@ -24,8 +24,11 @@ PRESETS = {
              "warmup_epochs": 10, "patience": 30, "n_models": 1, "optimizer": "lbfgs"},
     # TrainConfig's own defaults
     "default": {},
-    # more orders and wider networks, longer training, patient early stopping
-    "accurate": {"descriptor": {"n_radial": 16, "n_angular": 8}, "hidden": [64, 64], "max_epochs": 1000,
+    # more orders and wider networks, longer training, patient early stopping; 5 A cutoffs
+    # (mlearn-Si seed 0: test E 6.91 meV/atom, F 132 meV/A; an earlier 6 A run 9.48, 140.5;
+    # docs/benchmarks.md, mlearn section)
+    "accurate": {"descriptor": {"n_radial": 16, "n_angular": 8, "r_radial": 5.0, "r_angular": 5.0},
+                 "hidden": [64, 64], "max_epochs": 1000,
                  "warmup_epochs": 50, "patience": 150, "n_models": 1, "optimizer": "lbfgs"},
 }
 
