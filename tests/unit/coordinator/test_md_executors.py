@@ -16,18 +16,6 @@ from services.store import Store
 from tests.unit.coordinator.conftest import EXAMPLES
 
 
-@pytest.fixture(scope="module")
-def model_store(tmp_path_factory):
-    d = tmp_path_factory.mktemp("mdexec")
-    pot = Potential.random(["Cu"], seed=0, n_radial=6, n_angular=3, r_radial=4.0,
-                           r_angular=3.5)
-    pot.save(d / "m.nnmd")
-    url = str(d / "store")
-    with Store(url).writer() as w:
-        w.publish_model((d / "m.nnmd").read_bytes(), {"campaign": "t"})
-    return url, pot
-
-
 def _state(seed=3):
     atoms = read(EXAMPLES / "cu-fcc-32.xyz")
     kcfg = slhmc.SLHMCConfig(temperature=600.0, dt=1.0, n_md=6, n_md_min=2, n_md_max=20,

