@@ -31,7 +31,7 @@ def cells(n: int, seed: int):
     from ase.build import bulk
     from ase.calculators.emt import EMT
 
-    from nnmd_kernels.training import Structure
+    from services.trainer.data import atoms_to_structure
 
     rng = np.random.default_rng(seed)
     out = []
@@ -42,10 +42,8 @@ def cells(n: int, seed: int):
         a.set_cell(a.cell @ strain, scale_atoms=True)
         a.positions += rng.normal(0.0, rng.uniform(0.03, 0.15), a.positions.shape)
         a.calc = EMT()
-        out.append(Structure(a.positions.copy(), a.numbers.copy(), np.array(a.cell),
-                             np.array(a.pbc), float(a.get_potential_energy()),
-                             a.get_forces().copy(), a.get_stress(voigt=False).copy(),
-                             name=f"cu{seed}-{i}"))
+        a.get_forces(), a.get_stress()  # energy, forces and stress into a.calc.results
+        out.append(atoms_to_structure(a, f"cu{seed}-{i}"))
     return out
 
 
