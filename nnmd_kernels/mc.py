@@ -97,6 +97,10 @@ class NNPEnergy:
 
     def __init__(self, potential, backend: str = "auto", serial_below: int = 512,
                  incremental: bool = True):
+        if potential.coulomb is not None:
+            raise ValueError("Monte Carlo updates energies locally, and this model has a Coulomb term "
+                             "(fixed charges, Ewald: a global sum) that such updates cannot follow; "
+                             "use a model trained without train.coulomb for MC")
         self.potential = potential
         self.backend = backend
         self.serial_below = int(serial_below)

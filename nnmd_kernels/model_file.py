@@ -2,7 +2,7 @@
 
     {
       "format": "nnmd-model",
-      "format_version": 1,
+      "format_version": 1 (2 when the model has a "coulomb" term),
       "sha256": "<hex digest of the canonical JSON of 'model'>",
       "model": {
         "descriptor": {...ChebyshevDescriptor fields...},
@@ -11,6 +11,7 @@
         "feature_mean": {"Si": [...]}, "feature_std": {"Si": [...]},          # (F,) per element
         "energy_shift": {"Si": e0},                                            # eV/atom
         "baseline": null | {"cutoff": R, "coefficients": {"Si-Si": [A, B, C, D]}},
+        "coulomb": {"charges": {"Li": 1.0, ...}, "r_cut": 8.0, "accuracy": 1e-6},  # only if present
         "metadata": {...}
       }
     }
@@ -33,11 +34,12 @@ import numpy as np
 
 from .baseline import PairBaseline
 from .descriptor import ChebyshevDescriptor
+from .electrostatics import CoulombTerm
 from .network import ElementNetwork
 from .potential import Potential, register_codec, register_format
 
 FORMAT = "nnmd-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the optional "coulomb" term; a model without one is still written as 1
 
 
 def potential_to_dict(pot) -> dict:
@@ -66,6 +68,8 @@ def potential_to_dict(pot) -> dict:
                 f"{sp[a]}-{sp[b]}": c[a, b].tolist() for a in range(len(sp)) for b in range(a, len(sp))
             },
         }
+    if pot.coulomb is not None:
+        model["coulomb"] = pot.coulomb.to_dict(sp)
     return model
 
 
@@ -98,9 +102,11 @@ def potential_from_dict(model: dict):
                 i, j = sp.index(e1), sp.index(e2)
                 coef[i, j] = coef[j, i] = vals
             baseline = PairBaseline(coef, b["cutoff"])
+        coul = CoulombTerm.from_dict(model["coulomb"], sp) if model.get("coulomb") else None
     except KeyError as exc:
         raise ValueError(f"model file: missing field {exc}") from None
-    return Potential(desc, tuple(nets), mean, std, shift, baseline, metadata=dict(model.get("metadata") or {}))
+    return Potential(desc, tuple(nets), mean, std, shift, baseline, coul,
+                     metadata=dict(model.get("metadata") or {}))
 
 
 def _canonical(model: dict) -> bytes:
@@ -115,7 +121,9 @@ def dumps(pot) -> tuple[str, str]:
     """(file text, sha256) of a potential."""
     model = potential_to_dict(pot)
     digest = hashlib.sha256(_canonical(model)).hexdigest()
-    doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "sha256": digest, "model": model}
+    # version 1 readers would ignore a Coulomb term and get every energy wrong: they must refuse it
+    version = FORMAT_VERSION if "coulomb" in model else 1
+    doc = {"format": FORMAT, "format_version": version, "sha256": digest, "model": model}
     return json.dumps(doc, sort_keys=True, allow_nan=False), digest
 
 

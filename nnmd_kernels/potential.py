@@ -1,6 +1,7 @@
 """The Behler–Parrinello potential: descriptor + per-element networks + Delta baseline.
 
     E = sum_i E_i,   E_i = e0[e_i] + (1/M) sum_m NN_{e_i, m}((G_i - mu_{e_i}) / sigma_{e_i}) + 1/2 sum_j phi(r_ij)
+                            [+ E_i^coul: the fixed-charge Ewald term, electrostatics.py, when the potential has one]
 
 Forces and the virial come from one vector-Jacobian product through the
 descriptor in pair space (see descriptor.py): with g_ij = dE/dr_ij,
@@ -32,6 +33,7 @@ import numpy as np
 from . import descriptor_ref
 from .baseline import PairBaseline, pair_terms
 from .descriptor import ChebyshevDescriptor
+from .electrostatics import CoulombTerm, coulomb
 from .elements import SYMBOLS, atomic_number
 from .neighbors import NeighborList, check_min_distance, neighbor_pairs, validate_geometry
 from .network import ElementNetwork, forward, input_gradient
@@ -148,6 +150,9 @@ class Potential:
     feature_mean[e]  (F,) and feature_std[e] (F,): per-feature standardisation
     energy_shift[e]  per-element reference energy e0, eV/atom
     baseline         PairBaseline or None (Delta-NNP off)
+    coulomb          CoulombTerm or None: fixed charges per species whose Ewald energy is part of
+                     the baseline (compute adds it; compute_pairs, the local pair-space core, does
+                     not: LAMMPS adds it as coul/long + kspace, services/md/lammps.py)
     """
 
     descriptor: ChebyshevDescriptor
@@ -156,6 +161,7 @@ class Potential:
     feature_std: np.ndarray
     energy_shift: np.ndarray
     baseline: PairBaseline | None = None
+    coulomb: CoulombTerm | None = None
     metadata: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
@@ -183,6 +189,8 @@ class Potential:
             raise ValueError("feature_std must be > 0 everywhere")
         if self.baseline is not None and self.baseline.coefficients.shape[0] != ne:
             raise ValueError("baseline coefficients do not match the number of species")
+        if self.coulomb is not None and len(self.coulomb.charges) != ne:
+            raise ValueError(f"coulomb charges: {len(self.coulomb.charges)} given, the model has {ne} species")
         z = np.zeros(len(SYMBOLS), dtype=np.int64) - 1
         for e, s in enumerate(self.descriptor.species):
             z[atomic_number(s)] = e
@@ -271,8 +279,28 @@ class Potential:
 
         positions (N, 3) A; numbers (N,) atomic numbers; cell (3, 3) A (rows are
         lattice vectors) or None; pbc bool or (3,). Pass a NeighborList to reuse
-        neighbours across calls (MD).
+        neighbours across calls (MD). The Coulomb term, if any, is included.
         """
+        res = self._compute_local(positions, numbers, cell, pbc, neighbors=neighbors, forces=forces,
+                                  backend=backend)
+        if self.coulomb is None:
+            return res
+        return self.add_coulomb(res, positions, numbers, cell, pbc, forces=forces)
+
+    def add_coulomb(self, res: PotentialResult, positions, numbers, cell, pbc, *, forces: bool = True):
+        """`res` with this potential's Coulomb term added (energies, forces, virial, stress)."""
+        pos, cell, pbc = validate_geometry(positions, cell, pbc)
+        c = coulomb(self.coulomb, pos, self.types_of(numbers), cell, pbc, forces=forces and res.forces is not None)
+        F = vir = stress = None
+        if c.forces is not None:
+            F = res.forces + c.forces
+            vir = res.virial + c.virial
+            if pbc.all():
+                stress = -vir / abs(np.linalg.det(cell))
+        return PotentialResult(res.energy + c.energy, res.energies + c.energies, F, vir, stress, res.energy_std,
+                               res.energies_models, res.descriptors)
+
+    def _compute_local(self, positions, numbers, cell, pbc, *, neighbors, forces, backend) -> PotentialResult:
         pos, cell, pbc = validate_geometry(positions, cell, pbc)
         types = self.types_of(numbers)
         if len(types) != len(pos):

@@ -65,6 +65,10 @@ def write_sannp(pot) -> str:
         raise ValueError(f"sannp export: all hidden layers must have the same width (got {hidden})")
     if any(n.hidden != hidden for n in pot.networks):
         raise ValueError("sannp export: all elements must have the same network shape")
+    if pot.coulomb is not None:
+        raise ValueError("sannp export: ffield.sannp has no electrostatic term, and this model's Coulomb "
+                         "term (fixed charges, Ewald) is part of its energy; export it with --format lammps "
+                         "(pair_style hybrid/overlay nnmd + coul/long) instead")
     with_classical = 0
     if pot.baseline is not None and np.any(pot.baseline.coefficients != 0):
         if abs(pot.baseline.cutoff - desc.cutoff) > 1e-12:

@@ -44,6 +44,7 @@ import numpy as np
 
 from .baseline import PairBaseline, design_matrix_row, pair_terms
 from .descriptor import ChebyshevDescriptor
+from .electrostatics import CoulombTerm, coulomb
 from .elements import atomic_number, symbol
 from .gpu.device import to_host
 from .neighbors import check_min_distance, neighbor_pairs, validate_geometry
@@ -155,6 +156,11 @@ class TrainConfig:
             raise ValueError(f"validation_fraction must be in [0, 1) (got {self.validation_fraction})")
         if self.max_epochs < 0 or self.warmup_epochs < 0:
             raise ValueError("max_epochs and warmup_epochs must be >= 0")
+    # fixed-charge electrostatics in the Delta baseline (electrostatics.py): {"charges": {"Li": 1,
+    # "O": -2, ...}, "r_cut": 8.0, "accuracy": 1e-6}. Its Ewald energy, forces and stress are
+    # taken off the labels before anything is fitted, and the model adds them back: the networks
+    # learn only the short-range rest. A warm start keeps its initial model's term.
+    coulomb: dict | None = None
         bs = self.batch_structures
         if not (bs == "auto" or (isinstance(bs, (int, np.integer)) and not isinstance(bs, bool) and bs >= 0)):
             raise ValueError(f"batch_structures must be 'auto', 0 (full batch) or a number of structures >= 1 "
@@ -184,6 +190,11 @@ def validate_structures(structures, need_forces: bool, species=None):
     out = []
     for k, s in enumerate(structures):
         tag = f"structure {k}" + (f" ({s.name})" if s.name else "")
+        if self.coulomb is not None:
+            if not isinstance(self.coulomb, dict):
+                raise ValueError(f"coulomb must be a mapping like {{charges: {{Li: 1, O: -2}}}} or null "
+                                 f"(got {self.coulomb!r})")
+            CoulombTerm.from_dict(self.coulomb, tuple(self.coulomb.get("charges") or {}))  # field errors now
         try:
             pos, cell, pbc = validate_geometry(s.positions, s.cell, s.pbc)
         except ValueError as exc:
@@ -910,6 +921,7 @@ def train(structures, cfg: TrainConfig | None = None, init: Potential | None = N
     cutoff = init.cutoff if init is not None else desc.cutoff
     ckpt = None
     if checkpoint_dir is not None:
+    coul = _coulomb_term(cfg, init, species)
         from pathlib import Path
 
         ckpt = Path(checkpoint_dir) / CHECKPOINT
@@ -921,6 +933,38 @@ def train(structures, cfg: TrainConfig | None = None, init: Potential | None = N
         if saved.get("config") != json.loads(json.dumps(_config_dict(cfg))) or \
                 saved.get("n_structures") != len(structures):
             raise ValueError(f"resume: {ckpt} was written for other data or settings "
+    if coul is not None:
+        structures = [without_coulomb(s, coul, species) for s in structures]
+    result = _train(structures, cfg, init, progress, checkpoint_dir, resume, announce, species, rng, need_forces,
+                    dropped)
+    if coul is None:
+        return result
+    return replace(result, potential=replace(result.potential, coulomb=coul))
+
+
+def _coulomb_term(cfg: TrainConfig, init: Potential | None, species) -> CoulombTerm | None:
+    """The model's Coulomb term: the initial model's on a warm start, else cfg.coulomb's."""
+    if init is not None:
+        return init.coulomb
+    if cfg.coulomb is None:
+        return None
+    return CoulombTerm.from_dict(cfg.coulomb, species)
+
+
+def without_coulomb(s: Structure, term: CoulombTerm, species) -> Structure:
+    """The labels of `s` less the fixed-charge Coulomb term (what the rest of the model fits)."""
+    z2t = {atomic_number(e): k for k, e in enumerate(species)}
+    types = np.array([z2t[int(z)] for z in s.numbers], dtype=np.int64)
+    c = coulomb(term, s.positions, types, s.cell, s.pbc, forces=s.forces is not None or s.stress is not None)
+    forces = None if s.forces is None else s.forces - c.forces
+    stress = None
+    if s.stress is not None:
+        stress = s.stress + c.virial / abs(np.linalg.det(s.cell))  # ASE sign: stress = -virial / V
+    return replace(s, energy=s.energy - c.energy, forces=forces, stress=stress)
+
+
+def _train(structures, cfg, init, progress, checkpoint_dir, resume, announce, species, rng, need_forces,
+           dropped) -> TrainResult:
                              f"({saved.get('n_structures')} structures)")
     size = plan_batches(structures, desc, cutoff, cfg)
     if size and resolve_device(cfg.device) == "cuda":

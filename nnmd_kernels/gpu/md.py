@@ -37,6 +37,10 @@ def device_force_fn(potential, numbers, pbc=(True, True, True), skin: float = 1.
     arrays and the results stay on the device (energy a 0-d array); with host=True
     (the CPU integrators in md/) numpy in, numpy and float out.
     """
+    if potential.coulomb is not None and not host:
+        raise ValueError("this model has a Coulomb term (fixed charges, Ewald), which the device "
+                         "integrators do not compute yet: run it with the CPU integrators (backend "
+                         "numba) or with --engine lammps (coul/long + kspace)")
     require_kernels()
     xp = default_xp() if xp is None else xp
     numbers = np.asarray(numbers)

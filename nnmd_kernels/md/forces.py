@@ -22,7 +22,10 @@ def potential_force_fn(potential, numbers, pbc=(True, True, True), skin=1.0, bac
         # nnmd_kernels.gpu.md keeps the whole step on the device
         from nnmd_kernels.gpu.md import device_force_fn
 
-        return device_force_fn(potential, numbers, pbc, skin, host=True)
+        fn = device_force_fn(potential, numbers, pbc, skin, host=True)
+        if potential.coulomb is None:
+            return fn
+        return _with_coulomb(fn, potential, numbers, pbc)
     pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
     neighbors = NeighborList(potential.cutoff, skin=skin)
 
@@ -32,6 +35,21 @@ def potential_force_fn(potential, numbers, pbc=(True, True, True), skin=1.0, bac
         return res.energy, res.forces, res.virial
 
     force_fn.neighbors = neighbors  # exposed for diagnostics (n_builds)
+    return force_fn
+
+
+def _with_coulomb(fn, potential, numbers, pbc):
+    """`fn` (a device force function, numpy out) plus the potential's Coulomb term on the CPU."""
+    from nnmd_kernels.electrostatics import coulomb
+
+    types = potential.types_of(numbers)
+    pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
+
+    def force_fn(positions, cell):
+        e, f, v = fn(positions, cell)
+        c = coulomb(potential.coulomb, positions, types, cell if pbc.any() else None, pbc)
+        return e + c.energy, f + c.forces, v + c.virial
+
     return force_fn
 
 

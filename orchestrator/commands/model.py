@@ -65,7 +65,7 @@ def _export_lammps(args) -> int:
         lib, built = Path("nnmdplugin.so"), False
     out.mkdir(exist_ok=True)
     write_text(model_file, text)
-    write_text(snippet_file, input_snippet(lib, str(model_file.resolve()), pot.species))
+    write_text(snippet_file, input_snippet(lib, str(model_file.resolve()), pot.species, pot.coulomb))
     note = "" if built else "; build the plugin first: nnmd lammps plugin"
     print(f"wrote {model_file} and {snippet_file} ({len(pot.species)} elements, {pot.n_models} "
           f"model(s)); in LAMMPS (units metal): include {snippet_file}{note}")

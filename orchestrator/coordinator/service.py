@@ -553,7 +553,7 @@ def _lammps_bundle(pot, model_json: bytes, campaign: str, version: int) -> bytes
         z.writestr("nnmd.model", model_text(pot))
         z.writestr("in.nnmd", f"# {campaign}, model v{version}; build the plugin with "
                    "`nnmd lammps plugin` and put its path on the plugin load line\n"
-                   + input_snippet(lib, "nnmd.model", pot.species))
+                   + input_snippet(lib, "nnmd.model", pot.species, pot.coulomb))
         z.writestr("model.nnmd", model_json)
     return buf.getvalue()
 

@@ -183,9 +183,10 @@ class LammpsNNP:
         rc, skin = self.potential.cutoff, spec.skin_a
         x = np.asarray(positions, float) @ self.rotation
         v = np.asarray(velocities, float) @ self.rotation * 1000.0  # A/fs -> A/ps
+        coul = self.potential.coulomb
         cmds = [
             "units metal",
-            "atom_style atomic",
+            "atom_style charge" if coul is not None else "atom_style atomic",
             "atom_modify map array",
             "boundary p p p",
             f"region nnmd_box prism 0 {lower[0, 0]:.17g} 0 {lower[1, 1]:.17g} 0 {lower[2, 2]:.17g} "
@@ -210,6 +211,8 @@ class LammpsNNP:
             raise RuntimeError(f"LAMMPS created {n_created} of {self.n_atoms} atoms")
         m = np.asarray(masses, float)
         cmds = [f"mass {lmp_type[t]} {m[np.flatnonzero(types == t)[0]]:.17g}" for t in present]
+        if coul is not None:  # the fixed charges of the Coulomb term, per LAMMPS type
+            cmds += [f"set type {lmp_type[t]} charge {float(coul.charges[t]):.17g}" for t in present]
         if self.pair != "external" and any(FIX_ID in c for c in spec.lammps_commands):
             self.pair = "external"  # the user's commands refer to the fix external
         if self.pair == "auto" and self._device_backend_in_use():
@@ -219,10 +222,14 @@ class LammpsNNP:
         if self.plugin is not None:
             model = self._write_model()
             elements = " ".join(self.potential.species[t] for t in present)
+            if coul is None:
+                pair = ["pair_style nnmd", f"pair_coeff * * {model} {elements}"]
+            else:
+                pair = [f"pair_style hybrid/overlay nnmd coul/long {coul.r_cut:.17g}",
+                        f"pair_coeff * * nnmd {model} {elements}", "pair_coeff * * coul/long"]
             cmds += [
                 f"plugin load {self.plugin}",
-                "pair_style nnmd",
-                f"pair_coeff * * {model} {elements}",
+                *pair,
                 f"neighbor {float(skin):.17g} bin",
                 "neigh_modify every 1 delay 0 check yes",
                 "compute nnmd_pair all pair nnmd",  # members' energies, non-finite count
@@ -230,7 +237,7 @@ class LammpsNNP:
             ]
         else:
             cmds += [
-                f"pair_style zero {float(rc):.17g}",
+                f"pair_style zero {float(rc):.17g}" if coul is None else f"pair_style coul/long {coul.r_cut:.17g}",
                 "pair_coeff * *",
                 f"neighbor {float(skin):.17g} bin",
                 "neigh_modify every 1 delay 0 check yes",
@@ -238,6 +245,10 @@ class LammpsNNP:
                 f"fix {FIX_ID} all external pf/callback 1 1",
                 f"fix_modify {FIX_ID} energy yes virial yes",
             ]
+            if coul is not None:  # the frames' energy and virial then come from LAMMPS' totals
+                cmds.append("compute nnmd_vir all pressure NULL virial")
+        if coul is not None:
+            cmds += coulomb_kspace(coul, self.n_atoms)
         cmds += [
             f"timestep {float(spec.dt_fs * 1e-3):.17g}",
             # LAMMPS' own log prints the pressure in GPa (its compute thermo_press is in bar)
@@ -310,9 +321,10 @@ class LammpsNNP:
             self._model_tmp = name
         return self.comm.bcast(name, root=0)
 
-    def _plugin_energy_virial(self):
-        """Energy (eV) and virial (3, 3, eV, LAMMPS frame) tallied by pair_style nnmd at the
-        current step (a thermo step: LAMMPS stops runs on one). Collective."""
+    def _total_energy_virial(self):
+        """LAMMPS' potential energy (eV) and virial (3, 3, eV, LAMMPS frame) at the current
+        step (a thermo step: LAMMPS stops runs on one): every pair style, kspace and the fix
+        external. Collective."""
         from mpi4py import MPI  # noqa: F401 - libmpi before any LAMMPS call
 
         self.energy = float(self.lmp.extract_compute("thermo_pe", 0, 0))
@@ -321,6 +333,11 @@ class LammpsNNP:
         vol = float(np.prod(np.array(boxhi) - np.array(boxlo)))
         v = p * vol / self.lmp.extract_global("nktv2p")
         self.virial = np.array([[v[0], v[3], v[4]], [v[3], v[1], v[5]], [v[4], v[5], v[2]]])
+
+    def _plugin_energy_virial(self):
+        """Energy and virial (as _total_energy_virial), the count of non-finite centres and of
+        force calls that pair_style nnmd tallied. Collective."""
+        self._total_energy_virial()
         extra = np.array(self.lmp.numpy.extract_compute("nnmd_pair", 0, 1), dtype=float)
         bad = extra[-2]
         self.n_calls = int(round(extra[-1]))  # force evaluations (pair_style nnmd counts them)
@@ -411,6 +428,8 @@ class LammpsNNP:
         f = self._gather("f", 3)
         if self.plugin is not None:
             self._plugin_energy_virial()
+        elif self.potential.coulomb is not None:
+            self._total_energy_virial()  # the fix external's share + coul/long + kspace
         q = self.rotation
         step = int(self.lmp.extract_global("ntimestep"))
         return MDFrame(step=step, time_fs=step * self.dt_fs, numbers=self.numbers,
@@ -424,6 +443,14 @@ class LammpsNNP:
             with contextlib.suppress(OSError):
                 os.unlink(self._model_tmp)
             self._model_tmp = None
+
+
+def coulomb_kspace(term, n_atoms: int) -> list[str]:
+    """LAMMPS commands for the long-range part of a CoulombTerm (its coul/long pair part is set
+    with the pair style): Ewald for small cells, PPPM from 2,000 atoms, both with the term's
+    splitting parameter, so that LAMMPS sums the same series as electrostatics.coulomb."""
+    style = "ewald" if n_atoms < 2000 else "pppm"
+    return [f"kspace_style {style} {term.accuracy:.17g}", f"kspace_modify gewald {term.alpha:.17g}"]
 
 
 def run_lammps(atoms, potential, spec: MDSpec, thermo=None, traj=None, comm=None,

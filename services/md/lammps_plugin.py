@@ -72,13 +72,29 @@ def model_text(pot) -> str:
     return "\n".join(lines) + "\n"
 
 
-def input_snippet(plugin: str | Path, model_file: str, species) -> str:
-    """The LAMMPS input lines that use the plugin (units metal; newton pair on)."""
+def input_snippet(plugin: str | Path, model_file: str, species, coulomb=None) -> str:
+    """The LAMMPS input lines that use the plugin (units metal; newton pair on). With a
+    Coulomb term (the model's CoulombTerm), the fixed charges are part of the model: the
+    lines add coul/long + kspace and say which charge each element needs."""
+    if coulomb is None:
+        return (
+            "# pair_style nnmd (nnmd export --format lammps); needs units metal and newton pair on\n"
+            f"plugin load {plugin}\n"
+            "pair_style nnmd\n"
+            f"pair_coeff * * {model_file} {' '.join(species)}\n"
+        )
+    from services.md.lammps import coulomb_kspace
+
+    charges = ", ".join(f"{s} {q:+g}" for s, q in zip(species, coulomb.charges))
     return (
-        "# pair_style nnmd (nnmd export --format lammps); needs units metal and newton pair on\n"
+        "# pair_style nnmd (nnmd export --format lammps) + the model's fixed-charge Coulomb term;\n"
+        "# needs units metal, newton pair on, atom_style charge and these charges on every atom\n"
+        f"# (set type N charge Q): {charges}\n"
         f"plugin load {plugin}\n"
-        "pair_style nnmd\n"
-        f"pair_coeff * * {model_file} {' '.join(species)}\n"
+        f"pair_style hybrid/overlay nnmd coul/long {coulomb.r_cut!r}\n"
+        f"pair_coeff * * nnmd {model_file} {' '.join(species)}\n"
+        "pair_coeff * * coul/long\n"
+        + "".join(c + "\n" for c in coulomb_kspace(coulomb, 0))
     )
 
 

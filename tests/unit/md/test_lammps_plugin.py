@@ -348,3 +348,37 @@ def test_engine_with_plugin_on_two_ranks_follows_native(plugin, tmp_path, monkey
     state = run_native(atoms_in, pot, spec)
     frames = read(tmp_path / "traj.extxyz", index=":")
     assert np.abs(frames[-1].positions - state.positions).max() < 1e-6
+
+
+@pytest.mark.parametrize("pair", ["plugin", "external"])
+def test_engine_adds_the_coulomb_term_as_coul_long_and_kspace(plugin, monkeypatch, pair):
+    """A model with a Coulomb term (fixed charges, Ewald): LAMMPS computes that term itself
+    (coul/long + kspace ewald with the term's splitting) beside the network, and the frames'
+    energy, forces and virial match Potential.compute, which sums the same series in numpy."""
+    from dataclasses import replace
+
+    from nnmd_kernels.electrostatics import CoulombTerm
+    from services.md import lammps_plugin
+    from services.md.lammps import run_lammps
+    from services.md.native import run_native
+    from services.md.spec import MDSpec
+
+    monkeypatch.setattr(lammps_plugin, "plugin_path", lambda **kw: plugin)
+    base = Potential.random(["Li", "P", "S"], seed=0, n_models=1, **SMALL)
+    atoms = _md_cell()
+    counts = {z: int((atoms.numbers == z).sum()) for z in (3, 15, 16)}
+    # charges that make this cell neutral: Li +1, P +q_P, S -q_S with counts
+    q_s = -(counts[3] + 5 * counts[15]) / counts[16]
+    pot = replace(base, coulomb=CoulombTerm(np.array([1.0, 5.0, q_s]), r_cut=5.0, accuracy=1e-8))
+    spec = MDSpec(ensemble="nve", dt_fs=0.5, steps=10, traj_interval=10, thermo_interval=10)
+    frames = []
+    final, info = run_lammps(atoms, pot, spec, traj=frames.append, pair=pair)
+    ref = pot.compute(atoms.positions, atoms.numbers, atoms.cell.array, True)
+    local = base.compute(atoms.positions, atoms.numbers, atoms.cell.array, True)
+    assert abs(ref.energy - local.energy) > 10.0  # the term is large here
+    assert frames[0].energy == pytest.approx(ref.energy, rel=1e-7)
+    np.testing.assert_allclose(frames[0].forces, ref.forces, rtol=0, atol=2e-5)
+    np.testing.assert_allclose(frames[0].virial, 0.5 * (ref.virial + ref.virial.T), rtol=2e-6, atol=1e-4)
+    state = run_native(atoms, pot, spec)
+    assert final.step == state.step == 10
+    assert np.abs(final.positions - state.positions).max() < 1e-5
