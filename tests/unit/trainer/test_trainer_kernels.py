@@ -218,3 +218,13 @@ def test_warm_start_refits_e0_baseline_and_standardisation():
     moved = train(squeezed, TrainConfig(**{**cfg, "max_epochs": 0}), init=first).potential
     assert not np.allclose(moved.feature_mean, first.feature_mean)
     assert not np.allclose(moved.baseline.coefficients, first.baseline.coefficients)
+
+
+def test_multi_element_descriptor_default_is_blocks():
+    from nnmd_kernels.training import DEFAULT_DESCRIPTOR, descriptor_options
+
+    assert descriptor_options({}, 1) == DEFAULT_DESCRIPTOR  # the source's "z" (descriptor default)
+    assert "weighting" not in descriptor_options({}, 2)
+    assert descriptor_options({}, 3)["weighting"] == "blocks"
+    assert descriptor_options({"weighting": "z"}, 4)["weighting"] == "z"  # what the user gives wins
+    assert descriptor_options({"n_radial": 8}, 4) == {"n_radial": 8, "n_angular": 6, "weighting": "blocks"}
