@@ -44,6 +44,12 @@ from services.runtime import faults
 CAMPAIGN_DOC = "campaign"  # checkpoint key holding the campaign's settings
 SMALL_CELL_ATOMS = 256  # below this, MD proposals run one numba thread each, side by side
 ON_FAILURE = ("stop", "reject")
+# the training's stress weight (per (eV/A^3)^2) when a campaign has NPT chains and its `train`
+# section does not set one: NPT chains, and the NPT MD a user runs next, move the cell, and a
+# model trained on energies and forces alone has an unconstrained pressure (LLZO: +27 GPa on
+# a frame of the teacher's zero-pressure MD, and the box ran away; docs/llzo.md). 20 weighs a
+# 0.3 GPa stress error like an 8 meV/atom energy error. Labels without a stress are skipped.
+NPT_STRESS_WEIGHT = 20.0
 
 # settings that must not change when a campaign resumes
 _FIXED_ON_RESUME = ("reference", "chains", "temperature", "ensemble", "pressure_gpa", "dt",
@@ -154,6 +160,37 @@ class CampaignConfig:
                 out.update({k: g[k] for k in out if k in g})
                 break
             first += int(g["count"])
+    def train_settings(self) -> dict:
+        """The `train` section with the campaign's defaults: a stress weight for NPT chains."""
+        out = dict(self.train)
+        if "stress_weight" not in out and any(self.chain_conditions(c)["ensemble"] == "npt"
+                                              for c in range(self.chains)):
+            out["stress_weight"] = NPT_STRESS_WEIGHT
+        return out
+
+    def chain_group(self, c: int) -> int | None:
+        """Index of chain c's group (None without groups)."""
+        first = 0
+        for g, grp in enumerate(self.chain_groups):
+            if first <= c < first + int(grp["count"]):
+                return g
+            first += int(grp["count"])
+        return None
+
+    def bootstraps(self) -> list[tuple[str, str | None, int, float, int | None]]:
+        """(chain name of the frames, structure file or None = the campaign's, steps,
+        temperature K, group) of every reference-MD bootstrap: the campaign's, then one per
+        chain group that has a structure of its own."""
+        from services.reference.aimd import AIMD_CHAIN
+
+        out = [(AIMD_CHAIN, None, int(self.bootstrap_steps), float(self.temperature), None)]
+        for g, grp in enumerate(self.chain_groups):
+            if grp.get("structure") is not None:
+                out.append((f"{AIMD_CHAIN}.g{g}", str(grp["structure"]),
+                            int(grp.get("bootstrap_steps", self.bootstrap_steps)),
+                            float(grp.get("temperature", self.temperature)), g))
+        return out
+
         return out
 
     def kernel_config(self, c: int = 0) -> slhmc.SLHMCConfig:
@@ -474,7 +511,7 @@ class Campaign:
             structures = [structures[i] for i in sel.indices]
             if sel.full:
                 sel = None
-        overrides = dict(self.cfg.train)
+        overrides = self.cfg.train_settings()
         init = None
         if models:
             init = self.model(models[-1][0])

@@ -148,3 +148,76 @@ def test_killed_bootstrap_continues_from_its_last_frame(cu, tmp_path, monkeypatc
     a = Store(url, read_only=True).read(campaign="t").arrays
     steps = sorted(a["step"][a["source"] == "aimd"].tolist())
     assert steps == list(range(7))  # bootstrap_steps + 1 frames, each once
+
+
+def test_npt_campaigns_train_with_the_stress_unless_told_otherwise(tmp_path):
+    from ase.build import bulk
+    from ase.io import write
+
+    from orchestrator.slhmc import NPT_STRESS_WEIGHT
+
+    path = tmp_path / "cu.xyz"
+    write(path, bulk("Cu", "fcc", a=3.6, cubic=True))
+    nvt = config(path, 1)
+    assert "stress_weight" not in nvt.train_settings()
+    npt = CampaignConfig(**{**nvt.__dict__, "ensemble": "npt"})
+    assert npt.train_settings()["stress_weight"] == NPT_STRESS_WEIGHT
+    told = CampaignConfig(**{**nvt.__dict__, "ensemble": "npt", "train": {"stress_weight": 0.0}})
+    assert told.train_settings()["stress_weight"] == 0.0
+    mixed = CampaignConfig(**{**nvt.__dict__, "chains": 2, "chain_groups": (
+        {"count": 1, "temperature": 300.0, "ensemble": "nvt"},
+        {"count": 1, "temperature": 300.0, "ensemble": "npt", "pressure_gpa": 0.0})})
+    assert mixed.train_settings()["stress_weight"] == NPT_STRESS_WEIGHT
+
+
+def test_chain_groups_with_their_own_structure_bootstrap_and_start_there(cu, tmp_path):
+    """Two phases in one campaign: a group with `structure` gets its own reference-MD
+    bootstrap from that file, its chains start from those frames, and a resume redoes
+    neither bootstrap."""
+    from ase.build import bulk
+    from ase.io import write
+
+    atoms, path = cu
+    other = bulk("Cu", "fcc", a=3.75, cubic=True).repeat(2)  # expanded: another "phase"
+    other.rattle(0.02, seed=3)
+    other_path = tmp_path / "expanded.xyz"
+    write(other_path, other)
+    groups = ({"count": 1, "temperature": 500.0, "ensemble": "nvt"},
+              {"count": 1, "temperature": 400.0, "ensemble": "nvt", "structure": str(other_path),
+               "bootstrap_steps": 3})
+    cfg = config(path, 1, chain_groups=groups)
+    url = str(tmp_path / "store")
+    run(cfg, url, atoms)
+    a = Store(url, read_only=True).read(campaign="t").arrays
+    aimd = a["source"] == "aimd"
+    assert int((aimd & (a["chain"] == "aimd")).sum()) == cfg.bootstrap_steps + 1
+    assert int((aimd & (a["chain"] == "aimd.g1")).sum()) == 3 + 1
+    store = Store(url, read_only=True)
+    vol = [abs(np.linalg.det(np.asarray(store.read_checkpoint("t", chain_name(c))["state"]["cell"])))
+           for c in range(2)]
+    assert vol[0] == pytest.approx(atoms.get_volume())  # NVT: each keeps its start cell
+    assert vol[1] == pytest.approx(other.get_volume())
+    run(config(path, 2, chain_groups=groups), url, atoms)
+    a = Store(url, read_only=True).read(campaign="t").arrays
+    assert int((a["source"] == "aimd").sum()) == cfg.bootstrap_steps + 1 + 4  # no bootstrap redone
+    with pytest.raises(ValueError, match=r"chain_groups\[1\].structure: no file"):
+        config(path, 1, chain_groups=(groups[0], {**groups[1], "structure": str(tmp_path / "nope.xyz")}))
+
+
+def test_spec_group_structure_is_relative_to_the_spec(tmp_path):
+    from ase.build import bulk
+    from ase.io import write
+
+    from orchestrator.coordinator.spec import SpecError, parse_spec
+
+    write(tmp_path / "a.xyz", bulk("Cu", "fcc", a=3.6, cubic=True))
+    write(tmp_path / "b.xyz", bulk("Cu", "fcc", a=3.7, cubic=True))
+    spec = {"name": "g", "reference": "emt", "structure": "a.xyz",
+            "chains": [{"count": 1}, {"count": 2, "structure": "b.xyz", "bootstrap_steps": 4}]}
+    s = parse_spec(spec, base_dir=tmp_path)
+    g = s.config.chain_groups[1]
+    assert g["structure"] == str((tmp_path / "b.xyz").resolve()) and g["bootstrap_steps"] == 4
+    with pytest.raises(SpecError, match="no file"):
+        parse_spec({**spec, "chains": [{"count": 1, "structure": "c.xyz"}]}, base_dir=tmp_path)
+    with pytest.raises(SpecError, match="only with a structure"):
+        parse_spec({**spec, "chains": [{"count": 1, "bootstrap_steps": 3}]}, base_dir=tmp_path)
