@@ -102,7 +102,10 @@ class CampaignConfig:
     reference_workers: int = 1  # reference calls at once (one backend each, e.g. one pw.x)
     qe: dict = field(default_factory=dict)  # QEConfig fields (ranks, threads, timeout_s, ...)
     # chain groups with their own conditions: ({count, temperature, ensemble, pressure_gpa,
-    # md_steps?}, ...); empty = `chains` chains at temperature/ensemble/pressure_gpa
+    # md_steps?, structure?, bootstrap_steps?}, ...); empty = `chains` chains at
+    # temperature/ensemble/pressure_gpa. A group with a `structure` (a file) gets a reference-MD
+    # bootstrap of its own from it (`bootstrap_steps`, default the campaign's, at the group's
+    # temperature) and its chains start from those frames: e.g. two phases in one campaign
     chain_groups: tuple = ()
     # Metropolis explorers beside the chains (orchestrator.explorer.ExplorerConfig fields);
     # empty = none
@@ -144,22 +147,19 @@ class CampaignConfig:
             if total != self.chains:
                 raise ValueError(f"chains ({self.chains}) must equal the sum of the chain "
                                  f"groups' counts ({total})")
+            for g, grp in enumerate(self.chain_groups):
+                if grp.get("structure") is not None and not Path(str(grp["structure"])).is_file():
+                    raise ValueError(f"chain_groups[{g}].structure: no file {grp['structure']} (give a "
+                                     "structure file ASE reads, relative to the spec)")
+                if "bootstrap_steps" in grp and int(grp["bootstrap_steps"]) < 1:
+                    raise ValueError(f"chain_groups[{g}].bootstrap_steps must be >= 1, got "
+                                     f"{grp['bootstrap_steps']}")
         for c in range(self.chains if self.chain_groups else 1):
             self.kernel_config(c)  # validates temperature, dt, md steps, ensemble, volume moves
         from orchestrator.explorer import explorer_config
 
         explorer_config(self.mc)  # validates the explorers' settings
 
-    def chain_conditions(self, c: int) -> dict:
-        """Temperature (K), ensemble, pressure (GPa) and md_steps of chain c."""
-        out = {"temperature": self.temperature, "ensemble": self.ensemble,
-               "pressure_gpa": self.pressure_gpa, "md_steps": self.md_steps}
-        first = 0
-        for g in self.chain_groups:
-            if first <= c < first + int(g["count"]):
-                out.update({k: g[k] for k in out if k in g})
-                break
-            first += int(g["count"])
     def train_settings(self) -> dict:
         """The `train` section with the campaign's defaults: a stress weight for NPT chains."""
         out = dict(self.train)
@@ -191,6 +191,16 @@ class CampaignConfig:
                             float(grp.get("temperature", self.temperature)), g))
         return out
 
+    def chain_conditions(self, c: int) -> dict:
+        """Temperature (K), ensemble, pressure (GPa) and md_steps of chain c."""
+        out = {"temperature": self.temperature, "ensemble": self.ensemble,
+               "pressure_gpa": self.pressure_gpa, "md_steps": self.md_steps}
+        first = 0
+        for g in self.chain_groups:
+            if first <= c < first + int(g["count"]):
+                out.update({k: g[k] for k in out if k in g})
+                break
+            first += int(g["count"])
         return out
 
     def kernel_config(self, c: int = 0) -> slhmc.SLHMCConfig:
@@ -403,15 +413,23 @@ class Campaign:
         return self.store.read(campaign=self.cfg.campaign)
 
     def bootstrap(self, atoms) -> None:
-        """First-principles MD frames (provenance aimd) until bootstrap_steps + 1 exist."""
-        from services.reference.aimd import AIMD_CHAIN, AIMDConfig, run_aimd
+        """First-principles MD frames (provenance aimd) until bootstrap_steps + 1 exist, from
+        `atoms`, and as many for every chain group with a structure of its own (from it)."""
+        from services.trainer.formats import read_structure
+
+        for chain, path, steps, temperature, group in self.cfg.bootstraps():
+            start = atoms if path is None else read_structure(path, f"chain_groups[{group}].structure")
+            self._bootstrap_run(start, chain, steps, temperature, 0 if group is None else group + 1)
+
+    def _bootstrap_run(self, atoms, chain: str, n_steps: int, temperature: float, salt: int) -> None:
+        from services.reference.aimd import AIMDConfig, run_aimd
         from services.runtime.convert import from_atoms
         from services.store import Provenance, Record
 
         batch = self._campaign_records()
-        mask = batch.arrays["source"] == "aimd"
+        mask = (batch.arrays["source"] == "aimd") & (batch.arrays["chain"] == chain)
         have = int(mask.sum())
-        want = self.cfg.bootstrap_steps + 1
+        want = n_steps + 1
         if have >= want:
             return
         start = atoms
@@ -420,9 +438,9 @@ class Campaign:
             start = _atoms(last.structure.positions, last.structure.numbers,
                            last.structure.cell, last.structure.pbc)
         steps = want - have - (0 if have else 1)
-        self.log(f"bootstrap: {steps} MD steps with the reference ({self.backend.name}), "
-                 f"{self.cfg.temperature:g} K" + (f", continuing after {have} frames"
-                                                  if have else ""))
+        self.log(f"bootstrap{'' if salt == 0 else ' ' + chain}: {steps} MD steps with the reference "
+                 f"({self.backend.name}), {temperature:g} K" + (f", continuing after {have} frames"
+                                                                if have else ""))
 
         def write(frame):
             k = int(frame.info["step"])
@@ -430,13 +448,13 @@ class Campaign:
                 return  # the restart frame is already stored
             structure, labels = from_atoms(frame)
             self.writer.append(Record(structure, labels, Provenance(
-                campaign=self.cfg.campaign, chain=AIMD_CHAIN, step=have + k - (1 if have else 0),
+                campaign=self.cfg.campaign, chain=chain, step=have + k - (1 if have else 0),
                 source="aimd", accepted=True, reference_settings_hash=self.ref_hash,
                 wall_time=float(frame.info.get("ref_wall_s", float("nan"))))))
 
         run = run_aimd(self.bootstrap_backend or self.backend, start, AIMDConfig(
-            temperature_K=self.cfg.temperature, steps=steps, timestep_fs=self.cfg.bootstrap_dt,
-            seed=self.cfg.seed + have), on_frame=write)
+            temperature_K=temperature, steps=steps, timestep_fs=self.cfg.bootstrap_dt,
+            seed=self.cfg.seed + have + 1_000_003 * salt), on_frame=write)
         if run.failure is not None and have + len(run.frames) < 2:
             raise ValueError(f"bootstrap: the reference failed ({run.failure}); check the "
                              "reference settings or the structure")
@@ -593,14 +611,21 @@ class Campaign:
     def init_chains(self) -> dict[str, dict]:
         """Each chain's checkpoint document; new chains start from bootstrap frames."""
         batch = self._campaign_records()
-        aimd = np.flatnonzero(batch.arrays["source"] == "aimd")
+        frames_of = {chain: np.flatnonzero((batch.arrays["source"] == "aimd") & (batch.arrays["chain"] == chain))
+                     for chain, *_ in self.cfg.bootstraps()}
+        own = {group: chain for chain, _, _, _, group in self.cfg.bootstraps() if group is not None}
         docs = {}
         for c in range(self.cfg.chains):
             name = chain_name(c)
             doc = self.store.read_checkpoint(self.cfg.campaign, name)
             if doc is None:
-                # later frames are closer to equilibrium: chain c starts from frame -1 - c
-                rec = batch.record(int(aimd[max(0, len(aimd) - 1 - c)]))
+                # a chain of a group with its own structure starts from that group's bootstrap
+                group = self.cfg.chain_group(c)
+                boot = own.get(group, self.cfg.bootstraps()[0][0])
+                aimd = frames_of[boot]
+                k = c - sum(int(g["count"]) for g in self.cfg.chain_groups[:group]) if boot in own.values() else c
+                # later frames are closer to equilibrium: chain k of its bootstrap starts from frame -1 - k
+                rec = batch.record(int(aimd[max(0, len(aimd) - 1 - k)]))
                 s = rec.structure
                 from ase.data import atomic_masses
 

@@ -4,7 +4,9 @@
     reference: emt                 # emt | qe:inputs/si.pwi | tblite | chgnet | ase:pkg.mod:f
     structure: cu-fcc-32.xyz       # any file ASE reads (default with qe:INPUT: its structure)
     store: nnmd-store              # Zarr store: folder or fsspec URL
-    chains: 4                      # or groups: [{count: 2, temperature: 600}, {count: 2, ...}]
+    chains: 4                      # or groups: [{count: 2, temperature: 600}, {count: 2, ...}];
+                                   # a group may bring its own structure: {count: 2, structure: b.xyz,
+                                   # bootstrap_steps: 50} (its own reference-MD bootstrap and chains)
     steps: 100                     # MC steps per chain
     temperature: 800.0             # K (per group if groups give it)
     ensemble: nvt                  # nvt | npt
@@ -68,7 +70,8 @@ _CONFIG_FIELDS = {f.name for f in dataclasses.fields(CampaignConfig)} - {"chain_
 _TOP_LEVEL = ({k for k in _CONFIG_FIELDS} - set(_RENAMED.values()) - set(_SAMPLING.values())) \
     | set(_RENAMED) | {"pressure_gpa", "store", "executor", "resources", "wait_for_model",
                        "description", "sampling", "production"}
-_GROUP_KEYS = {"count", "temperature", "ensemble", "pressure", "pressure_gpa", "md_steps"}
+_GROUP_KEYS = {"count", "temperature", "ensemble", "pressure", "pressure_gpa", "md_steps", "structure",
+               "bootstrap_steps"}
 _RESOURCE_KEYS = {
     "reference": {"workers", "num_cpus", "ranks", "threads", "resources", "max_restarts"},
     "trainer": {"num_gpus", "num_cpus", "resources"},
@@ -277,7 +280,7 @@ def parse_spec(spec: dict | str | os.PathLike, *, store: str | None = None,
 
     groups = raw.get("chains")
     if isinstance(groups, list):
-        kw["chain_groups"] = tuple(_groups(groups, raw))
+        kw["chain_groups"] = tuple(_groups(groups, raw, base))
         kw["chains"] = sum(g["count"] for g in kw["chain_groups"])
 
     res = raw.get("resources", {}) or {}
@@ -475,7 +478,7 @@ def production_md(production: dict, config: CampaignConfig, replica: int) -> dic
     return md
 
 
-def _groups(groups: list, raw: dict) -> list[dict]:
+def _groups(groups: list, raw: dict, base: Path | None = None) -> list[dict]:
     if not groups:
         raise SpecError("chains", "an empty list", "give a count, or groups with a count each")
     out = []
@@ -499,5 +502,17 @@ def _groups(groups: list, raw: dict) -> list[dict]:
         d["pressure_gpa"] = _pressure({"pressure": p}, "pressure", where)
         if "md_steps" in g:
             d["md_steps"] = _number(g, "md_steps", where, int, 1)
+        if "structure" in g:  # this group's own start (and reference-MD bootstrap)
+            if not isinstance(g["structure"], str) or not g["structure"]:
+                raise SpecError(f"{where}structure", f"must be a file name, got {g['structure']!r}")
+            d["structure"] = _relative(g["structure"], base)
+            if not Path(d["structure"]).is_file():
+                raise SpecError(f"{where}structure", f"no file {d['structure']}",
+                                "give a structure file (relative paths are relative to the spec)")
+        if "bootstrap_steps" in g:
+            if "structure" not in g:
+                raise SpecError(f"{where}bootstrap_steps", "only with a structure of the group's own",
+                                "add structure: FILE to the group, or drop bootstrap_steps")
+            d["bootstrap_steps"] = _number(g, "bootstrap_steps", where, int, 1)
         out.append(d)
     return out
