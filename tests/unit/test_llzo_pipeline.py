@@ -156,6 +156,13 @@ def test_campaign_spec_overrides_and_paths(llzo, tmp_path):
     assert desc["weighting"] == "blocks"  # separates the four elements (docs/llzo.md)
     assert desc["r_radial"] == desc["r_angular"] == 5.0
     assert cfg.train["stress_weight"] > 0  # NPT students need the stress
+    # the teacher's formal charges in the Delta baseline (electrostatics.py), valid for the model
+    from nnmd_kernels.electrostatics import CoulombTerm
+    from nnmd_kernels.training import TrainConfig
+
+    term = CoulombTerm.from_dict(cfg.train["coulomb"], ("Li", "O", "Zr", "La"))
+    assert dict(zip(("Li", "O", "Zr", "La"), term.charges.tolist())) == {"Li": 1, "O": -2, "Zr": 4, "La": 3}
+    TrainConfig.from_dict(cfg.train)
 
 
 def test_stage_redone_when_a_dependency_completed_after_it(llzo, tmp_path):
