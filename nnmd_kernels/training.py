@@ -937,9 +937,20 @@ def train(structures, cfg: TrainConfig | None = None, init: Potential | None = N
         structures = [without_coulomb(s, coul, species) for s in structures]
     result = _train(structures, cfg, init, progress, checkpoint_dir, resume, announce, species, rng, need_forces,
                     dropped)
-    if coul is None:
-        return result
-    return replace(result, potential=replace(result.potential, coulomb=coul))
+    meta = dict(result.potential.metadata)
+    volumes = volume_range(structures)
+    if volumes is not None:
+        # the range of cells the model has seen: MD stops a run whose cell leaves it far behind
+        # (services/md/guards.py); models without this key still load
+        meta["volume_per_atom_A3"] = volumes
+    return replace(result, potential=replace(result.potential, coulomb=coul, metadata=meta))
+
+
+def volume_range(structures) -> list[float] | None:
+    """[smallest, largest] volume per atom (A^3) of the fully periodic structures, or None."""
+    v = [abs(float(np.linalg.det(s.cell))) / len(s.numbers) for s in structures
+         if s.cell is not None and np.all(s.pbc) and len(s.numbers)]
+    return [min(v), max(v)] if v else None
 
 
 def _coulomb_term(cfg: TrainConfig, init: Potential | None, species) -> CoulombTerm | None:

@@ -13,7 +13,12 @@ A guard stops the run (MDStopped, `nnmd md` exits 3) when
   `nnmd train`), or, for a model (or pair) without it, `covalent_fraction` (0.5) x
   the sum of the covalent radii (ase.data.covalent_radii),
 - the ensemble's model deviation (max over atoms of the force standard deviation across
-  members, eV/A; computed at every thermo line and frame) exceeds `max_deviation`.
+  members, eV/A; computed at every thermo line and frame) exceeds `max_deviation`,
+- the cell's volume per atom leaves the training set's range (model metadata
+  `volume_per_atom_A3`, [min, max]) by more than `volume_factor` (1.3: above 1.3 x max or
+  below min / 1.3), at every thermo line and frame: an NPT run whose box runs away into
+  cells the model never saw (LLZO: a student's box grew 6-10x, docs/llzo.md) stops there
+  instead of writing out a meaningless trajectory.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ NVE_MIN_REFERENCE_K = 300.0  # an NVE start colder than this (e.g. 0 K) counts a
 TRAINING_FRACTION = 0.8
 COVALENT_FRACTION = 0.5
 DISTANCE_INTERVAL = 10
+VOLUME_FACTOR = 1.3
 
 
 class MDStopped(RuntimeError):
@@ -147,6 +153,18 @@ def _training_minima(metadata, species) -> dict:
     return out
 
 
+def _training_volumes(metadata) -> tuple[float, float] | None:
+    """(min, max) volume per atom of the training set from model metadata, or None."""
+    raw = (metadata or {}).get("volume_per_atom_A3")
+    try:
+        lo, hi = (float(x) for x in raw)
+    except (TypeError, ValueError):
+        return None
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi):
+        return None
+    return lo, hi
+
+
 def temperature_ceiling(ensemble: str, target: float | None, start: float,
                         factor: float = TEMPERATURE_FACTOR) -> tuple[float, str]:
     """(ceiling K, how it was set). target: the spec's temperature (None for NVE without
@@ -185,7 +203,8 @@ class Guard:
                  distance_interval: int = DISTANCE_INTERVAL,
                  temperature_factor: float = TEMPERATURE_FACTOR,
                  training_fraction: float = TRAINING_FRACTION,
-                 covalent_fraction: float = COVALENT_FRACTION, backend: str = "auto"):
+                 covalent_fraction: float = COVALENT_FRACTION, volume_factor: float = VOLUME_FACTOR,
+                 backend: str = "auto"):
         if distance_interval < 1:
             raise ValueError(f"distance_interval must be >= 1 step, got {distance_interval}")
         self.potential = potential
@@ -203,6 +222,10 @@ class Guard:
             temperature_factor)
         self.floor = (DistanceFloor(potential, training_fraction, covalent_fraction)
                       if potential is not None else None)
+        if not volume_factor >= 1:
+            raise ValueError(f"volume_factor must be >= 1, got {volume_factor}")
+        self.volume_factor = float(volume_factor)
+        self.volume_range = _training_volumes(potential.metadata if potential is not None else None)
 
     @classmethod
     def for_spec(cls, potential, atoms, spec, velocities, **options) -> Guard:
@@ -239,6 +262,19 @@ class Guard:
             return None
         return self.floor.check(positions, self.types, np.asarray(cell), np.asarray(pbc, bool))
 
+    def check_volume(self, cell, pbc, n_atoms: int) -> str | None:
+        """None, or why the cell is outside the training volumes (periodic cells only)."""
+        if self.volume_range is None or not np.all(np.asarray(pbc, bool)) or n_atoms < 1:
+            return None
+        v = abs(float(np.linalg.det(np.asarray(cell, float)))) / n_atoms
+        lo, hi = self.volume_range
+        f = self.volume_factor
+        if lo / f <= v <= hi * f:
+            return None
+        return (f"the volume per atom, {v:.4g} A^3, is outside {lo / f:.4g}-{hi * f:.4g} A^3 "
+                f"({f:g} x the training set's range {lo:.4g}-{hi:.4g} A^3): the cell has left the "
+                "model's domain (label such cells, or run NVT)")
+
     def model_deviation(self, positions, cell, pbc) -> float | None:
         """The max force deviation, eV/A (None when not computed for this model)."""
         if not self.deviation:
@@ -263,6 +299,8 @@ class Guard:
         reason = self.check_cheap(frame.energy, frame.forces, frame.velocities, frame.masses)
         if reason is None:
             reason = self.check_distances(frame.positions, frame.cell, frame.pbc)
+        if reason is None:
+            reason = self.check_volume(frame.cell, frame.pbc, len(frame.positions))
         dev = None
         if reason is None:
             dev = self.model_deviation(frame.positions, frame.cell, frame.pbc)
@@ -284,7 +322,7 @@ def check_max_deviation(potential, max_deviation) -> None:
 
 
 __all__ = ["COVALENT_FRACTION", "DISTANCE_INTERVAL", "DistanceFloor", "Guard", "MDStopped",
-           "TEMPERATURE_FACTOR", "TRAINING_FRACTION", "check_max_deviation",
+           "TEMPERATURE_FACTOR", "TRAINING_FRACTION", "VOLUME_FACTOR", "check_max_deviation",
            "temperature_ceiling"]
 
 

@@ -561,6 +561,8 @@ class _LammpsWatch:
                                        frame.masses)
             if reason is None:
                 reason = g.check_distances(frame.positions, frame.cell, frame.pbc)
+            if reason is None:
+                reason = g.check_volume(frame.cell, frame.pbc, len(frame.positions))
             dev = None
             if reason is None and (thermo_due or traj_due):
                 dev = g.model_deviation(frame.positions, frame.cell, frame.pbc)

@@ -97,6 +97,8 @@ class GuardedRun:
         reason = g.check_cheap(s.energy, s.forces, s.velocities, s.masses)
         if reason is None and (thermo_due or traj_due or g.distance_due(s.step)):
             reason = g.check_distances(s.positions, s.cell, s.pbc)
+        if reason is None and (thermo_due or traj_due):
+            reason = g.check_volume(s.cell, s.pbc, len(s.positions))
         dev = None
         if reason is None and (thermo_due or traj_due):
             dev = g.model_deviation(s.positions, s.cell, s.pbc)

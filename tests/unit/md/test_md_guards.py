@@ -273,3 +273,47 @@ def test_training_writes_min_pair_distances_and_old_models_still_load(tmp_path):
     assert min_pair_distances(np.zeros(0, int), [], [], np.zeros((0, 3)), ("Cu",)) == {}
     # a model written before this key existed: loads, and the floor falls back
     assert not DistanceFloor(Potential.random(["Cu", "Au"], seed=0, **SMALL)).from_training
+
+
+@pytest.mark.parametrize("engine", ["native", pytest.param("lammps", marks=pytest.mark.lammps)])
+def test_a_cell_far_outside_the_training_volumes_stops_the_run(inputs, tmp_path, capsys, engine):
+    """A model that knows its training volumes (metadata volume_per_atom_A3, written by
+    training) stops an MD run whose cell is 1.3x beyond them, naming the range."""
+    pot = Potential.load(inputs / "m.nnmd")
+    atoms = _lps16()
+    v = atoms.get_volume() / len(atoms)
+    meta = {**pot.metadata, "volume_per_atom_A3": [0.5 * v, v / 1.5]}  # this cell: 1.5x the largest
+    from dataclasses import replace
+
+    replace(pot, metadata=meta).save(tmp_path / "v.nnmd")
+    argv = ["md", "--model", str(tmp_path / "v.nnmd"), "--structure", str(inputs / "s.extxyz"),
+            "--dt", "0.5", "--traj", str(tmp_path / "t.extxyz"), "--force", "--ensemble", "nvt",
+            "--temperature", "300", "--steps", "5", "--quiet", "--engine", engine]
+    assert cli.main(argv) == 3
+    err = _one_line(capsys.readouterr().err)
+    assert "the volume per atom" in err and "1.3 x the training set's range" in err
+    # inside the range (x 1.3): no stop
+    meta["volume_per_atom_A3"] = [0.5 * v, v / 1.2]
+    replace(pot, metadata=meta).save(tmp_path / "v.nnmd")
+    assert cli.main(argv) == 0
+    g = Guard(replace(pot, metadata=meta), atoms.numbers, "nvt", 300.0, 300.0)
+    assert g.check_volume(atoms.cell.array * 2, [True] * 3, len(atoms)) is not None
+    assert g.check_volume(atoms.cell.array * 2, [True, True, False], len(atoms)) is None  # not periodic
+
+
+def test_training_writes_the_volume_range():
+    from ase.calculators.emt import EMT
+
+    from nnmd_kernels.training import Structure, TrainConfig, train
+
+    structures = []
+    for k, a0 in enumerate((3.55, 3.7)):
+        a = bulk("Cu", "fcc", a=a0, cubic=True)
+        a.rattle(0.05, seed=k)
+        a.calc = EMT()
+        structures.append(Structure(a.positions, a.numbers, a.cell.array, a.pbc,
+                                    a.get_potential_energy(), a.get_forces()))
+    cfg = TrainConfig(descriptor=dict(n_radial=4, n_angular=2, r_radial=4.0, r_angular=3.0),
+                      hidden=(4,), max_epochs=1, warmup_epochs=0)
+    lo, hi = train(structures, cfg).potential.metadata["volume_per_atom_A3"]
+    assert lo == pytest.approx(3.55**3 / 4) and hi == pytest.approx(3.7**3 / 4)
