@@ -122,11 +122,14 @@ class CoulombResult:
     virial: np.ndarray | None
 
 
-def coulomb(term: CoulombTerm, positions, types, cell=None, pbc=False, *, forces: bool = True) -> CoulombResult:
+def coulomb(term: CoulombTerm, positions, types, cell=None, pbc=False, *, forces: bool = True,
+            pairs=None) -> CoulombResult:
     """The fixed-charge Coulomb energy (forces, virial) of one structure.
 
     positions (N, 3) A; types (N,) species indices into term.charges; cell (3, 3) rows are
-    lattice vectors; pbc all True (Ewald) or all False (direct sum)."""
+    lattice vectors; pbc all True (Ewald) or all False (direct sum). pairs: the full
+    neighbour list within term.r_cut at these positions (e.g. a NeighborList's update in
+    MD), else one is built."""
     pos, cell, pbc = validate_geometry(positions, cell, pbc)
     types = np.asarray(types, dtype=np.int64)
     if types.shape != (len(pos),):
@@ -135,7 +138,7 @@ def coulomb(term: CoulombTerm, positions, types, cell=None, pbc=False, *, forces
         raise ValueError(f"types must be in 0..{len(term.charges) - 1}")
     q = term.charges[types]
     if pbc.all():
-        return _ewald(term, pos, q, cell, forces)
+        return _ewald(term, pos, q, cell, forces, pairs)
     if not pbc.any():
         return _direct(pos, q, forces)
     raise ValueError("the Coulomb term needs pbc in all three directions or in none "
@@ -176,7 +179,7 @@ def k_vectors(cell, k_cut: float) -> np.ndarray:
     return k[k2 < k_cut * k_cut]
 
 
-def _ewald(term, pos, q, cell, forces):
+def _ewald(term, pos, q, cell, forces, pairs=None):
     n = len(pos)
     a = term.alpha
     vol = abs(float(np.linalg.det(cell)))
@@ -184,7 +187,8 @@ def _ewald(term, pos, q, cell, forces):
     F = np.zeros((n, 3)) if forces else None
     vir = np.zeros((3, 3)) if forces else None
     # real space: a full pair list, each pair counted from both ends (half to each centre)
-    pairs = neighbor_pairs(pos, cell, True, term.r_cut)
+    if pairs is None:
+        pairs = neighbor_pairs(pos, cell, True, term.r_cut)
     if len(pairs):
         d = pairs.distances
         qq = COULOMB_EV_A * q[pairs.i] * q[pairs.j]

@@ -28,6 +28,21 @@ def potential_force_fn(potential, numbers, pbc=(True, True, True), skin=1.0, bac
         return _with_coulomb(fn, potential, numbers, pbc)
     pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
     neighbors = NeighborList(potential.cutoff, skin=skin)
+    if potential.coulomb is not None and pbc.all():
+        # the Coulomb term's real-space pairs from a Verlet list of their own (r_cut + skin)
+        from nnmd_kernels.electrostatics import coulomb
+
+        term, types = potential.coulomb, potential.types_of(numbers)
+        coulomb_neighbors = NeighborList(term.r_cut, skin=skin)
+
+        def force_fn(positions, cell):
+            res = potential._compute_local(positions, numbers, cell, pbc, neighbors=neighbors, forces=True,
+                                           backend=backend)
+            c = coulomb(term, positions, types, cell, pbc, pairs=coulomb_neighbors.update(positions, cell, pbc))
+            return res.energy + c.energy, res.forces + c.forces, res.virial + c.virial
+
+        force_fn.neighbors = neighbors
+        return force_fn
 
     def force_fn(positions, cell):
         res = potential.compute(positions, numbers, cell if pbc.any() else None, pbc,
