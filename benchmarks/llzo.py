@@ -82,7 +82,8 @@ class Settings:
 FULL = Settings()
 QUICK = Settings(
     temperatures=(800.0, 1000.0, 1200.0),
-    campaign={"chains": 2, "steps": 40, "bootstrap_steps": 40, "retrain_every": 40,
+    campaign={"chains": [{"count": 1}, {"count": 1, "structure": "cubic_96.extxyz", "bootstrap_steps": 20}],
+              "steps": 40, "bootstrap_steps": 20, "retrain_every": 40,
               "retrain_epochs": 30, "md_steps": 10, "md_steps_max": 20,
               "train": {"descriptor": {"n_radial": 12, "n_angular": 6, "r_radial": 5.0,
                                        "r_angular": 5.0, "weighting": "typespin"},
@@ -176,6 +177,9 @@ def campaign_spec(settings: Settings, work: Path) -> Path:
     spec = _merge(spec, settings.campaign)
     spec["reference"] = "lammps:" + str(EXAMPLE / spec["reference"].split(":", 1)[1])
     spec["structure"] = str(EXAMPLE / spec["structure"])
+    if isinstance(spec.get("chains"), list):  # chain groups with a structure of their own
+        spec["chains"] = [{**g, "structure": str(EXAMPLE / g["structure"])} if "structure" in g else g
+                          for g in spec["chains"]]
     spec["store"] = str(work / "store")
     path = work / "campaign.yaml"
     atomic_write_text(path, yaml.safe_dump(spec, sort_keys=False))
@@ -592,9 +596,10 @@ def force_rmse(model: Path, trajs: dict, settings: Settings) -> dict:
 
 
 def compare_weighting(store: str, campaign: str, test_trajs, weightings=("z", "typespin", "blocks"),
-                      descriptor=None, train=None, n_test: int = 8, log=print) -> dict:
+                      descriptor=None, train=None, n_test: int = 8, log=print, coulomb=None) -> dict:
     """Train one model per descriptor weighting on the same campaign labels and score each
-    on held-out teacher frames (forces, energies, stress). Same seed, data, network, epochs.
+    on held-out teacher frames (forces, energies, stress). Same seed, data, network, epochs,
+    and the campaign's Coulomb baseline (`coulomb`, train.coulomb of its spec) when it has one.
     """
     from ase.io import read
 
@@ -612,6 +617,8 @@ def compare_weighting(store: str, campaign: str, test_trajs, weightings=("z", "t
     descriptor = dict(descriptor or {"n_radial": 12, "n_angular": 6, "r_radial": 5.0,
                                      "r_angular": 5.0})
     train = dict(train or {"hidden": [20, 20], "max_epochs": 60, "stress_weight": 20.0})
+    if coulomb is not None:
+        train["coulomb"] = coulomb
     out = {"labels": len(labels), "test_structures": len(test), "descriptor": descriptor,
            "train": train, "by_weighting": {}}
     for w in weightings:
@@ -758,9 +765,13 @@ def main(argv=None) -> int:
         f"{k} {v:.0f}" for k, v in extra["stage_wall_s"].items()))
     print(f"total {wall:.0f} s; wrote {out}")
     if args.compare_weighting:
+        import yaml
+
+        spec_train = (yaml.safe_load((work / "campaign.yaml").read_text()) or {}).get("train") or {}
         cmp = st.run("compare_weighting", lambda: compare_weighting(
             str(work / "store"), "llzo-classical",
-            [work / "md" / f"teacher_{p}_{temps[0]:g}.extxyz" for p in PHASES]))
+            [work / "md" / f"teacher_{p}_{temps[0]:g}.extxyz" for p in PHASES],
+            coulomb=spec_train.get("coulomb")))
         atomic_write_json(work / "weighting.json", cmp)
     return 0
 

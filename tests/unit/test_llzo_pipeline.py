@@ -140,7 +140,8 @@ def test_campaign_spec_overrides_and_paths(llzo, tmp_path):
 
     path = llzo.campaign_spec(llzo.QUICK, tmp_path)
     d = yaml.safe_load(path.read_text())
-    assert d["chains"] == llzo.QUICK.campaign["chains"]
+    assert [g["count"] for g in d["chains"]] == [g["count"] for g in llzo.QUICK.campaign["chains"]]
+    assert Path(d["chains"][1]["structure"]).is_absolute()  # the group's file, made absolute
     assert d["train"]["descriptor"]["weighting"] == "typespin"  # quick: cheaper
     assert d["sampling"]["cell_moves"] == "anisotropic"
     spec = parse_spec(path)
@@ -148,7 +149,9 @@ def test_campaign_spec_overrides_and_paths(llzo, tmp_path):
     assert Path(spec.config.structure).exists()
     full = parse_spec(llzo.SPEC)  # the committed spec: the source's settings
     cfg = full.config
-    assert cfg.bootstrap_steps + cfg.chains * cfg.steps == 2500
+    boots = cfg.bootstraps()  # the tetragonal bootstrap and the cubic group's own
+    assert [Path(b[1]).name if b[1] else None for b in boots] == [None, "cubic_96.extxyz"]
+    assert sum(b[2] for b in boots) + cfg.chains * cfg.steps == 2500
     assert (cfg.temperature, cfg.ensemble, cfg.dt) == (800.0, "npt", 0.25)
     assert (cfg.md_steps_min, cfg.md_steps_max, cfg.cell_moves) == (10, 80, "anisotropic")
     assert cfg.train["hidden"] == [40, 40]
