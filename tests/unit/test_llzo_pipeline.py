@@ -192,3 +192,14 @@ def test_stage_redone_when_a_dependency_completed_after_it(llzo, tmp_path):
     os.utime(st.marker("md"), ns=(t + 10**9, t + 10**9))
     assert st.run("an", an, depends=["md"]) == 2  # ... so its analysis is redone
     assert n == {"md": 2, "an": 2}
+
+
+def test_chgnet_spec_distils_at_least_300_labels_without_coulomb(llzo):
+    from orchestrator.coordinator.spec import parse_spec
+
+    cfg = parse_spec(llzo.CHGNET_SPEC).config
+    assert cfg.reference == "chgnet" and cfg.ensemble == "npt"
+    boots = cfg.bootstraps()
+    labels = sum(b[2] + 1 for b in boots) + cfg.chains * cfg.steps
+    assert labels >= 300  # the issue: a campaign of at least 300 CHGNet labels
+    assert "coulomb" not in cfg.train  # CHGNet has no explicit long-range electrostatics
