@@ -246,7 +246,7 @@ def test_training_writes_min_pair_distances_and_old_models_still_load(tmp_path):
 
     structures = []
     for k in range(3):
-        a = bulk("Cu", "fcc", a=3.6, cubic=True)
+        a = bulk("Cu", "fcc", a=3.55 + 0.05 * k, cubic=True)
         a.numbers[0] = 79
         a.rattle(0.1, seed=k)
         a.calc = EMT()
@@ -255,6 +255,8 @@ def test_training_writes_min_pair_distances_and_old_models_still_load(tmp_path):
     cfg = TrainConfig(descriptor=dict(n_radial=4, n_angular=2, r_radial=4.0, r_angular=3.0),
                       hidden=(4,), max_epochs=1, warmup_epochs=0)
     pot = train(structures, cfg).potential
+    # the volume range of the training cells (the MD volume guard's)
+    assert pot.metadata["volume_per_atom_A3"] == pytest.approx([3.55**3 / 4, 3.65**3 / 4])
     seen = pot.metadata["min_pair_distance_A"]
     expect = {}
     for s in structures:
@@ -300,20 +302,3 @@ def test_a_cell_far_outside_the_training_volumes_stops_the_run(inputs, tmp_path,
     assert g.check_volume(atoms.cell.array * 2, [True] * 3, len(atoms)) is not None
     assert g.check_volume(atoms.cell.array * 2, [True, True, False], len(atoms)) is None  # not periodic
 
-
-def test_training_writes_the_volume_range():
-    from ase.calculators.emt import EMT
-
-    from nnmd_kernels.training import Structure, TrainConfig, train
-
-    structures = []
-    for k, a0 in enumerate((3.55, 3.7)):
-        a = bulk("Cu", "fcc", a=a0, cubic=True)
-        a.rattle(0.05, seed=k)
-        a.calc = EMT()
-        structures.append(Structure(a.positions, a.numbers, a.cell.array, a.pbc,
-                                    a.get_potential_energy(), a.get_forces()))
-    cfg = TrainConfig(descriptor=dict(n_radial=4, n_angular=2, r_radial=4.0, r_angular=3.0),
-                      hidden=(4,), max_epochs=1, warmup_epochs=0)
-    lo, hi = train(structures, cfg).potential.metadata["volume_per_atom_A3"]
-    assert lo == pytest.approx(3.55**3 / 4) and hi == pytest.approx(3.7**3 / 4)
