@@ -511,6 +511,57 @@ def build_result(teacher: str, labels: int, wall_s: float, temps, phases: dict,
 SCHEMA_KEYS = {"teacher", "labels", "wall_s", "temperatures_K", "phases", "force_rmse_meV_A"}
 
 
+def acceptance(result: dict) -> dict:
+    """The issue's acceptance checks on a result (its schema + extra.phases), each with the
+    numbers it compared and a verdict (None where it cannot be decided):
+
+    D: at each T where the teacher's D has a standard error < 15 % and both runs are
+       diffusive and stable: |D_s - D_t| <= max(0.25 D_t, 2 sqrt(err_s^2 + err_t^2));
+    Ea: |Ea_s - Ea_t| <= 0.05 eV (both fitted);
+    V: per temperature |V_s / V_t - 1| <= 0.5 %;
+    ratio: the student's sigma_cubic / sigma_tetragonal at 600 K (extrapolated) within 30 %
+       of the teacher's (D ratio times the volume ratio, as sigma = n q^2 D / kT)."""
+    temps = result["temperatures_K"]
+    ex = (result.get("extra") or {}).get("phases") or {}
+    out: dict = {"D": [], "Ea": {}, "V": [], "ratio": None}
+    for p in ("cubic", "tetragonal"):
+        ph = result["phases"][p]
+        info = ex.get(p) or {}
+        for k, t in enumerate(temps):
+            dt, et = ph["teacher_D"][k], ph["teacher_D_err"][k]
+            ds, es = ph["student_D"][k], ph["student_D_err"][k]
+            ok_runs = all(bool((info.get(w) or {}).get(key, [True] * len(temps))[k])
+                          for w in ("teacher", "student") for key in ("diffusive", "stable"))
+            row = {"phase": p, "T": t, "teacher_D": dt, "student_D": ds}
+            if None in (dt, et, ds, es) or not dt > 0:
+                row["verdict"] = None
+            else:
+                row["teacher_rel_err"] = et / dt
+                tol = max(0.25 * dt, 2.0 * float(np.hypot(es, et)))
+                row.update(tolerance=tol, deviation=abs(ds - dt))
+                row["verdict"] = (abs(ds - dt) <= tol) if (et / dt < 0.15 and ok_runs) else None
+            out["D"].append(row)
+            vt = (info.get("teacher") or {}).get("V_A3_per_T", [None] * len(temps))[k]
+            vs = (info.get("student") or {}).get("V_A3_per_T", [None] * len(temps))[k]
+            dv = (vs / vt - 1.0) if (vt and vs) else None
+            out["V"].append({"phase": p, "T": t, "teacher_V_A3": vt, "student_V_A3": vs, "rel": dv,
+                             "verdict": None if dv is None else abs(dv) <= 0.005})
+        et_, es_ = ph["teacher_Ea_eV"], ph["student_Ea_eV"]
+        out["Ea"][p] = {"teacher": et_, "student": es_,
+                        "verdict": None if None in (et_, es_) else abs(es_ - et_) <= 0.05}
+    sig = {(p, w): (ex.get(p) or {}).get(w, {}).get("sigma_600K_S_per_cm")
+           for p in ("cubic", "tetragonal") for w in ("teacher", "student")}
+    if all(v for v in sig.values()):
+        rt = sig[("cubic", "teacher")] / sig[("tetragonal", "teacher")]
+        rs = sig[("cubic", "student")] / sig[("tetragonal", "student")]
+        out["ratio"] = {"teacher": rt, "student": rs, "rel": rs / rt - 1.0, "verdict": abs(rs / rt - 1.0) <= 0.30}
+    verdicts = ([r["verdict"] for r in out["D"] + out["V"]] + [v["verdict"] for v in out["Ea"].values()]
+                + [out["ratio"]["verdict"] if out["ratio"] else None])
+    out["all_decided_pass"] = all(v for v in verdicts if v is not None)
+    out["undecided"] = sum(v is None for v in verdicts)
+    return out
+
+
 def check_schema(d: dict) -> None:
     """ValueError unless d has the issue's schema (extra top-level 'extra' allowed)."""
     missing = SCHEMA_KEYS - set(d)
@@ -555,6 +606,30 @@ def markdown_table(result: dict) -> str:
             f"| {SOURCE_SIGMA_600K[p]:g} | {EXPERIMENT_SIGMA[p]:g} |")
     lines += ["", "| T (K) | held-out force RMSE (meV/A) |", "| --- | --- |"]
     lines += [f"| {t} | {v:.1f} |" for t, v in result["force_rmse_meV_A"].items()]
+    acc = (result.get("extra") or {}).get("acceptance")
+    if acc:
+        def mark(v):
+            return "-" if v is None else ("pass" if v else "FAIL")
+
+        lines += ["", "| acceptance check | numbers | verdict |", "| --- | --- | --- |"]
+        for r in acc["D"]:
+            num = (f"D_s {r['student_D']:.3g} vs D_t {r['teacher_D']:.3g} (tolerance {r['tolerance']:.2g}; "
+                   f"teacher error {100 * r['teacher_rel_err']:.0f} %)" if "tolerance" in r else "no D")
+            lines.append(f"| D {r['phase']} {r['T']:g} K | {num} | {mark(r['verdict'])} |")
+        for p, r in acc["Ea"].items():
+            num = (f"{r['student']:.3f} vs {r['teacher']:.3f} eV" if None not in (r["student"], r["teacher"])
+                   else "not fitted")
+            lines.append(f"| Ea {p} | {num} | {mark(r['verdict'])} |")
+        for r in acc["V"]:
+            num = f"{100 * r['rel']:+.2f} %" if r["rel"] is not None else "no volume"
+            lines.append(f"| V {r['phase']} {r['T']:g} K | {num} | {mark(r['verdict'])} |")
+        r = acc["ratio"]
+        lines.append("| sigma_c / sigma_t at 600 K | "
+                     + (f"{r['student']:.3g} vs {r['teacher']:.3g} ({100 * r['rel']:+.0f} %)" if r else "not fitted")
+                     + f" | {mark(r['verdict'] if r else None)} |")
+        lines.append(f"\n{'every decided check passes' if acc['all_decided_pass'] else 'some checks FAIL'}; "
+                     f"{acc['undecided']} undecided ('-': teacher error >= 15 %, a run not diffusive, "
+                     "or nothing fitted)")
     return "\n".join(lines)
 
 
@@ -833,6 +908,7 @@ def main(argv=None) -> int:
         camp["labels"], wall, temps, phases,
         {float(t): v["force_rmse_meV_A"] for t, v in rmse.items()}, extra)
     check_schema(result)
+    result["extra"]["acceptance"] = acceptance(result)
     result["extra"]["plots"] = plots(result, runs, Path(args.plots) if args.plots
                                      else work / "plots")
     atomic_write_json(out, result)

@@ -203,3 +203,26 @@ def test_chgnet_spec_distils_at_least_300_labels_without_coulomb(llzo):
     labels = sum(b[2] + 1 for b in boots) + cfg.chains * cfg.steps
     assert labels >= 300  # the issue: a campaign of at least 300 CHGNet labels
     assert "coulomb" not in cfg.train  # CHGNet has no explicit long-range electrostatics
+
+
+def test_acceptance_checks_the_issue_criteria(llzo):
+    """Student D 1.1x the teacher's (inside 25 %), the same Ea and volumes; then a student
+    whose cubic D is 1.5x off, and a teacher error above 15 % (undecided)."""
+    temps = [700.0, 900.0, 1100.0]
+    phases = {"cubic": _phase(llzo, temps), "tetragonal": _phase(llzo, temps)}
+    extra = {"phases": {p: phases[p]["extra"] for p in phases}}
+    res = llzo.build_result("teacher", 120, 42.0, temps, phases, {700.0: 80.0}, extra=extra)
+    acc = llzo.acceptance(res)
+    assert [r["verdict"] for r in acc["D"]] == [True] * 6
+    assert all(v["verdict"] for v in acc["Ea"].values())
+    assert [r["verdict"] for r in acc["V"]] == [True] * 6
+    assert acc["ratio"]["verdict"] and acc["ratio"]["rel"] == pytest.approx(0.0, abs=1e-9)
+    assert acc["all_decided_pass"] and acc["undecided"] == 0
+    bad = json.loads(json.dumps(res))
+    bad["phases"]["cubic"]["student_D"][0] *= 1.5 / 1.1
+    bad["phases"]["tetragonal"]["teacher_D_err"][1] = 0.2 * bad["phases"]["tetragonal"]["teacher_D"][1]
+    bad["extra"]["phases"]["cubic"]["student"]["V_A3_per_T"][2] *= 1.01
+    acc = llzo.acceptance(bad)
+    assert acc["D"][0]["verdict"] is False and acc["D"][4]["verdict"] is None
+    assert acc["V"][2]["verdict"] is False and not acc["all_decided_pass"] and acc["undecided"] == 1
+    assert "FAIL" in llzo.markdown_table({**bad, "extra": {**bad["extra"], "acceptance": acc}})
