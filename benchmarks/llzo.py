@@ -253,6 +253,17 @@ def run_campaign(settings: Settings, work: Path, log=print, source: Path | None 
             "holdout": last_holdout(spec.store, spec.name)}
 
 
+def campaign_report(store: Path, campaign: str, out: Path) -> dict:
+    """The campaign's report.html (`nnmd report --format html`: acceptance, energies, volumes,
+    errors per model version)."""
+    cmd = [str(Path(sys.executable).with_name("nnmd")), "report", "--store", str(store), "--campaign", campaign,
+           "--format", "html", "-o", str(out), "--force"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"nnmd report failed (exit {proc.returncode}): {(proc.stdout + proc.stderr).strip()[-500:]}")
+    return {"report": str(out), "bytes": out.stat().st_size}
+
+
 def last_holdout(store: str, campaign: str) -> dict:
     """Held-out errors of the campaign's last model (labels no training saw; meV/atom, meV/A)."""
     from orchestrator.slhmc import campaign_models
@@ -851,6 +862,8 @@ def main(argv=None) -> int:
                [f"campaign_start_{n}"])
     camp = st.run("campaign", lambda: run_campaign(settings, work), ["model/model.nnmd"], depends=starts96)
     model = work / "model" / "model.nnmd"
+    st.run("report_html", partial(campaign_report, work / "store", "llzo-classical", work / "report.html"),
+           ["report.html"], depends=["campaign"])
 
     starts = {p: st.run(f"relax_{p}", partial(relax_start, p, work), [f"start_{p}.extxyz"])
               for p in PHASES}
