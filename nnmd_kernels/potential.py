@@ -281,7 +281,7 @@ class Potential:
         lattice vectors) or None; pbc bool or (3,). Pass a NeighborList to reuse
         neighbours across calls (MD). The Coulomb term, if any, is included.
         """
-        res = self._compute_local(positions, numbers, cell, pbc, neighbors=neighbors, forces=forces,
+        res = self.compute_local(positions, numbers, cell, pbc, neighbors=neighbors, forces=forces,
                                   backend=backend)
         if self.coulomb is None:
             return res
@@ -300,7 +300,9 @@ class Potential:
         return PotentialResult(res.energy + c.energy, res.energies + c.energies, F, vir, stress, res.energy_std,
                                res.energies_models, res.descriptors)
 
-    def _compute_local(self, positions, numbers, cell, pbc, *, neighbors, forces, backend) -> PotentialResult:
+    def compute_local(self, positions, numbers, cell=None, pbc=False, *, neighbors: NeighborList | None = None,
+                      forces: bool = True, backend: str = "auto") -> PotentialResult:
+        """`compute` without the Coulomb term: the local part (networks, e0, pair baseline)."""
         pos, cell, pbc = validate_geometry(positions, cell, pbc)
         types = self.types_of(numbers)
         if len(types) != len(pos):

@@ -36,7 +36,7 @@ def potential_force_fn(potential, numbers, pbc=(True, True, True), skin=1.0, bac
         coulomb_neighbors = NeighborList(term.r_cut, skin=skin)
 
         def force_fn(positions, cell):
-            res = potential._compute_local(positions, numbers, cell, pbc, neighbors=neighbors, forces=True,
+            res = potential.compute_local(positions, numbers, cell, pbc, neighbors=neighbors, forces=True,
                                            backend=backend)
             c = coulomb(term, positions, types, cell, pbc, pairs=coulomb_neighbors.update(positions, cell, pbc))
             return res.energy + c.energy, res.forces + c.forces, res.virial + c.virial
