@@ -135,28 +135,70 @@ class Stages:
                              f"{self.work}")
         return d
 
-    def run(self, name: str, fn, outputs=(), depends=()):
-        """fn() -> JSON-able result, unless the marker exists, its outputs are there and no
-        stage in `depends` completed after it (then it is redone)."""
+    def cached(self, name: str, depends=()):
+        """The stored result of a completed stage (None when it must run): its marker exists,
+        its outputs are there and no stage in `depends` completed after it."""
         d = self.done(name)
+        if d is None:
+            return None
         mine = self.marker(name)
-        stale = d is not None and any(
-            self.marker(dep).exists() and self.marker(dep).stat().st_mtime_ns
-            > mine.stat().st_mtime_ns for dep in depends)
-        if d is not None and not stale and all((self.work / o).exists()
-                                               for o in d.get("outputs", [])):
-            self.log(f"[{name}] done before ({d['wall_s']:.1f} s), skipped")
-            self.timings[name] = 0.0
-            return d["result"]
-        t0 = time.perf_counter()
-        result = fn()
-        wall = time.perf_counter() - t0
+        stale = any(self.marker(dep).exists() and self.marker(dep).stat().st_mtime_ns
+                    > mine.stat().st_mtime_ns for dep in depends)
+        if stale or not all((self.work / o).exists() for o in d.get("outputs", [])):
+            return None
+        self.log(f"[{name}] done before ({d['wall_s']:.1f} s), skipped")
+        self.timings[name] = 0.0
+        return d
+
+    def _finish(self, name: str, result, wall: float, outputs) -> None:
         atomic_write_json(self.marker(name), {"key": self.key, "wall_s": wall, "result": result,
                                               "outputs": [str(o) for o in outputs],
                                               "load_average": list(os.getloadavg())})
         self.timings[name] = wall
         self.log(f"[{name}] {wall:.1f} s")
+
+    def run(self, name: str, fn, outputs=(), depends=()):
+        """fn() -> JSON-able result, unless the marker exists, its outputs are there and no
+        stage in `depends` completed after it (then it is redone)."""
+        d = self.cached(name, depends)
+        if d is not None:
+            return d["result"]
+        t0 = time.perf_counter()
+        result = fn()
+        self._finish(name, result, time.perf_counter() - t0, outputs)
         return result
+
+    def run_many(self, stages, jobs: int = 1) -> dict:
+        """Independent stages [(name, fn, outputs)], `jobs` at a time in worker processes
+        (fn must pickle: a partial of a module function); each marker is written as its stage
+        completes, so an interrupted batch loses only the stages still running. Returns
+        {name: result}."""
+        out, todo = {}, []
+        for name, fn, outputs in stages:
+            d = self.cached(name)
+            if d is not None:
+                out[name] = d["result"]
+            else:
+                todo.append((name, fn, outputs))
+        if jobs <= 1 or len(todo) <= 1:
+            for name, fn, outputs in todo:
+                out[name] = self.run(name, fn, outputs)
+            return out
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from llzo_structures import timed_call
+
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(timed_call, fn): (name, outputs) for name, fn, outputs in todo}
+            for f in as_completed(futures):
+                name, outputs = futures[f]
+                result, wall = f.result()
+                self._finish(name, result, wall, outputs)
+                out[name] = result
+        return out
+
 
 
 # ------------------------------------------------------------------ campaign
@@ -831,6 +873,9 @@ def main(argv=None) -> int:
                     help="student MD engine (default lammps)")
     ap.add_argument("--plots", default=None, help="folder for msd.png and arrhenius.png "
                     "(default WORK/plots)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="MD runs (teacher and student) at once, in worker processes (default 1; "
+                         "2 on 2 cores halves the MD stages' wall time)")
     ap.add_argument("--chgnet", action="store_true",
                     help="also distil CHGNet (examples/llzo/chgnet.yaml, ~302 labels, needs "
                          "pip install -e '.[chgnet]'; ~30-45 min on 2 cores) and run the student's "
@@ -867,26 +912,22 @@ def main(argv=None) -> int:
 
     starts = {p: st.run(f"relax_{p}", partial(relax_start, p, work), [f"start_{p}.extxyz"])
               for p in PHASES}
-    teacher, student = {}, {}
-    for p in PHASES:
-        atoms = phase_structure(p, work)
-        for k, t in enumerate(temps):
-            traj = work / "md" / f"teacher_{p}_{t:g}.extxyz"
-            teacher[(p, t)] = st.run(
-                f"teacher_md_{p}_{t:g}",
-                partial(teacher_md, atoms, t, settings, traj, settings.seed + k),
-                [traj.relative_to(work)])
+    # the teacher's and the student's MD runs: independent, `--jobs` at a time
+    md_stages = []
+    for who in ("teacher", "student"):
+        for p in PHASES:
+            atoms = phase_structure(p, work)
+            for k, t in enumerate(temps):
+                traj = work / "md" / f"{who}_{p}_{t:g}.extxyz"
+                fn = (partial(teacher_md, atoms, t, settings, traj, settings.seed + k) if who == "teacher" else
+                      partial(student_md, model, atoms, t, settings, traj, settings.seed + k, work))
+                md_stages.append((f"{who}_md_{p}_{t:g}", fn, [traj.relative_to(work)]))
+    md_done = st.run_many(md_stages, jobs=args.jobs)
+    teacher = {(p, t): md_done[f"teacher_md_{p}_{t:g}"] for p in PHASES for t in temps}
+    student = {(p, t): md_done[f"student_md_{p}_{t:g}"] for p in PHASES for t in temps}
     rmse = st.run("force_rmse", lambda: force_rmse(
         model, {t: [work / "md" / f"teacher_{p}_{t:g}.extxyz" for p in PHASES] for t in temps},
         settings))
-    for p in PHASES:
-        atoms = phase_structure(p, work)
-        for k, t in enumerate(temps):
-            traj = work / "md" / f"student_{p}_{t:g}.extxyz"
-            student[(p, t)] = st.run(
-                f"student_md_{p}_{t:g}",
-                partial(student_md, model, atoms, t, settings, traj, settings.seed + k, work),
-                [traj.relative_to(work)])
 
     def analysis(who, p, t, md):
         traj = work / "md" / f"{who}_{p}_{t:g}.extxyz"
@@ -951,6 +992,7 @@ def main(argv=None) -> int:
         "stage_wall_s": {m.stem: json.loads(m.read_text())["wall_s"]
                          for m in sorted((work / "done").glob("*.json"))},
         "this_invocation_wall_s": time.perf_counter() - t_start,
+        "jobs": args.jobs,
         "start_structures": starts,
         "teacher_md": {f"{p}/{t:g}": v for (p, t), v in teacher.items()},
         "student_md": {f"{p}/{t:g}": v for (p, t), v in student.items()},

@@ -67,6 +67,14 @@ N_LI_CELL = 56
 # ------------------------------------------------------------------ structures
 
 
+def timed_call(fn):
+    """(fn(), its wall time in s): benchmarks/llzo.py's stages in worker processes, timed
+    there (a module function, so that it pickles into a spawned worker)."""
+    t0 = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - t0
+
+
 def _sorted(atoms: Atoms) -> Atoms:
     """Atoms in the order Li, La, Zr, O (stable within an element)."""
     sym = atoms.get_chemical_symbols()

@@ -248,3 +248,15 @@ def test_campaign_starts_from_teacher_equilibrated_cells(llzo, tmp_path, monkeyp
     assert d["structure"] == str(llzo.EXAMPLE / "tetragonal_96.extxyz")  # not equilibrated here
     c = yaml.safe_load(llzo.campaign_spec(llzo.FULL, tmp_path, llzo.CHGNET_SPEC, "chgnet_").read_text())
     assert c["chains"][1]["structure"] == str(llzo.EXAMPLE / "cubic_96.extxyz")
+
+
+def test_run_many_runs_independent_stages_in_workers_and_resumes(llzo, tmp_path):
+    from functools import partial
+
+    st = llzo.Stages(tmp_path, {"k": 1}, log=lambda m: None)
+    stages = [(f"s{i}", partial(json.dumps, {"i": i}), []) for i in range(3)]
+    out = st.run_many(stages, jobs=2)
+    assert out == {f"s{i}": json.dumps({"i": i}) for i in range(3)}
+    assert all(st.marker(f"s{i}").exists() for i in range(3))
+    again = st.run_many(stages + [("s3", partial(json.dumps, 3), [])], jobs=2)  # three skipped, one run
+    assert again["s3"] == "3" and st.timings["s0"] == 0.0
