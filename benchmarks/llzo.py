@@ -878,7 +878,7 @@ def main(argv=None) -> int:
                          "2 on 2 cores halves the MD stages' wall time)")
     ap.add_argument("--chgnet", action="store_true",
                     help="also distil CHGNet (examples/llzo/chgnet.yaml, ~302 labels, needs "
-                         "pip install -e '.[chgnet]'; ~30-45 min on 2 cores) and run the student's "
+                         "pip install -e '.[chgnet]'; ~15 min on 2 cores) and run the student's "
                          f"NPT MD for {CHGNET_MD_PS:g} ps at {CHGNET_MD_T:g} K (JSON extra.chgnet)")
     ap.add_argument("--compare-weighting", action="store_true",
                     help="after the run: train z / typespin / blocks models on the campaign's "
