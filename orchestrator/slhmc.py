@@ -168,14 +168,14 @@ class CampaignConfig:
             out["stress_weight"] = NPT_STRESS_WEIGHT
         return out
 
-    def chain_group(self, c: int) -> int | None:
-        """Index of chain c's group (None without groups)."""
+    def chain_group(self, c: int) -> tuple[int | None, int]:
+        """(index of chain c's group, c's index within it); (None, c) outside any group."""
         first = 0
         for g, grp in enumerate(self.chain_groups):
             if first <= c < first + int(grp["count"]):
-                return g
+                return g, c - first
             first += int(grp["count"])
-        return None
+        return None, c
 
     def bootstraps(self) -> list[tuple[str, str | None, int, float, int | None]]:
         """(chain name of the frames, structure file or None = the campaign's, steps,
@@ -195,12 +195,9 @@ class CampaignConfig:
         """Temperature (K), ensemble, pressure (GPa) and md_steps of chain c."""
         out = {"temperature": self.temperature, "ensemble": self.ensemble,
                "pressure_gpa": self.pressure_gpa, "md_steps": self.md_steps}
-        first = 0
-        for g in self.chain_groups:
-            if first <= c < first + int(g["count"]):
-                out.update({k: g[k] for k in out if k in g})
-                break
-            first += int(g["count"])
+        g, _ = self.chain_group(c)
+        if g is not None:
+            out.update({k: self.chain_groups[g][k] for k in out if k in self.chain_groups[g]})
         return out
 
     def kernel_config(self, c: int = 0) -> slhmc.SLHMCConfig:
@@ -611,20 +608,21 @@ class Campaign:
     def init_chains(self) -> dict[str, dict]:
         """Each chain's checkpoint document; new chains start from bootstrap frames."""
         batch = self._campaign_records()
+        boots = self.cfg.bootstraps()
         frames_of = {chain: np.flatnonzero((batch.arrays["source"] == "aimd") & (batch.arrays["chain"] == chain))
-                     for chain, *_ in self.cfg.bootstraps()}
-        own = {group: chain for chain, _, _, _, group in self.cfg.bootstraps() if group is not None}
+                     for chain, *_ in boots}
+        own = {group: chain for chain, _, _, _, group in boots if group is not None}
         docs = {}
         for c in range(self.cfg.chains):
             name = chain_name(c)
             doc = self.store.read_checkpoint(self.cfg.campaign, name)
             if doc is None:
-                # a chain of a group with its own structure starts from that group's bootstrap
-                group = self.cfg.chain_group(c)
-                boot = own.get(group, self.cfg.bootstraps()[0][0])
+                # a chain of a group with its own structure starts from that group's bootstrap,
+                # the others from the campaign's; later frames are closer to equilibrium: the
+                # k-th chain of a bootstrap starts from its frame -1 - k
+                group, within = self.cfg.chain_group(c)
+                boot, k = (own[group], within) if group in own else (boots[0][0], c)
                 aimd = frames_of[boot]
-                k = c - sum(int(g["count"]) for g in self.cfg.chain_groups[:group]) if boot in own.values() else c
-                # later frames are closer to equilibrium: chain k of its bootstrap starts from frame -1 - k
                 rec = batch.record(int(aimd[max(0, len(aimd) - 1 - k)]))
                 s = rec.structure
                 from ase.data import atomic_masses
