@@ -12,7 +12,8 @@ def potential_force_fn(potential, numbers, pbc=(True, True, True), skin=1.0, bac
     """The NNP as a force function; its neighbour list is reused with a Verlet skin (A).
 
     Elements the model lacks raise ValueError here, before any step runs. One force
-    function per replica: each keeps its own neighbour list.
+    function per replica: each keeps its own neighbour list (and one for the real-space
+    pairs of the potential's Coulomb term, when it has one).
     Returns force_fn(positions (N, 3) A, cell (3, 3) A) -> (eV, (N, 3) eV/A, (3, 3) eV).
     """
     numbers = np.asarray(numbers)
@@ -23,48 +24,37 @@ def potential_force_fn(potential, numbers, pbc=(True, True, True), skin=1.0, bac
         from nnmd_kernels.gpu.md import device_force_fn
 
         fn = device_force_fn(potential, numbers, pbc, skin, host=True)
-        if potential.coulomb is None:
-            return fn
-        return _with_coulomb(fn, potential, numbers, pbc)
-    pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
-    neighbors = NeighborList(potential.cutoff, skin=skin)
-    if potential.coulomb is not None and pbc.all():
-        # the Coulomb term's real-space pairs from a Verlet list of their own (r_cut + skin)
-        from nnmd_kernels.electrostatics import coulomb
+    else:
+        pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
+        neighbors = NeighborList(potential.cutoff, skin=skin)
 
-        term, types = potential.coulomb, potential.types_of(numbers)
-        coulomb_neighbors = NeighborList(term.r_cut, skin=skin)
+        def fn(positions, cell):
+            res = potential.compute_local(positions, numbers, cell if pbc.any() else None, pbc,
+                                          neighbors=neighbors, backend=backend)
+            return res.energy, res.forces, res.virial
 
-        def force_fn(positions, cell):
-            res = potential.compute_local(positions, numbers, cell, pbc, neighbors=neighbors, forces=True,
-                                           backend=backend)
-            c = coulomb(term, positions, types, cell, pbc, pairs=coulomb_neighbors.update(positions, cell, pbc))
-            return res.energy + c.energy, res.forces + c.forces, res.virial + c.virial
-
-        force_fn.neighbors = neighbors
-        return force_fn
-
-    def force_fn(positions, cell):
-        res = potential.compute(positions, numbers, cell if pbc.any() else None, pbc,
-                                neighbors=neighbors, backend=backend)
-        return res.energy, res.forces, res.virial
-
-    force_fn.neighbors = neighbors  # exposed for diagnostics (n_builds)
-    return force_fn
+        fn.neighbors = neighbors  # exposed for diagnostics (n_builds)
+    if potential.coulomb is None:
+        return fn
+    return _with_coulomb(fn, potential, numbers, pbc, skin)
 
 
-def _with_coulomb(fn, potential, numbers, pbc):
-    """`fn` (a device force function, numpy out) plus the potential's Coulomb term on the CPU."""
+def _with_coulomb(fn, potential, numbers, pbc, skin):
+    """`fn` (the local part, numpy out) plus the potential's Coulomb term on the CPU, its
+    real-space pairs from a Verlet list of their own (r_cut + skin)."""
     from nnmd_kernels.electrostatics import coulomb
 
-    types = potential.types_of(numbers)
+    term, types = potential.coulomb, potential.types_of(numbers)
     pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
+    pairs = NeighborList(term.r_cut, skin=skin) if pbc.all() else None
 
     def force_fn(positions, cell):
         e, f, v = fn(positions, cell)
-        c = coulomb(potential.coulomb, positions, types, cell if pbc.any() else None, pbc)
+        c = coulomb(term, positions, types, cell if pbc.any() else None, pbc,
+                    pairs=pairs.update(positions, cell, pbc) if pairs is not None else None)
         return e + c.energy, f + c.forces, v + c.virial
 
+    force_fn.neighbors = getattr(fn, "neighbors", None)
     return force_fn
 
 
