@@ -320,33 +320,49 @@ CHGNET_MD_PS = 50.0  # the issue: the CHGNet student's MD stable for 50 ps at 10
 CHGNET_MD_T = 1000.0
 
 
-def chgnet_md(model: Path, atoms, traj: Path, seed: int) -> dict:
-    """The CHGNet student's NPT (anisotropic, 0 GPa) MD of a 192-atom cell at 1000 K for
-    CHGNET_MD_PS at 1 fs (`nnmd md --engine lammps`, guards on): stable = the run ends
-    normally (no guard stop) with its volume within MAX_VOLUME_CHANGE of the start."""
+def nnmd_npt(model: Path, atoms, traj: Path, temperature: float, n_steps: int, dt_fs: float,
+             frame_every: int, seed: int, engine: str = "lammps"):
+    """`nnmd md` NPT (anisotropic, 0 GPa, guards on) of `atoms` from a start file beside `traj`;
+    its frames go to a partial file that the caller finishes. Returns (process, wall s,
+    frames (possibly none), the partial file); the command and its output go to traj.log."""
     from ase.io import read, write
 
     start = traj.with_name(f"{traj.stem}.start.extxyz")
     start.parent.mkdir(parents=True, exist_ok=True)
     write(start, atoms, format="extxyz")
     tmp = traj.with_name(f"{traj.stem}.partial.extxyz")
-    n = int(round(CHGNET_MD_PS * 1000))
     cmd = [str(Path(sys.executable).with_name("nnmd")), "md", "--model", str(model), "--structure", str(start),
-           "--engine", "lammps", "--ensemble", "npt", "--temperature", str(CHGNET_MD_T), "--pressure", "0",
-           "--anisotropic", "--dt", "1.0", "--steps", str(n), "--traj-interval", "500",
-           "--thermo-interval", "5000", "--seed", str(seed), "-o", str(tmp), "--force", "--quiet"]
+           "--engine", engine, "--ensemble", "npt", "--temperature", str(temperature), "--pressure", "0",
+           "--anisotropic", "--dt", str(dt_fs), "--steps", str(n_steps), "--traj-interval", str(frame_every),
+           "--thermo-interval", str(frame_every * 10), "--seed", str(seed), "-o", str(tmp), "--force", "--quiet"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     traj.with_suffix(".log").write_text(" ".join(cmd) + "\n" + proc.stdout + proc.stderr)
     frames = read(tmp, index=":") if tmp.exists() and tmp.stat().st_size else []
-    v = np.array([a.get_volume() for a in frames]) if frames else np.array([np.nan])
-    drift = float(np.nanmax(np.abs(v / v[0] - 1.0)))
+    return proc, wall, frames, tmp
+
+
+def _write_frames(frames, traj: Path, tmp: Path) -> None:
+    """The kept frames to `traj` (atomically); the partial file removed."""
+    from ase.io import write
+
     if frames:
         write(traj.with_name(f".{traj.name}.tmp"), frames, format="extxyz")
         os.replace(traj.with_name(f".{traj.name}.tmp"), traj)
     if tmp.exists():
         tmp.unlink()
+
+
+def chgnet_md(model: Path, atoms, traj: Path, seed: int) -> dict:
+    """The CHGNet student's NPT (anisotropic, 0 GPa) MD of a 192-atom cell at 1000 K for
+    CHGNET_MD_PS at 1 fs (`nnmd md --engine lammps`, guards on): stable = the run ends
+    normally (no guard stop) with its volume within MAX_VOLUME_CHANGE of the start."""
+    n = int(round(CHGNET_MD_PS * 1000))
+    proc, wall, frames, tmp = nnmd_npt(model, atoms, traj, CHGNET_MD_T, n, 1.0, 500, seed)
+    v = np.array([a.get_volume() for a in frames]) if frames else np.array([np.nan])
+    drift = float(np.nanmax(np.abs(v / v[0] - 1.0)))
+    _write_frames(frames, traj, tmp)
     ps = float(frames[-1].info.get("time_fs", 0.0)) / 1000.0 if frames else 0.0
     return {"exit": proc.returncode, "ps": ps, "wall_s": wall, "ms_per_step": 1000.0 * wall / n,
             "frames": len(frames), "max_volume_change": drift,
@@ -453,38 +469,19 @@ def teacher_md(atoms, temperature: float, settings: Settings, traj: Path, seed: 
 def student_md(model: Path, atoms, temperature: float, settings: Settings, traj: Path,
                seed: int, work: Path) -> dict:
     """`nnmd md` NPT (anisotropic) from the same start; equilibration frames dropped later."""
-    from ase.io import read, write
-
-    start = work / "md" / f"{traj.stem}.start.extxyz"
-    start.parent.mkdir(parents=True, exist_ok=True)
-    write(start, atoms, format="extxyz")
-    tmp = traj.with_name(f"{traj.stem}.partial.extxyz")
     n = settings.equil_steps + settings.prod_steps
-    cmd = [str(Path(sys.executable).with_name("nnmd")), "md", "--model", str(model),
-           "--structure", str(start), "--engine", settings.engine, "--ensemble", "npt",
-           "--temperature", str(temperature), "--pressure", "0", "--anisotropic",
-           "--dt", str(settings.dt_fs), "--steps", str(n),
-           "--traj-interval", str(settings.frame_every), "--thermo-interval",
-           str(settings.frame_every * 10), "--seed", str(seed), "-o", str(tmp),
-           "--force", "--quiet"]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    log = traj.with_suffix(".log")
-    log.write_text(" ".join(cmd) + "\n" + proc.stdout + proc.stderr)
+    proc, wall, frames, tmp = nnmd_npt(model, atoms, traj, temperature, n, settings.dt_fs, settings.frame_every,
+                                       seed, settings.engine)
     if proc.returncode != 0:
         return {"failed": True, "exit": proc.returncode, "wall_s": wall,
                 "why": (proc.stdout + proc.stderr).strip().splitlines()[-1:]}
-    frames = read(tmp, index=":")
     v = np.array([a.get_volume() for a in frames])
     drift = float(np.max(np.abs(v / v[0] - 1.0)))
     keep = frames[settings.equil_steps // settings.frame_every:]
     t_first = keep[0].info["time_fs"]
     for a in keep:  # production time origin at 0, as the teacher's
         a.info["time_fs"] = float(a.info["time_fs"] - t_first)
-    write(traj.with_name(f".{traj.name}.tmp"), keep, format="extxyz")
-    os.replace(traj.with_name(f".{traj.name}.tmp"), traj)
-    tmp.unlink()
+    _write_frames(keep, traj, tmp)
     return {"ms_per_step": 1000.0 * wall / n, "wall_s": wall, "frames": len(keep),
             "mean_V_A3": float(np.mean([a.get_volume() for a in keep])),
             "max_volume_change": drift, "stable": drift < MAX_VOLUME_CHANGE}
