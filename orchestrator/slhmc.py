@@ -119,6 +119,12 @@ class CampaignConfig:
     adapt_md_steps: bool = True
     md_steps_jitter: float = 0.0
     on_failure: str = "stop"
+    # strained copies of every bootstrap's frames, labelled after it (chain "<bootstrap>.strain",
+    # provenance aimd): {count, volume: [lo, hi] (x the frame's volume), shear (max |strain|
+    # of the random symmetric part)}; empty = none. NPT chains visit only the volumes the
+    # reference's own ensemble holds; labels on the energy-volume wall beyond them keep a
+    # student's barostat from running into a cell the model never saw (docs/llzo.md, CHGNet)
+    strain_labels: dict = field(default_factory=dict)
 
     def __post_init__(self):
         from services.store.store import safe_name
@@ -159,6 +165,30 @@ class CampaignConfig:
         from orchestrator.explorer import explorer_config
 
         explorer_config(self.mc)  # validates the explorers' settings
+        self.strain_settings()
+
+    def strain_settings(self) -> tuple[int, float, float, float]:
+        """(count, volume lo, volume hi, shear) of `strain_labels`; count 0 = none."""
+        d = dict(self.strain_labels or {})
+        unknown = sorted(set(d) - {"count", "volume", "shear"})
+        if unknown:
+            raise ValueError(f"strain_labels: unknown key(s) {unknown}; use count, volume: [lo, hi], shear")
+        count = int(d.get("count", 0))
+        if count < 0:
+            raise ValueError(f"strain_labels.count must be >= 0, got {count}")
+        vol = d.get("volume", [0.85, 1.2])
+        try:
+            lo, hi = (float(v) for v in vol)
+        except (TypeError, ValueError):
+            raise ValueError(f"strain_labels.volume must be [lo, hi] (factors of the frame's volume, "
+                             f"e.g. [0.85, 1.2]), got {vol!r}") from None
+        if not 0.3 <= lo <= hi <= 3.0:
+            raise ValueError(f"strain_labels.volume must satisfy 0.3 <= lo <= hi <= 3 (factors of the "
+                             f"frame's volume), got [{lo}, {hi}]")
+        shear = float(d.get("shear", 0.02))
+        if not 0 <= shear <= 0.2:
+            raise ValueError(f"strain_labels.shear must be in [0, 0.2] (a strain), got {shear}")
+        return count, lo, hi, shear
 
     def train_settings(self) -> dict:
         """The `train` section with the campaign's defaults: a stress weight for NPT chains."""
@@ -417,6 +447,59 @@ class Campaign:
         for chain, path, steps, temperature, group in self.cfg.bootstraps():
             start = atoms if path is None else read_structure(path, f"chain_groups[{group}].structure")
             self._bootstrap_run(start, chain, steps, temperature, 0 if group is None else group + 1)
+            self._strain_run(chain, 0 if group is None else group + 1)
+
+    def _strain_run(self, boot: str, salt: int) -> None:
+        """`strain_labels.count` labels of strained copies of bootstrap `boot`'s frames (chain
+        "<boot>.strain"): the k-th takes frame k of an even spread over the bootstrap, scales
+        its volume by lo + (hi - lo) k / (count - 1) and applies a random symmetric strain of
+        up to `shear` (seeded by the campaign's seed, the bootstrap and k: a resumed run makes
+        the same cells and continues after the ones stored)."""
+        from services.reference.labels import labelled
+        from services.runtime.convert import from_atoms
+        from services.store import Provenance, Record
+
+        count, lo, hi, shear = self.cfg.strain_settings()
+        if count == 0:
+            return
+        chain = f"{boot}.strain"
+        batch = self._campaign_records()
+        src, chains = batch.arrays["source"], batch.arrays["chain"]
+        have = int(((src == "aimd") & (chains == chain)).sum())
+        frames = np.flatnonzero((src == "aimd") & (chains == boot))
+        if have >= count or len(frames) == 0:
+            return
+        self.log(f"strain labels {chain}: {count - have} strained cells (volume x {lo:g}-{hi:g}, "
+                 f"shear <= {shear:g}) with the reference ({self.backend.name})")
+        todo = []
+        for k in range(have, count):
+            rec = batch.record(int(frames[(k * len(frames)) // count]))
+            s = rec.structure
+            if s.cell is None or not np.all(s.pbc):
+                raise ValueError("strain_labels need a cell periodic in all three directions")
+            rng = np.random.default_rng([int(self.cfg.seed), 7_919, salt, k])
+            f = lo if count == 1 else lo + (hi - lo) * k / (count - 1)
+            eps = rng.uniform(-shear, shear, (3, 3))
+            eps = 0.5 * (eps + eps.T)
+            m = np.eye(3) + eps
+            m /= np.cbrt(np.linalg.det(m))  # volume from f alone
+            a = _atoms(s.positions, s.numbers, s.cell, s.pbc)
+            a.set_cell(a.cell.array @ (np.cbrt(f) * m), scale_atoms=True)
+            todo.append((k, a))
+        for i in range(0, len(todo), 8):  # stored eight at a time: a stop loses at most eight
+            part = todo[i:i + 8]
+            outcomes = self.backend.compute([a for _, a in part])
+            for (k, a), res in zip(part, outcomes):
+                from services.reference.types import Result
+
+                if not isinstance(res, Result):
+                    self.log(f"strain label {chain} {k}: the reference failed ({res}); skipped")
+                    continue
+                structure, labels = from_atoms(labelled(a, res, source="aimd"))
+                self.writer.append(Record(structure, labels, Provenance(
+                    campaign=self.cfg.campaign, chain=chain, step=k, source="aimd", accepted=True,
+                    reference_settings_hash=self.ref_hash,
+                    wall_time=float(res.info.get("wall_s", float("nan"))))))
 
     def _bootstrap_run(self, atoms, chain: str, n_steps: int, temperature: float, salt: int) -> None:
         from services.reference.aimd import AIMDConfig, run_aimd

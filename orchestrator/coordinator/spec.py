@@ -15,6 +15,10 @@
     retrain_max_structures: 250    # a re-training sees the new labels + a replay sample of
                                    # the old ones, this many in all (0 = every label)
     retrain_full_every: 0          # every k-th re-training sees every label (0 = the last)
+    strain_labels: {count: 16, volume: [0.85, 1.2], shear: 0.02}
+                                   # after each bootstrap: its frames with volumes spread over
+                                   # [lo, hi] x theirs (+ a random shear), labelled: the E-V wall
+                                   # that NPT MD with the model may reach (default: none)
     sampling:                      # docs/slhmc.md, "What is exact"
       burn_in: 200                 # steps 1..200 learn; later steps: frozen kernel (exact)
       cell_moves: isotropic        # isotropic | anisotropic | triclinic (npt)
@@ -258,7 +262,7 @@ def parse_spec(spec: dict | str | os.PathLike, *, store: str | None = None,
             value = _number(raw, key, "", kind, lo, strict)
         elif key in ("delayed_acceptance",) and not isinstance(value, bool):
             raise SpecError(key, f"must be true or false, got {value!r}")
-        elif key in ("train", "qe", "mc") and not isinstance(value, dict):
+        elif key in ("train", "qe", "mc", "strain_labels") and not isinstance(value, dict):
             raise SpecError(key, f"must be a mapping, got {value!r}")
         kw[_RENAMED.get(key, key)] = value
     if "pressure" in raw and "pressure_gpa" in raw:

@@ -221,3 +221,48 @@ def test_spec_group_structure_is_relative_to_the_spec(tmp_path):
         parse_spec({**spec, "chains": [{"count": 1, "structure": "c.xyz"}]}, base_dir=tmp_path)
     with pytest.raises(SpecError, match="only with a structure"):
         parse_spec({**spec, "chains": [{"count": 1, "bootstrap_steps": 3}]}, base_dir=tmp_path)
+
+
+def test_strain_labels_label_strained_bootstrap_frames_once(cu, tmp_path, monkeypatch):
+    """strain_labels: after each bootstrap, `count` of its frames with volumes spread over
+    [lo, hi] x theirs (and a random volume-keeping shear) are labelled by the reference
+    (chain '<bootstrap>.strain', provenance aimd, EMT's own energies); a resume adds none,
+    and one killed half-way continues where it stopped."""
+    from ase.calculators.emt import EMT
+
+    from orchestrator.coordinator.spec import SpecError, parse_spec
+
+    atoms, path = cu
+    url = str(tmp_path / "store")
+    strain = {"count": 5, "volume": [0.9, 1.1], "shear": 0.03}
+    run(config(path, 1, strain_labels=strain), url, atoms)
+    a = Store(url, read_only=True).read(campaign="t")
+    arr = a.arrays
+    idx = np.flatnonzero((arr["source"] == "aimd") & (arr["chain"] == "aimd.strain"))
+    assert sorted(arr["step"][idx].tolist()) == list(range(5))
+    v0 = atoms.get_volume()
+    vols = [abs(np.linalg.det(a.record(int(i)).structure.cell)) / v0 for i in idx]
+    np.testing.assert_allclose(sorted(vols), [0.9, 0.95, 1.0, 1.05, 1.1], rtol=1e-9)
+    for i in idx:  # labels are the reference's own numbers at the strained cell
+        r = a.record(int(i))
+        s = r.structure
+        cell = np.asarray(s.cell)
+        assert not np.allclose(cell / np.cbrt(abs(np.linalg.det(cell)) / v0), atoms.cell.array)  # sheared
+        b = atoms.copy()
+        b.set_cell(cell)
+        b.positions = s.positions
+        b.calc = EMT()
+        assert r.labels.energy == pytest.approx(b.get_potential_energy(), abs=1e-9)
+    run(config(path, 2, strain_labels=strain), url, atoms)  # resume: none added
+    arr = Store(url, read_only=True).read(campaign="t").arrays
+    assert int((arr["chain"] == "aimd.strain").sum()) == 5
+    run(config(path, 2, strain_labels={**strain, "count": 7}), url, atoms)  # more asked: two more
+    arr = Store(url, read_only=True).read(campaign="t").arrays
+    assert sorted(arr["step"][arr["chain"] == "aimd.strain"].tolist()) == list(range(7))
+    with pytest.raises(ValueError, match=r"strain_labels.volume must be \[lo, hi\]"):
+        config(path, 1, strain_labels={"count": 2, "volume": 1.1})
+    with pytest.raises(ValueError, match="strain_labels: unknown key"):
+        config(path, 1, strain_labels={"n": 2})
+    with pytest.raises(SpecError, match="strain_labels"):
+        parse_spec({"name": "s", "reference": "emt", "structure": str(path),
+                    "strain_labels": {"count": 2, "shear": 0.5}})
