@@ -1,8 +1,9 @@
 """The source's LLZO case end to end with the classical teacher (issue 19).
 
     .venv/bin/python benchmarks/llzo.py --quick      # < 10 min on 2 cores: a smoke run
-    .venv/bin/python benchmarks/llzo.py              # the full case (not run; docs/llzo.md
-                                                     # estimates 2.3-2.7 h on one core)
+    .venv/bin/python benchmarks/llzo.py --jobs 2     # the full case: ~92 min on 2 cores
+                                                     # (docs/llzo.md, "Full mode")
+    .venv/bin/python benchmarks/llzo.py --chgnet     # + the CHGNet distillation
 
 Stages (each resumable: a stage whose marker `WORK/done/<stage>.json` exists is skipped,
 and every output is written to a temporary name and renamed when complete, so an
@@ -25,6 +26,9 @@ interrupted run loses only the stage it was in):
                the diffusive verdict); then the Arrhenius fit (weighted, diffusive and
                stable points only) -> Ea with error, D and Nernst-Einstein sigma at 600 K
   report       benchmarks/results/llzo[_quick].json (the issue's schema) + a markdown table
+  chgnet_*     (--chgnet) `nnmd campaign run` of examples/llzo/chgnet.yaml (CHGNet as the
+               teacher), then the student's NPT MD of the cubic 192-atom cell at 1000 K for
+               50 ps from its own relaxed cell (JSON extra.chgnet)
 
 WORK defaults to out/llzo[_quick] (git-ignored). --quick writes
 benchmarks/results/llzo_quick.json, the full run benchmarks/results/llzo.json.
@@ -354,20 +358,169 @@ def _write_frames(frames, traj: Path, tmp: Path) -> None:
         tmp.unlink()
 
 
-def chgnet_md(model: Path, atoms, traj: Path, seed: int) -> dict:
-    """The CHGNet student's NPT (anisotropic, 0 GPa) MD of a 192-atom cell at 1000 K for
-    CHGNET_MD_PS at 1 fs (`nnmd md --engine lammps`, guards on): stable = the run ends
-    normally (no guard stop) with its volume within MAX_VOLUME_CHANGE of the start."""
-    n = int(round(CHGNET_MD_PS * 1000))
-    proc, wall, frames, tmp = nnmd_npt(model, atoms, traj, CHGNET_MD_T, n, 1.0, 500, seed)
-    v = np.array([a.get_volume() for a in frames]) if frames else np.array([np.nan])
-    drift = float(np.nanmax(np.abs(v / v[0] - 1.0)))
+def chgnet_start(phase: str, work: Path, fmax: float = 0.05, steps: int = 400) -> dict:
+    """The phase's 192-atom cell relaxed by CHGNet itself (positions and the cell at zero
+    pressure, ASE FIRE on a FrechetCellFilter): the start of the CHGNet student's MD, at its
+    teacher's own equilibrium (the classical teacher's cell is at +11 GPa for CHGNet). A
+    student's own relaxation is no start: it slides into whatever hole the model has."""
+    from ase.filters import FrechetCellFilter
+    from ase.io import write
+    from ase.optimize import FIRE
+    from chgnet.model.dynamics import CHGNetCalculator
+
+    a = phase_structure(phase, work).copy()
+    a.calc = CHGNetCalculator(use_device="cpu")
+    opt = FIRE(FrechetCellFilter(a), logfile=None)
+    converged = bool(opt.run(fmax=fmax, steps=steps))
+    p = float(-a.get_stress()[:3].mean() / BAR_TO_EV_PER_A3 / 1e4)
+    out = a.copy()
+    out.calc = None
+    path = work / f"chgnet_start_{phase}.extxyz"
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp, out, format="extxyz")
+    os.replace(tmp, path)
+    return {"steps": int(opt.nsteps), "converged": converged, "P_GPa": p,
+            "V_per_atom_A3": out.get_volume() / len(out), "energy_eV": float(a.get_potential_energy())}
+
+
+def teacher_check(model: Path, frames, out: Path, n: int) -> dict:
+    """n of `frames`, spread evenly, labelled by CHGNet (`nnmd label --reference chgnet`, to
+    `out`) and the student's errors on them: how far the student's own MD is from its
+    teacher's physics (a trajectory can keep its volume while it sits in a hole of the model)."""
+    from ase.io import write
+
+    from nnmd_kernels.potential import Potential
+    from services.trainer.data import read_training_data
+    from services.trainer.evaluate import errors, predict
+
+    pick = np.unique(np.linspace(0, len(frames) - 1, n).round().astype(int))
+    picked = out.with_name(f"{out.stem}.picked.extxyz")
+    write(picked, [frames[i] for i in pick], format="extxyz")
+    t0 = time.perf_counter()
+    lab = subprocess.run([str(Path(sys.executable).with_name("nnmd")), "label", "--in", str(picked), "--reference",
+                          "chgnet", "-o", str(out), "--force"], cwd=ROOT, capture_output=True, text=True)
+    if lab.returncode != 0:
+        raise SystemExit(f"nnmd label failed (exit {lab.returncode}): {(lab.stdout + lab.stderr).strip()[-500:]}")
+    err = errors(predict(Potential.load(str(model)), read_training_data([str(out)])))
+    err["label_s"] = time.perf_counter() - t0
+    err["times_ps"] = [float(frames[i].info.get("time_fs", 0.0)) / 1000.0 for i in pick]
+    return err
+
+
+def agrees(err: dict) -> bool:
+    """Whether the student's errors on frames of its own MD are those of a working model."""
+    return (err.get("force_rmse_mev_per_angstrom", np.inf) <= CHGNET_AGREE_FORCE
+            and err.get("energy_rmse_mev_per_atom", np.inf) <= CHGNET_AGREE_ENERGY)
+
+
+CHGNET_REFINE_ROUNDS = 5  # at most this many rounds of labels from the student's own MD
+CHGNET_REFINE_PS = 10.0  # each round's probe: NPT MD at CHGNET_MD_T for up to this long
+CHGNET_REFINE_LABELS = 24  # frames of a failed probe labelled by CHGNet per round
+CHGNET_REFINE_MINUTES = 6.0  # each round's warm-start re-training
+# the student's own MD agrees with CHGNet when, on frames of it labelled by CHGNet, the force
+# RMSE is at most this (meV/A; the campaign's held-out labels: ~150) and the energy RMSE this
+# (meV/atom): a student in a hole of its own is off by 100s of meV/atom and > 1 eV/A
+CHGNET_AGREE_FORCE = 250.0
+CHGNET_AGREE_ENERGY = 20.0
+
+
+def campaign_split(store: Path, campaign: str, fraction: float, train_path: Path, test_path: Path) -> dict:
+    """The campaign's labels as two extxyz files: its training labels and its held-out ones
+    (the campaign's own split: orchestrator.slhmc.is_held_out on the label names)."""
+    from ase.io import write
+
+    from orchestrator.slhmc import is_held_out
+    from services.runtime.convert import to_atoms
+    from services.store import Store
+    from services.trainer.data import store_label_name
+
+    train, test = [], []
+    for rec in Store(str(store), read_only=True).read(campaign=campaign):
+        if not np.isfinite(rec.labels.energy):
+            continue
+        a = to_atoms(rec.structure, rec.labels)
+        name = store_label_name(rec.structure.id, rec.provenance.step)
+        (test if is_held_out(name, fraction) else train).append(a)
+    for frames, path in ((train, train_path), (test, test_path)):
+        tmp = path.with_name(f".{path.name}.tmp")
+        write(tmp, frames, format="extxyz")
+        os.replace(tmp, path)
+    return {"train": len(train), "test": len(test)}
+
+
+def chgnet_refine_round(r: int, work: Path, start, seed: int, model: str) -> dict:
+    """Round r of labels from the student's own MD (active learning, as DP-GEN's loop): the
+    current student (the campaign's model, or round r-1's) runs NPT MD at CHGNET_MD_T for up
+    to CHGNET_REFINE_PS from CHGNet's relaxed cell; CHGNET_REFINE_LABELS of its frames, spread
+    evenly over it, are labelled by CHGNet (`nnmd label --reference chgnet`) and the student
+    scored on them. A run that the guards let finish and whose frames the student gets right
+    (agrees()) ends the loop; otherwise a warm-start re-training (`nnmd train --init`) on the
+    campaign's training labels plus every round's labels so far, scored on the campaign's
+    held-out labels, makes round r's model."""
+    folder = work / "chgnet_refine"
+    folder.mkdir(parents=True, exist_ok=True)
+    model = Path(model)
+    n = int(round(CHGNET_REFINE_PS * 1000))
+    traj = folder / f"probe_{r}.extxyz"
+    proc, wall, frames, tmp = nnmd_npt(model, start, traj, CHGNET_MD_T, n, 1.0, 20, seed + 101 * r)
     _write_frames(frames, traj, tmp)
     ps = float(frames[-1].info.get("time_fs", 0.0)) / 1000.0 if frames else 0.0
+    out = {"round": r, "model": str(model), "probe_ps": ps, "probe_exit": proc.returncode,
+           "probe_wall_s": wall, "probe_why": (proc.stdout + proc.stderr).strip().splitlines()[-1:],
+           "V_per_atom_A3": [frames[0].get_volume() / len(frames[0]), frames[-1].get_volume() / len(frames[-1])]
+           if frames else []}
+    if len(frames) < 2:
+        raise SystemExit(f"chgnet refine round {r}: the probe made {len(frames)} frames; see {traj.with_suffix('.log')}")
+    labelled = folder / f"labels_{r}.extxyz"
+    out["probe_errors"] = teacher_check(model, frames, labelled, CHGNET_REFINE_LABELS)
+    out["held"] = proc.returncode == 0 and ps >= CHGNET_REFINE_PS - 1e-6 and agrees(out["probe_errors"])
+    if out["held"]:
+        return out
+    import yaml
+
+    train_cfg = dict(yaml.safe_load(CHGNET_SPEC.read_text())["train"])
+    train_cfg.update(max_minutes=CHGNET_REFINE_MINUTES, max_epochs=60, warmup_epochs=0, seed=seed + r)
+    cfg_path = folder / "train.yaml"
+    cfg_path.write_text(yaml.safe_dump(train_cfg))
+    data = [str(work / "chgnet_train.extxyz")] + [str(folder / f"labels_{k}.extxyz") for k in range(r + 1)]
+    new = folder / f"model_{r}.nnmd"
+    t0 = time.perf_counter()
+    tr = subprocess.run([str(Path(sys.executable).with_name("nnmd")), "train", "--data", *data, "--test",
+                         str(work / "chgnet_test.extxyz"), "--config", str(cfg_path), "--init", str(model), "-o",
+                         str(new), "--force", "--no-progress", "--report-dir", str(folder / f"training_{r}")],
+                        cwd=ROOT, capture_output=True, text=True)
+    (folder / f"training_{r}.log").write_text(tr.stdout + tr.stderr)
+    if tr.returncode != 0:
+        raise SystemExit(f"nnmd train failed (exit {tr.returncode}): {(tr.stdout + tr.stderr).strip()[-500:]}")
+    out["train_s"] = time.perf_counter() - t0
+    metrics = json.loads((folder / f"training_{r}" / "metrics.json").read_text())
+    out["test"] = metrics["errors"].get("test", {})  # the campaign's held-out labels
+    out["new_model"] = str(new)
+    return out
+
+
+def chgnet_md(model: Path, start, traj: Path, seed: int) -> dict:
+    """The CHGNet student's NPT (anisotropic, 0 GPa) MD of a 192-atom cell at 1000 K for
+    CHGNET_MD_PS at 1 fs (`nnmd md --engine lammps`, guards on) from CHGNet's relaxed cell.
+    Stable = the run ends normally (no guard stop), its volume after the first 5 ps stays
+    within MAX_VOLUME_CHANGE of its mean, and the student agrees with CHGNet on 10 of its
+    frames (agrees(): a trajectory in a hole of the model is not a stable one)."""
+    n = int(round(CHGNET_MD_PS * 1000))
+    proc, wall, frames, tmp = nnmd_npt(model, start, traj, CHGNET_MD_T, n, 1.0, 500, seed)
+    _write_frames(frames, traj, tmp)
+    ps = float(frames[-1].info.get("time_fs", 0.0)) / 1000.0 if frames else 0.0
+    t = np.array([a.info.get("time_fs", 0.0) for a in frames]) / 1000.0
+    v = np.array([a.get_volume() for a in frames]) if frames else np.array([np.nan])
+    prod = v[t >= 5.0] if frames and (t >= 5.0).sum() >= 2 else v
+    drift = float(np.nanmax(np.abs(prod / np.nanmean(prod) - 1.0)))
+    check = teacher_check(model, frames, traj.with_name(f"{traj.stem}.chgnet.extxyz"), 10) if len(frames) >= 2 else {}
     return {"exit": proc.returncode, "ps": ps, "wall_s": wall, "ms_per_step": 1000.0 * wall / n,
             "frames": len(frames), "max_volume_change": drift,
-            "mean_V_A3": float(np.nanmean(v)), "why": (proc.stdout + proc.stderr).strip().splitlines()[-1:],
-            "stable": proc.returncode == 0 and ps >= CHGNET_MD_PS - 1e-6 and drift < MAX_VOLUME_CHANGE}
+            "start_V_per_atom_A3": start.get_volume() / len(start),
+            "mean_V_A3": float(np.nanmean(prod)), "why": (proc.stdout + proc.stderr).strip().splitlines()[-1:],
+            "teacher_check": check,
+            "stable": proc.returncode == 0 and ps >= CHGNET_MD_PS - 1e-6 and drift < MAX_VOLUME_CHANGE
+            and agrees(check)}
 
 
 # ------------------------------------------------------------------ teacher MD (LAMMPS)
@@ -951,15 +1104,40 @@ def main(argv=None) -> int:
                     depends=[f"{who}_md_{p}_{t:g}"])
     chgnet = None
     if args.chgnet:
-        chg_model = work / "chgnet_model" / "model.nnmd"
         chg_traj = work / "md" / f"chgnet_cubic_{CHGNET_MD_T:g}.extxyz"
-        chgnet = {
-            "campaign": st.run("chgnet_campaign", lambda: run_campaign(settings, work, source=CHGNET_SPEC,
-                                                                       prefix="chgnet_"),
-                               ["chgnet_model/model.nnmd"]),
-            "md": st.run(f"chgnet_md_cubic_{CHGNET_MD_T:g}",
-                         partial(chgnet_md, chg_model, phase_structure("cubic", work), chg_traj, settings.seed),
-                         depends=["chgnet_campaign"])}
+        chgnet = {"start": st.run("chgnet_start_cubic", partial(chgnet_start, "cubic", work),
+                                  ["chgnet_start_cubic.extxyz"])}
+        from ase.io import read as _read
+
+        cubic = _read(work / "chgnet_start_cubic.extxyz")
+        chgnet["campaign"] = st.run("chgnet_campaign", lambda: run_campaign(settings, work, source=CHGNET_SPEC,
+                                                                            prefix="chgnet_"),
+                                    ["chgnet_model/model.nnmd"])
+        import yaml
+
+        frac = float(yaml.safe_load(CHGNET_SPEC.read_text()).get("holdout_fraction", 0.1))
+        chgnet["split"] = st.run("chgnet_split", partial(
+            campaign_split, work / "chgnet_store", "llzo-chgnet", frac, work / "chgnet_train.extxyz",
+            work / "chgnet_test.extxyz"), ["chgnet_train.extxyz", "chgnet_test.extxyz"], depends=["chgnet_campaign"])
+        rounds, prev, model = [], "chgnet_split", str(work / "chgnet_model" / "model.nnmd")
+        for r in range(CHGNET_REFINE_ROUNDS):
+            res = st.run(f"chgnet_refine_{r}", partial(chgnet_refine_round, r, work, cubic, settings.seed, model),
+                         depends=[prev, "chgnet_start_cubic"])
+            model = res.get("new_model", model)
+            prev = f"chgnet_refine_{r}"
+            rounds.append(res)
+            t, pe = res.get("test") or {}, res.get("probe_errors") or {}
+            print(f"[chgnet] refine round {r}: probe {res.get('probe_ps', 0):g} ps, student vs CHGNet on "
+                  f"{pe.get('n_structures', 0)} of its frames: {pe.get('energy_rmse_mev_per_atom', float('nan')):.1f} "
+                  f"meV/atom, {pe.get('force_rmse_mev_per_angstrom', float('nan')):.0f} meV/A"
+                  + (" (held)" if res.get("held") else f"; re-trained: held-out force RMSE "
+                     f"{t.get('force_rmse_mev_per_angstrom', float('nan')):.0f} meV/A"))
+            if res.get("held"):
+                break
+        chgnet["refine"] = rounds
+        chgnet["md"] = st.run(f"chgnet_md_cubic_{CHGNET_MD_T:g}",
+                              lambda: {**chgnet_md(Path(model), cubic, chg_traj, settings.seed), "model": model},
+                              depends=[prev, "chgnet_start_cubic"])
         h = chgnet["campaign"].get("holdout") or {}
         print(f"[chgnet] {chgnet['campaign']['labels']} labels; held-out ({h.get('n', 0)} labels) force RMSE "
               f"{h.get('force_rmse_mev_per_angstrom', float('nan')):.0f} meV/A, energy RMSE "
