@@ -296,13 +296,21 @@ class Batch:
         self.by_element = [np.flatnonzero(self.types == e) for e in range(desc.n_species)]
         # x: the arrays the Objective reads, where its arithmetic runs (self on the CPU)
         self.device = resolve_device(device)
+        # (x is a property, not `self.x = self`: that cycle kept every Batch, with its
+        # Jacobian, alive until a full garbage collection; a campaign's RSS grew by the
+        # mini-batch cache, ~2 GB, with each training: 10.8 GB in docs/llzo.md)
         self.xp = np
-        self.x = self
+        self._device = None
         if self.device == "cuda":
             from .gpu.training_cuda import DeviceBatch
 
-            self.x = DeviceBatch(self)
-            self.xp = self.x.xp
+            self._device = DeviceBatch(self)
+            self.xp = self._device.xp
+
+    @property
+    def x(self):
+        """The arrays the Objective reads: this batch on the CPU, its device copy on a GPU."""
+        return self if self._device is None else self._device
 
     @property
     def nbytes(self) -> int:
