@@ -478,7 +478,9 @@ def chgnet_refine_round(r: int, work: Path, start, seed: int, model: str) -> dic
         return out
     import yaml
 
-    train_cfg = dict(yaml.safe_load(CHGNET_SPEC.read_text())["train"])
+    from orchestrator.coordinator.spec import parse_spec
+
+    train_cfg = parse_spec(CHGNET_SPEC).config.train_settings()  # the campaign's own training settings
     train_cfg.update(max_minutes=CHGNET_REFINE_MINUTES, max_epochs=60, warmup_epochs=0, seed=seed + r)
     cfg_path = folder / "train.yaml"
     cfg_path.write_text(yaml.safe_dump(train_cfg))
@@ -1113,11 +1115,12 @@ def main(argv=None) -> int:
         chgnet["campaign"] = st.run("chgnet_campaign", lambda: run_campaign(settings, work, source=CHGNET_SPEC,
                                                                             prefix="chgnet_"),
                                     ["chgnet_model/model.nnmd"])
-        import yaml
+        from orchestrator.coordinator.spec import parse_spec
 
-        frac = float(yaml.safe_load(CHGNET_SPEC.read_text()).get("holdout_fraction", 0.1))
+        chg_cfg = parse_spec(CHGNET_SPEC).config  # the campaign's name and held-out share
         chgnet["split"] = st.run("chgnet_split", partial(
-            campaign_split, work / "chgnet_store", "llzo-chgnet", frac, work / "chgnet_train.extxyz",
+            campaign_split, work / "chgnet_store", chg_cfg.campaign, chg_cfg.holdout_fraction,
+            work / "chgnet_train.extxyz",
             work / "chgnet_test.extxyz"), ["chgnet_train.extxyz", "chgnet_test.extxyz"], depends=["chgnet_campaign"])
         rounds, prev, model = [], "chgnet_split", str(work / "chgnet_model" / "model.nnmd")
         for r in range(CHGNET_REFINE_ROUNDS):

@@ -456,6 +456,7 @@ class Campaign:
         up to `shear` (seeded by the campaign's seed, the bootstrap and k: a resumed run makes
         the same cells and continues after the ones stored)."""
         from services.reference.labels import labelled
+        from services.reference.types import Result
         from services.runtime.convert import from_atoms
         from services.store import Provenance, Record
 
@@ -490,8 +491,6 @@ class Campaign:
             part = todo[i:i + 8]
             outcomes = self.backend.compute([a for _, a in part])
             for (k, a), res in zip(part, outcomes):
-                from services.reference.types import Result
-
                 if not isinstance(res, Result):
                     self.log(f"strain label {chain} {k}: the reference failed ({res}); skipped")
                     continue

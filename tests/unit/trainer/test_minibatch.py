@@ -163,7 +163,8 @@ def test_a_batch_and_its_jacobian_are_freed_by_reference_counting():
     import sys
     from pathlib import Path
 
-    code = """
+    here = str(Path(__file__).parent)
+    code = f"""
 import gc, sys, weakref
 sys.path.insert(0, {here!r})
 from test_trainer_kernels import DESC, emt_structures
@@ -178,7 +179,7 @@ assert b.J is not None and b.x is b
 ref = weakref.ref(b)
 del b
 print("freed" if ref() is None else "alive")
-""".format(here=str(Path(__file__).parent))
+"""
     root = Path(__file__).resolve().parents[3]
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
