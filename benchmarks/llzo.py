@@ -1029,9 +1029,11 @@ def main(argv=None) -> int:
                     help="MD runs (teacher and student) at once, in worker processes (default 1; "
                          "2 on 2 cores halves the MD stages' wall time)")
     ap.add_argument("--chgnet", action="store_true",
-                    help="also distil CHGNet (examples/llzo/chgnet.yaml, ~302 labels, needs "
-                         "pip install -e '.[chgnet]'; ~15 min on 2 cores) and run the student's "
-                         f"NPT MD for {CHGNET_MD_PS:g} ps at {CHGNET_MD_T:g} K (JSON extra.chgnet)")
+                    help="also distil CHGNet (examples/llzo/chgnet.yaml: a ~440-label campaign, then "
+                         "rounds of labels from the student's own MD until it agrees with "
+                         "CHGNet; needs pip install -e '.[chgnet]'; ~50 min on 2 cores) and run "
+                         f"the student's NPT MD for {CHGNET_MD_PS:g} ps at {CHGNET_MD_T:g} K "
+                         "(JSON extra.chgnet)")
     ap.add_argument("--compare-weighting", action="store_true",
                     help="after the run: train z / typespin / blocks models on the campaign's "
                          "labels and score them on held-out teacher frames "
