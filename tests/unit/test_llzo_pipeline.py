@@ -260,3 +260,25 @@ def test_run_many_runs_independent_stages_in_workers_and_resumes(llzo, tmp_path)
     assert all(st.marker(f"s{i}").exists() for i in range(3))
     again = st.run_many(stages + [("s3", partial(json.dumps, 3), [])], jobs=2)  # three skipped, one run
     assert again["s3"] == "3" and st.timings["s0"] == 0.0
+
+
+def test_doc_tables_come_from_the_result_json(llzo):
+    """benchmarks/llzo_tables.py prints docs/llzo.md's tables from a result JSON: its
+    numbers are the JSON's (here the committed full run's)."""
+    spec = importlib.util.spec_from_file_location("llzo_tables", ROOT / "benchmarks" / "llzo_tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    res = json.loads((ROOT / "benchmarks" / "results" / "llzo.json").read_text())
+    rows = tables.results_table(res)
+    assert len(rows) == 2 + 2 * len(res["temperatures_K"])
+    ph, k = res["phases"]["cubic"], 1
+    cells = [c.strip() for c in rows[2 + k].split("|")[1:-1]]
+    assert cells[0] == "cubic" and float(cells[1]) == res["temperatures_K"][k]
+    assert float(cells[2].split()[0]) == pytest.approx(ph["teacher_D"][k], rel=0.01)
+    assert float(cells[4]) == pytest.approx(ph["student_D"][k] / ph["teacher_D"][k], abs=0.006)
+    verdict = [r for r in res["extra"]["acceptance"]["D"] if r["phase"] == "cubic"][k]["verdict"]
+    assert cells[5] == {True: "pass", False: "FAIL"}.get(verdict, cells[5])
+    fits = tables.fits_table(res)
+    assert float(fits[2].split("|")[2].split()[0]) == pytest.approx(ph["teacher_Ea_eV"], abs=6e-4)
+    assert any(line.startswith("labels ") for line in tables.summary_lines(res))
+    assert tables.chgnet_lines({"extra": {}}) == ["(no CHGNet stages in this JSON)"]

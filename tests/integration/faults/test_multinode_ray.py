@@ -91,6 +91,42 @@ def _reference_nodes(cluster: LocalRayCluster, workers: list[dict]) -> list[str 
             for w in workers]
 
 
+def _listener_report(cluster: LocalRayCluster, workers: list[dict]) -> list[str]:
+    """For an assertion message: who listens on each reference worker's port, system-wide,
+    and that process's ancestry (to tell a placement error from a process-tree miss)."""
+    import psutil
+
+    out = []
+    for w in workers:
+        port = int(w["address"].rsplit(":", 1)[1])
+        pids = {c.pid for c in psutil.net_connections(kind="tcp")
+                if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+        chains = []
+        for pid in pids:
+            try:
+                chain = [f"{p.pid}:{p.name()}" for p in [psutil.Process(pid),
+                                                         *psutil.Process(pid).parents()]]
+            except psutil.NoSuchProcess:
+                chain = [f"{pid}:gone"]
+            chains.append(" <- ".join(chain))
+        out.append(f"port {port}: {chains or 'nobody listens'}")
+    out.append(f"node tops: { {n: p.pid for n, p in cluster.nodes.items()} }")
+    return out
+
+
+def _wait_reference_nodes(cluster: LocalRayCluster, progress: Path, ok, timeout_s: float = 30.0):
+    """The reference workers' nodes once ``ok(nodes)`` holds (or the last seen, after
+    ``timeout_s``): a worker's port can be reported a moment before its process shows in a
+    scan of the node's process tree, under load."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        workers = _progress(progress)["reference_workers"]
+        nodes = _reference_nodes(cluster, workers)
+        if ok(nodes) or time.monotonic() > deadline:
+            return nodes, workers
+        time.sleep(0.1)
+
+
 def _md_nodes(cluster: LocalRayCluster, workers: list[dict]) -> list[str | None]:
     """The node of each MD executor: that of its process (address NODE_IP/pidN)."""
     return [_node_of(cluster, int(w["address"].rsplit("/pid", 1)[1])) for w in workers]
@@ -129,8 +165,10 @@ def test_campaign_survives_losing_ray_nodes(cluster, tiny_spec, tmp_path):
         doc = _wait(progress, driver, "the pools to start",
                     lambda d: d.get("steps", 0) >= 1 and len(d.get("md_executors", [])) == 2
                     and len(d.get("reference_workers", [])) == 2)
-        ref_nodes = _reference_nodes(cluster, doc["reference_workers"])
-        assert set(ref_nodes) <= {"qe-a", "qe-b"}, (ref_nodes, doc["reference_workers"])
+        ref_nodes, workers = _wait_reference_nodes(
+            cluster, progress, lambda n: set(n) <= {"qe-a", "qe-b"})
+        assert set(ref_nodes) <= {"qe-a", "qe-b"}, (ref_nodes, workers,
+                                                    _listener_report(cluster, workers))
         assert _md_nodes(cluster, doc["md_executors"]) == ["md", "md"], doc["md_executors"]
 
         # -- 1. the QE node of the first reference worker hangs: the campaign goes on
@@ -146,11 +184,9 @@ def test_campaign_survives_losing_ray_nodes(cluster, tiny_spec, tmp_path):
                     lambda d: d["steps"] >= KILL_MD_AT)
         assert doc["steps"] < CHAINS * STEPS, "the campaign ended before the MD node's loss"
         # the reference workers now all run on the QE node that is left
-        deadline = time.monotonic() + 30
-        while (nodes := _reference_nodes(cluster, _progress(progress)["reference_workers"])) \
-                != [left_qe] * 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert nodes == [left_qe] * 2, (nodes, _progress(progress)["reference_workers"])
+        nodes, workers = _wait_reference_nodes(cluster, progress,
+                                               lambda n: n == [left_qe] * 2)
+        assert nodes == [left_qe] * 2, (nodes, workers, _listener_report(cluster, workers))
         old_md = {w["address"] for w in doc["md_executors"]}
         killed = cluster.kill("md")
         assert raylets["md"] in killed and not cluster.processes("md")
