@@ -1,31 +1,36 @@
 """The source's LLZO case end to end with the classical teacher (issue 19).
 
     .venv/bin/python benchmarks/llzo.py --quick      # < 10 min on 2 cores: a smoke run
-    .venv/bin/python benchmarks/llzo.py --jobs 2     # the full case: ~92 min on 2 cores
-                                                     # (docs/llzo.md, "Full mode")
-    .venv/bin/python benchmarks/llzo.py --chgnet     # + the CHGNet distillation
+    .venv/bin/python benchmarks/llzo.py --jobs 2     # the full case: ~2 h on 2 cores
+                                                     # (docs/llzo.md)
+    .venv/bin/python benchmarks/llzo.py --chgnet     # + the CHGNet distillation (~40 min)
+    .venv/bin/python benchmarks/llzo.py --tables     # docs/llzo.md's tables from the JSON
 
 Stages (each resumable: a stage whose marker `WORK/done/<stage>.json` exists is skipped,
 and every output is written to a temporary name and renamed when complete, so an
-interrupted run loses only the stage it was in):
+interrupted run loses only the stage it was in). Each marker records the settings its
+stage depends on (STAGE_FIELDS): changing the MD settings redoes the MD, analysis and
+report stages and keeps the campaign; changing the campaign's is refused (its store).
 
   campaign     `nnmd campaign run` of examples/llzo/classical.yaml (the real runner; the
                campaign store resumes by itself), exported to WORK/model/model.nnmd
   relax        each phase's 192-atom cell relaxed by the teacher: the common MD start
   teacher_md   NPT (Nose-Hoover, aniso, 0 pressure) MD of the 192-atom cubic and tetragonal
-               cells with the teacher in LAMMPS directly, one run per phase and temperature;
-               extxyz frames with time_fs, energy, forces and virial stress
+               cells with the teacher in LAMMPS directly, `replicas` independent runs (velocity
+               seeds) per phase and temperature; extxyz frames with time_fs, energy, forces and virial stress
   force_rmse   the student's force RMSE on held-out teacher frames (every k-th frame of the
                teacher runs after equilibration; never seen in training), per temperature,
                with services.trainer.evaluate
   student_md   `nnmd md` of the same cells (npt --anisotropic; engine lammps: LAMMPS'
-               Nose-Hoover barostat as the teacher's), one run per phase and temperature;
-               a run whose volume leaves +-10 % of its start is marked unstable
-  analysis     per run (redone when its MD run was redone): nnmd's own analysis
-               (orchestrator.commands.analyze.analyze: block-averaged D with its error and
-               the diffusive verdict); then the Arrhenius fit (weighted, diffusive and
-               stable points only) -> Ea with error, D and Nernst-Einstein sigma at 600 K
-  report       benchmarks/results/llzo[_quick].json (the issue's schema) + a markdown table
+               Nose-Hoover barostat as the teacher's), as many runs as the teacher's; a run whose volume leaves +-10 % of its start is marked unstable
+  analysis     per phase, temperature and who (redone when one of its runs was redone):
+               nnmd's own analysis of the independent runs together (`nnmd analyze A B C`:
+               D their mean, its error the larger of their scatter and their block errors,
+               and the diffusive verdict); then the Arrhenius fits (weighted) of teacher and
+               student over the same temperatures, those where both are diffusive and
+               stable -> Ea with error, D and Nernst-Einstein sigma at 600 K
+  report       benchmarks/results/llzo[_quick].json (the issue's schema) + the tables of
+               docs/llzo.md (printed again from any result JSON by --tables JSON)
   chgnet_*     (--chgnet) `nnmd campaign run` of examples/llzo/chgnet.yaml (CHGNet as the
                teacher), then the student's NPT MD of the cubic 192-atom cell at 1000 K for
                50 ps from its own relaxed cell (JSON extra.chgnet)
@@ -78,6 +83,11 @@ class Settings:
     prod_steps: int = 30000  # production steps per run (30 ps at 1 fs)
     frame_every: int = 50  # steps between frames
     blocks: int = 5  # D's block-average error
+    # independent MD runs (velocity seeds) per phase, temperature and who: D is their mean
+    # and its error includes their scatter, which one 30 ps run's blocks underestimate at
+    # 700 K (four seeds of the teacher's cubic run: D 2.7-5.2e-6 cm^2/s, where each run's
+    # block error said 12-14 %; docs/llzo.md)
+    replicas: int = 3
     rmse_frames: int = 10  # held-out teacher frames per phase and temperature
     engine: str = "lammps"  # student MD engine: lammps (measured faster, docs/llzo.md) | native
     seed: int = 1
@@ -92,7 +102,23 @@ QUICK = Settings(
               "train": {"descriptor": {"n_radial": 12, "n_angular": 6, "r_radial": 5.0,
                                        "r_angular": 5.0, "weighting": "typespin"},
                         "hidden": [20, 20], "max_epochs": 60}},
-    equil_steps=500, prod_steps=3000, frame_every=20, blocks=4, rmse_frames=4)
+    equil_steps=500, prod_steps=6000, frame_every=20, blocks=4, rmse_frames=4, replicas=2)
+
+# the settings each kind of stage depends on (Stages keys): changing the MD settings redoes
+# the MD, analysis and report stages, never the campaign
+_MD_FIELDS = ("dt_fs", "equil_steps", "prod_steps", "frame_every", "seed")
+STAGE_FIELDS = {
+    "campaign": ("campaign", "seed"),
+    "md": _MD_FIELDS,
+    "rmse": _MD_FIELDS + ("rmse_frames",),
+    "analysis": _MD_FIELDS + ("blocks", "replicas"),
+}
+
+
+def stage_key(settings: Settings, kind: str) -> dict:
+    """The part of the settings a kind of stage depends on (JSON-normalised)."""
+    d = json.loads(json.dumps(asdict(settings)))
+    return {k: d[k] for k in STAGE_FIELDS[kind]}
 
 
 # ------------------------------------------------------------------ files and stages
@@ -117,8 +143,10 @@ def atomic_write_json(path: Path, obj) -> None:
 class Stages:
     """Stage markers in WORK/done/: a stage that completed is skipped on the next run.
 
-    A marker holds the stage's result (JSON) and the settings key it was made with; a
-    marker made with other settings is an error (use another --work or delete it)."""
+    A marker holds the stage's result (JSON) and the settings key it was made with (the
+    Stages' key, or the stage's own: the settings it depends on). A marker whose key
+    differs in any of those settings is redone, or, for a stage that keeps state beyond
+    its outputs (a campaign store: keep=True), refused (use another --work or delete it)."""
 
     def __init__(self, work: Path, key: dict, log=print):
         self.work = Path(work)
@@ -129,20 +157,26 @@ class Stages:
     def marker(self, name: str) -> Path:
         return self.work / "done" / f"{name}.json"
 
-    def done(self, name: str):
+    def done(self, name: str, key: dict | None = None, keep: bool = True):
         p = self.marker(name)
         if not p.exists():
             return None
         d = json.loads(p.read_text())
-        if d.get("key") != self.key:
-            raise SystemExit(f"{p}: made with other settings; use another --work or delete "
-                             f"{self.work}")
+        key = self.key if key is None else key
+        stored = d.get("key") or {}
+        changed = sorted(k for k in key if stored.get(k) != key[k])
+        if changed:
+            if keep:
+                raise SystemExit(f"{p}: made with other settings ({', '.join(changed)}); use "
+                                 f"another --work or delete {self.work}")
+            self.log(f"[{name}] made with other settings ({', '.join(changed)}): redone")
+            return None
         return d
 
-    def cached(self, name: str, depends=()):
-        """The stored result of a completed stage (None when it must run): its marker exists,
-        its outputs are there and no stage in `depends` completed after it."""
-        d = self.done(name)
+    def cached(self, name: str, depends=(), key: dict | None = None, keep: bool = True):
+        """The stored result of a completed stage (None when it must run): its marker exists
+        with this key, its outputs are there and no stage in `depends` completed after it."""
+        d = self.done(name, key, keep)
         if d is None:
             return None
         mine = self.marker(name)
@@ -154,39 +188,44 @@ class Stages:
         self.timings[name] = 0.0
         return d
 
-    def _finish(self, name: str, result, wall: float, outputs) -> None:
-        atomic_write_json(self.marker(name), {"key": self.key, "wall_s": wall, "result": result,
+    def _finish(self, name: str, result, wall: float, outputs, key: dict | None = None) -> None:
+        key = self.key if key is None else key
+        atomic_write_json(self.marker(name), {"key": key, "wall_s": wall, "result": result,
                                               "outputs": [str(o) for o in outputs],
                                               "load_average": list(os.getloadavg())})
         self.timings[name] = wall
         self.log(f"[{name}] {wall:.1f} s")
 
-    def run(self, name: str, fn, outputs=(), depends=()):
+    def run(self, name: str, fn, outputs=(), depends=(), key: dict | None = None, keep: bool = True):
         """fn() -> JSON-able result, unless the marker exists, its outputs are there and no
-        stage in `depends` completed after it (then it is redone)."""
-        d = self.cached(name, depends)
+        stage in `depends` completed after it (then it is redone). key: the settings this
+        stage depends on (default the Stages' key); keep: see the class."""
+        d = self.cached(name, depends, key, keep)
         if d is not None:
             return d["result"]
         t0 = time.perf_counter()
         result = fn()
-        self._finish(name, result, time.perf_counter() - t0, outputs)
+        self._finish(name, result, time.perf_counter() - t0, outputs, key)
         return result
 
-    def run_many(self, stages, jobs: int = 1) -> dict:
-        """Independent stages [(name, fn, outputs)], `jobs` at a time in worker processes
-        (fn must pickle: a partial of a module function); each marker is written as its stage
-        completes, so an interrupted batch loses only the stages still running. Returns
-        {name: result}."""
+    def run_many(self, stages, jobs: int = 1, depends=(), key: dict | None = None,
+                 keep: bool = True) -> dict:
+        """Independent stages [(name, fn, outputs)] or [(name, fn, outputs, depends)], `jobs`
+        at a time in worker processes (fn must pickle: a partial of a module function); each
+        marker is written as its stage completes, so an interrupted batch loses only the
+        stages still running. key, keep: as run(), for every stage. Returns {name: result}."""
         out, todo = {}, []
-        for name, fn, outputs in stages:
-            d = self.cached(name)
+        for name, fn, outputs, *dep in stages:
+            d = self.cached(name, tuple(depends) + tuple(dep[0] if dep else ()), key, keep)
             if d is not None:
                 out[name] = d["result"]
             else:
                 todo.append((name, fn, outputs))
         if jobs <= 1 or len(todo) <= 1:
             for name, fn, outputs in todo:
-                out[name] = self.run(name, fn, outputs)
+                t0 = time.perf_counter()
+                out[name] = fn()
+                self._finish(name, out[name], time.perf_counter() - t0, outputs, key)
             return out
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -199,7 +238,7 @@ class Stages:
             for f in as_completed(futures):
                 name, outputs = futures[f]
                 result, wall = f.result()
-                self._finish(name, result, wall, outputs)
+                self._finish(name, result, wall, outputs, key)
                 out[name] = result
         return out
 
@@ -645,15 +684,31 @@ def student_md(model: Path, atoms, temperature: float, settings: Settings, traj:
 # ------------------------------------------------------------------ analysis
 
 
-def analyze_run(traj: Path, temperature: float, blocks: int) -> dict:
-    """nnmd's analysis of one run: D with its block error, verdict, volume, NE sigma."""
+def md_name(who: str, phase: str, temperature: float, replica: int) -> str:
+    """The stage of one MD run (its trajectory: md/<name without '_md'>.extxyz); replica 0
+    keeps the name of the single run of earlier versions, so their runs are reused."""
+    return f"{who}_md_{phase}_{temperature:g}" + (f"_r{replica}" if replica else "")
+
+
+REPLICA_SEED_STRIDE = 1000  # replica r's velocity seed: seed + temperature index + 1000 r
+
+
+def analyze_run(trajs, temperature: float, blocks: int) -> dict:
+    """nnmd's analysis of independent runs (one path or several, `nnmd analyze A B C`): D
+    with its error (runs' scatter and block errors), verdict, volume, NE sigma."""
     from ase.io import read
 
     from orchestrator.commands.analyze import analyze
 
-    frames = read(traj, index=":")
-    res, curves = analyze(frames, "Li", temperature, charges={"Li": 1.0}, n_blocks=blocks)
+    trajs = [trajs] if isinstance(trajs, (str, Path)) else list(trajs)
+    runs = [read(tr, index=":") for tr in trajs]
+    res, curves = analyze(runs if len(runs) > 1 else runs[0], "Li", temperature,
+                          charges={"Li": 1.0}, n_blocks=blocks)
     return {"D_cm2_per_s": res["D_cm2_per_s"], "D_err_cm2_per_s": res["D_err_cm2_per_s"],
+            "D_runs_cm2_per_s": [v * 1e-4 for v in res.get("D_runs_A2_per_ps", [res["D_A2_per_ps"]])],
+            "D_err_between_runs_cm2_per_s": (res["D_err_between_runs_A2_per_ps"] * 1e-4
+                                             if "D_err_between_runs_A2_per_ps" in res else None),
+            "n_runs": len(runs),
             "diffusive": bool(res["diffusive"]), "note": res["diffusive_note"],
             "V_A3": res["mean_volume_A3"], "sigma_S_per_cm": res["sigma_S_per_cm"],
             "duration_ps": res["duration_ps"], "window_ps": res["window_ps"],
@@ -709,25 +764,43 @@ def sigma_ne(d_cm2_s: float, volume_a3: float, temperature: float, n_li: int = N
 
 
 def phase_summary(temps, runs: dict) -> dict:
-    """The schema's per-phase block (+ extra keys) from analyze_run results per (who, T)."""
+    """The schema's per-phase block (+ extra keys, + "fits") from analyze_run results per
+    (who, T).
+
+    Both Arrhenius fits use the same temperatures: those where the teacher's and the
+    student's runs are both diffusive (and stable), so that Ea and sigma at 600 K compare
+    like with like; a point where only one side is diffusive would otherwise tilt that
+    side's fit alone (the fresh-clone run of 2026-12-02: cubic 700 K). Each side's fit over
+    all of its own diffusive points is kept in extra as Ea_own_points_eV."""
     out: dict = {}
     extra: dict = {}
+    fits: dict = {}
+    diffusive = {who: [bool(r and r["diffusive"]) for r in (runs.get((who, T)) for T in temps)]
+                 for who in ("teacher", "student")}
+    common = [a and b for a, b in zip(diffusive["teacher"], diffusive["student"])]
     for who in ("teacher", "student"):
         rows = [runs.get((who, T)) for T in temps]
         d = [r["D_cm2_per_s"] if r else None for r in rows]
         e = [r["D_err_cm2_per_s"] if r else None for r in rows]
         out[f"{who}_D"] = d
         out[f"{who}_D_err"] = e
-        use = [bool(r and r["diffusive"]) for r in rows]
-        fit = arrhenius(temps, [x if x is not None else np.nan for x in d],
-                        [x if x is not None else np.nan for x in e], use)
+        use = diffusive[who]
+        dd = [x if x is not None else np.nan for x in d]
+        ee = [x if x is not None else np.nan for x in e]
+        fit = arrhenius(temps, dd, ee, common)
+        own = arrhenius(temps, dd, ee, use)
+        fits[who] = fit
         out[f"{who}_Ea_eV"] = fit["Ea_eV"] if fit else None
         vols = [r["V_A3"] for r in rows if r and r.get("stable", True)]
         out[f"{who}_V_A3"] = float(np.mean(vols)) if vols else None
         info = {"diffusive": use, "stable": [bool(r and r.get("stable", True)) for r in rows],
                 "V_A3_per_T": [r["V_A3"] if r else None for r in rows],
                 "Ea_err_eV": fit["Ea_err_eV"] if fit else None,
-                "fit_points": fit["n_points"] if fit else 0}
+                "fit_points": fit["n_points"] if fit else 0,
+                "fit_temperatures_K": fit["temperatures_K"] if fit else [],
+                "Ea_own_points_eV": own["Ea_eV"] if own else None,
+                "Ea_own_points_err_eV": own["Ea_err_eV"] if own else None,
+                "own_points_temperatures_K": own["temperatures_K"] if own else []}
         if fit:
             # sigma at 600 K: D extrapolated, volume of the lowest-temperature run
             d600, d600_err = extrapolate(fit, T_EXTRAPOLATE)
@@ -738,6 +811,7 @@ def phase_summary(temps, runs: dict) -> dict:
                         sigma_600K_err_S_per_cm=sigma_ne(d600_err, v, T_EXTRAPOLATE))
         extra[who] = info
     out["extra"] = extra
+    out["fits"] = fits
     return out
 
 
@@ -825,40 +899,169 @@ def check_schema(d: dict) -> None:
                 raise ValueError(f"phases.{p}.{k} missing")
 
 
-def markdown_table(result: dict) -> str:
-    def f(x, fmt=".3g"):
-        return "-" if x is None else format(x, fmt)
+# ------------------------------------------------------------------ tables (docs/llzo.md)
 
-    lines = ["| phase | T (K) | teacher D (cm^2/s) | student D (cm^2/s) | teacher diffusive | "
-             "student diffusive |", "| --- | --- | --- | --- | --- | --- |"]
-    ex = result.get("extra", {}).get("phases", {})
-    for p, ph in result["phases"].items():
-        for k, t in enumerate(result["temperatures_K"]):
-            dt = ex.get(p, {}).get("teacher", {}).get("diffusive", [None] * (k + 1))[k]
-            ds = ex.get(p, {}).get("student", {}).get("diffusive", [None] * (k + 1))[k]
-            lines.append(f"| {p} | {t:g} | {f(ph['teacher_D'][k])} +- {f(ph['teacher_D_err'][k], '.2g')}"
-                         f" | {f(ph['student_D'][k])} +- {f(ph['student_D_err'][k], '.2g')} | "
-                         f"{dt} | {ds} |")
-    lines += ["", "| phase | teacher Ea (eV) | student Ea (eV) | teacher V (A^3) | student V (A^3) | "
-              "teacher sigma 600 K (S/cm) | student sigma 600 K (S/cm) | source 600 K | experiment |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for p, ph in result["phases"].items():
-        e = ex.get(p, {})
-        lines.append(
-            f"| {p} | {f(ph['teacher_Ea_eV'])} +- {f(e.get('teacher', {}).get('Ea_err_eV'), '.2g')} "
-            f"| {f(ph['student_Ea_eV'])} +- {f(e.get('student', {}).get('Ea_err_eV'), '.2g')} "
-            f"| {f(ph['teacher_V_A3'], '.1f')} | {f(ph['student_V_A3'], '.1f')} "
-            f"| {f(e.get('teacher', {}).get('sigma_600K_S_per_cm'))} "
-            f"| {f(e.get('student', {}).get('sigma_600K_S_per_cm'))} "
-            f"| {SOURCE_SIGMA_600K[p]:g} | {EXPERIMENT_SIGMA[p]:g} |")
-    lines += ["", "| T (K) | held-out force RMSE (meV/A) |", "| --- | --- |"]
-    lines += [f"| {t} | {v:.1f} |" for t, v in result["force_rmse_meV_A"].items()]
+
+def _e(x, digits=2):
+    return "-" if x is None else f"{x:.{digits}e}"
+
+
+def _g(x, fmt=".3f"):
+    return "-" if x is None else format(x, fmt)
+
+
+def results_table(res: dict) -> list[str]:
+    """Per phase and temperature: D of both with errors, their ratio, the D check, volumes."""
+    ex = res.get("extra") or {}
+    acc = ex.get("acceptance") or {}
+    d_acc = {(r["phase"], float(r["T"])): r for r in acc.get("D", [])}
+    out = ["| phase | T (K) | teacher D (cm^2/s) | student D (cm^2/s) | student / teacher | "
+           "D check | teacher V (A^3) | student V (A^3) |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for p, ph in res["phases"].items():
+        e = (ex.get("phases") or {}).get(p) or {}
+        n = len(res["temperatures_K"])
+        diff = {w: (e.get(w) or {}).get("diffusive", [None] * n) for w in ("teacher", "student")}
+        vol = {w: (e.get(w) or {}).get("V_A3_per_T", [None] * n) for w in ("teacher", "student")}
+        for k, t in enumerate(res["temperatures_K"]):
+            td, te, sd, se = (ph["teacher_D"][k], ph["teacher_D_err"][k], ph["student_D"][k],
+                              ph["student_D_err"][k])
+            r = d_acc.get((p, float(t)), {})
+            if r.get("verdict") is not None:
+                check = "pass" if r["verdict"] else "FAIL"
+            elif diff["teacher"][k] is False or diff["student"][k] is False:
+                who = " and ".join(w for w in ("teacher", "student") if diff[w][k] is False)
+                check = f"undecided ({who} not diffusive)"
+            elif td and te and te / td >= 0.15:
+                check = "undecided (teacher error >= 15 %)"
+            else:
+                check = "-"
+            vt, vs = vol["teacher"][k], vol["student"][k]
+            rel = f"{100 * (vs - vt) / vt:+.2f} %" if None not in (vt, vs) else "-"
+            ratio = f"{sd / td:.2f}" if td and sd else "-"
+            pct = f" ({100 * te / td:.0f} %)" if td and te is not None else ""
+            out.append(f"| {p} | {t:g} | {_e(td)} +- {_e(te, 1)}{pct} | "
+                       f"{_e(sd)} +- {_e(se, 1)} | {ratio} | {check} | {_g(vt, '.1f')} | "
+                       f"{_g(vs, '.1f')} ({rel}) |")
+    return out
+
+
+def fits_table(res: dict) -> list[str]:
+    """Per phase: Ea of both (fitted over the same temperatures), sigma at 600 K beside the
+    source's and experiment's, and each side's Ea over all of its own diffusive points."""
+    ex = (res.get("extra") or {}).get("phases") or {}
+    out = ["| phase | fit T (K) | teacher Ea (eV) | student Ea (eV) | teacher sigma 600 K (S/cm) | "
+           "student sigma 600 K (S/cm) | source NNP-MD 600 K | experiment | Ea, own diffusive points "
+           "(teacher / student) |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for p, ph in res["phases"].items():
+        t, s = (ex.get(p) or {}).get("teacher") or {}, (ex.get(p) or {}).get("student") or {}
+        fit_t = ", ".join(f"{v:g}" for v in t.get("fit_temperatures_K", [])) or "-"
+        own = " / ".join(f"{_g(w.get('Ea_own_points_eV'))} ({len(w.get('own_points_temperatures_K', []))} T)"
+                         for w in (t, s))
+        out.append(f"| {p} | {fit_t} | {_g(ph['teacher_Ea_eV'])} +- {_g(t.get('Ea_err_eV'))} | "
+                   f"{_g(ph['student_Ea_eV'])} +- {_g(s.get('Ea_err_eV'))} | "
+                   f"{_g(t.get('sigma_600K_S_per_cm'))} +- {_g(t.get('sigma_600K_err_S_per_cm'))} | "
+                   f"{_g(s.get('sigma_600K_S_per_cm'))} +- {_g(s.get('sigma_600K_err_S_per_cm'))} | "
+                   f"{SOURCE_SIGMA_600K[p]:g} | {EXPERIMENT_SIGMA[p]:g} | {own} |")
+    return out
+
+
+def summary_lines(res: dict) -> list[str]:
+    """One line per check and the stage times."""
+    ex = res.get("extra") or {}
+    acc = ex.get("acceptance") or {}
+    rm = ex.get("force_rmse") or {}
+    out = ["force RMSE on the teacher's 192-atom frames: " + (", ".join(
+        f"{t} K {v['force_rmse_meV_A']:.1f} meV/A ({v['n_structures']} frames, "
+        f"{v['energy_rmse_meV_atom']:.3f} meV/atom)" for t, v in rm.items()) or ", ".join(
+        f"{t} K {v:.1f} meV/A" for t, v in res["force_rmse_meV_A"].items()))]
+    settings = ex.get("settings") or {}
+    if settings:
+        out.append(f"MD per phase, temperature and who: {settings.get('replicas', 1)} independent run(s) of "
+                   f"{settings['prod_steps'] * settings['dt_fs'] / 1000:g} ps after "
+                   f"{settings['equil_steps'] * settings['dt_fs'] / 1000:g} ps of equilibration")
+    for p, r in (acc.get("Ea") or {}).items():
+        out.append(f"Ea {p}: student {_g(r.get('student'))} vs teacher {_g(r.get('teacher'))} eV "
+                   f"-> {r.get('verdict')}")
+    vs = [r["rel"] for r in acc.get("V", []) if r.get("rel") is not None]
+    if vs:
+        out.append(f"V: student - teacher {100 * min(vs):+.2f} .. {100 * max(vs):+.2f} %")
+    r = acc.get("ratio")
+    if r:
+        out.append(f"sigma_c/sigma_t 600 K: student {r['student']:.3g} vs teacher {r['teacher']:.3g} "
+                   f"({100 * r['rel']:+.0f} %) -> {r['verdict']}")
+    ds = [r["student_D"] / r["teacher_D"] for r in acc.get("D", [])
+          if r.get("student_D") and r.get("teacher_D")]
+    dec = [r["student_D"] / r["teacher_D"] for r in acc.get("D", []) if r.get("verdict") is not None]
+    if ds:
+        out.append(f"D student/teacher: all {min(ds):.2f}-{max(ds):.2f}; decided ({len(dec)}) "
+                   + (f"{min(dec):.2f}-{max(dec):.2f}" if dec else "-"))
+    out.append(f"all decided pass: {acc.get('all_decided_pass')}; undecided {acc.get('undecided')}")
+    kinds: dict[str, list[float]] = {}
+    for k, v in (ex.get("stage_wall_s") or {}).items():
+        if not k.startswith("chgnet_"):
+            kind = next((x for x in ("teacher_md", "student_md", "analysis", "campaign_start",
+                                     "relax") if k.startswith(x)), k)
+            kinds.setdefault(kind, []).append(v)
+    out.append(f"labels {res['labels']}; wall_s {res['wall_s']:.0f}; stage wall s: " + ", ".join(
+        f"{k} {v[0]:.0f}" if len(v) == 1 else f"{k} {len(v)} x {min(v):.0f}-{max(v):.0f}"
+        for k, v in kinds.items()))
+    return out
+
+
+def chgnet_lines(res: dict) -> list[str]:
+    """The CHGNet distillation (--chgnet): start, campaign, refinement rounds, final MD."""
+    c = (res.get("extra") or {}).get("chgnet")
+    if not c:
+        return ["(no CHGNet stages in this JSON)"]
+    st, camp = c["start"], c["campaign"]
+    h = camp.get("holdout") or {}
+    out = [f"start: {st['steps']} FIRE steps, {st['P_GPa']:.2f} GPa, "
+           f"{st['V_per_atom_A3']:.2f} A^3/atom",
+           f"campaign: {camp['labels']} labels, {camp['wall_s'] / 60:.1f} min; held-out "
+           f"({h.get('n')}): {h.get('energy_rmse_mev_per_atom', 0):.2f} meV/atom, "
+           f"{h.get('force_rmse_mev_per_angstrom', 0):.0f} meV/A, {h.get('stress_rmse_gpa', 0):.2f} GPa",
+           "",
+           "| round | its MD at 1000 K | student vs CHGNet on its frames | "
+           "re-trained: held-out (campaign labels) |", "| --- | --- | --- | --- |"]
+    for r in c["refine"]:
+        pe, t = r.get("probe_errors") or {}, r.get("test") or {}
+        v = r.get("V_per_atom_A3") or [None, None]
+        md = (f"{r.get('probe_ps', 0):g} ps, {v[0]:.1f} -> {v[-1]:.1f} A^3/atom"
+              + ("" if r.get("probe_exit", 0) == 0 else f" (guard stop, exit {r['probe_exit']})"))
+        vs = (f"{pe.get('energy_rmse_mev_per_atom', 0):.1f} meV/atom, "
+              f"{pe.get('force_rmse_mev_per_angstrom', 0):.0f} meV/A, "
+              f"{pe.get('stress_rmse_gpa', 0):.1f} GPa" + (": holds" if r.get("held") else ""))
+        tr = ("-" if r.get("held") else
+              f"{t.get('energy_rmse_mev_per_atom', 0):.2f} meV/atom, "
+              f"{t.get('force_rmse_mev_per_angstrom', 0):.0f} meV/A, {t.get('stress_rmse_gpa', 0):.2f} "
+              f"GPa ({r.get('train_s', 0):.0f} s)")
+        out.append(f"| {r['round']} | {md} | {vs} | {tr} |")
+    m = c["md"]
+    tc = m.get("teacher_check") or {}
+    out += ["", f"final MD: exit {m['exit']}, {m['ps']:g} ps, {m['wall_s']:.0f} s, "
+            f"{m['ms_per_step']:.1f} ms/step, volume within {100 * m['max_volume_change']:.1f} % of its "
+            f"mean ({m['mean_V_A3'] / 192:.2f} A^3/atom), vs CHGNet on {tc.get('n_structures')} frames: "
+            f"{tc.get('energy_rmse_mev_per_atom', 0):.1f} meV/atom, "
+            f"{tc.get('force_rmse_mev_per_angstrom', 0):.0f} meV/A, {tc.get('stress_rmse_gpa', 0):.2f} GPa; "
+            f"stable {m['stable']}; model {Path(m['model']).name}"]
+    stage = res["extra"].get("stage_wall_s") or {}
+    out.append("CHGNet stage wall s: " + ", ".join(f"{k} {v:.0f}" for k, v in stage.items()
+                                                 if k.startswith("chgnet_"))
+               + f"; total {sum(v for k, v in stage.items() if k.startswith('chgnet_')) / 60:.1f} min")
+    return out
+
+
+def acceptance_table(result: dict) -> list[str]:
+    """The acceptance checks (extra.acceptance) with the numbers each compared."""
+    lines: list[str] = []
     acc = (result.get("extra") or {}).get("acceptance")
     if acc:
         def mark(v):
             return "-" if v is None else ("pass" if v else "FAIL")
 
-        lines += ["", "| acceptance check | numbers | verdict |", "| --- | --- | --- |"]
+        lines += ["| acceptance check | numbers | verdict |", "| --- | --- | --- |"]
         for r in acc["D"]:
             num = (f"D_s {r['student_D']:.3g} vs D_t {r['teacher_D']:.3g} (tolerance {r['tolerance']:.2g}; "
                    f"teacher error {100 * r['teacher_rel_err']:.0f} %)" if "tolerance" in r else "no D")
@@ -877,7 +1080,15 @@ def markdown_table(result: dict) -> str:
         lines.append(f"\n{'every decided check passes' if acc['all_decided_pass'] else 'some checks FAIL'}; "
                      f"{acc['undecided']} undecided ('-': teacher error >= 15 %, a run not diffusive, "
                      "or nothing fitted)")
-    return "\n".join(lines)
+    return lines
+
+
+def markdown_table(result: dict) -> str:
+    """Every table of docs/llzo.md from a result JSON (`llzo.py --tables JSON` prints it),
+    so that the docs' numbers are the JSON's."""
+    blocks = [results_table(result), fits_table(result), acceptance_table(result),
+              summary_lines(result), chgnet_lines(result)]
+    return "\n\n".join("\n".join(b) for b in blocks if b)
 
 
 def plots(result: dict, runs: dict, folder: Path) -> list[str]:
@@ -1038,7 +1249,13 @@ def main(argv=None) -> int:
                     help="after the run: train z / typespin / blocks models on the campaign's "
                          "labels and score them on held-out teacher frames "
                          "(WORK/weighting.json)")
+    ap.add_argument("--tables", nargs="?", const=str(RESULTS / "llzo.json"), default=None, metavar="JSON",
+                    help="only print docs/llzo.md's tables from a result JSON (default "
+                         "benchmarks/results/llzo.json) and exit")
     args = ap.parse_args(argv)
+    if args.tables:
+        print(markdown_table(json.loads(Path(args.tables).read_text())))
+        return 0
     settings = QUICK if args.quick else FULL
     if args.engine:
         settings = replace(settings, engine=args.engine)
@@ -1046,9 +1263,9 @@ def main(argv=None) -> int:
     work = Path(args.work or ROOT / "out" / f"llzo{tag}").resolve()
     out = Path(args.out or RESULTS / f"llzo{tag}.json")
     work.mkdir(parents=True, exist_ok=True)
-    key = json.loads(json.dumps(asdict(settings)))
-    key.pop("engine")  # the engine may change between resumes (student runs keep theirs)
-    st = Stages(work, key)
+    # each kind of stage keyed by the settings it depends on (the engine is in none: it may
+    # change between resumes, student runs keep theirs)
+    st = Stages(work, stage_key(settings, "campaign"))
     t_start = time.perf_counter()
     temps = list(settings.temperatures)
 
@@ -1068,35 +1285,44 @@ def main(argv=None) -> int:
               for p in PHASES}
     # the teacher's and the student's MD runs: independent, `--jobs` at a time
     md_stages = []
+    md_key, reps = stage_key(settings, "md"), range(settings.replicas)
     for who in ("teacher", "student"):
         for p in PHASES:
             atoms = phase_structure(p, work)
             for k, t in enumerate(temps):
-                traj = work / "md" / f"{who}_{p}_{t:g}.extxyz"
-                fn = (partial(teacher_md, atoms, t, settings, traj, settings.seed + k) if who == "teacher" else
-                      partial(student_md, model, atoms, t, settings, traj, settings.seed + k, work))
-                md_stages.append((f"{who}_md_{p}_{t:g}", fn, [traj.relative_to(work)]))
-    md_done = st.run_many(md_stages, jobs=args.jobs)
-    teacher = {(p, t): md_done[f"teacher_md_{p}_{t:g}"] for p in PHASES for t in temps}
-    student = {(p, t): md_done[f"student_md_{p}_{t:g}"] for p in PHASES for t in temps}
+                for r in reps:
+                    name = md_name(who, p, t, r)
+                    traj = work / "md" / f"{name.replace('_md_', '_')}.extxyz"
+                    seed = settings.seed + k + REPLICA_SEED_STRIDE * r
+                    fn = (partial(teacher_md, atoms, t, settings, traj, seed) if who == "teacher" else
+                          partial(student_md, model, atoms, t, settings, traj, seed, work))
+                    dep = [f"relax_{p}"] + (["campaign"] if who == "student" else [])
+                    md_stages.append((name, fn, [traj.relative_to(work)], dep))
+    md_done = st.run_many(md_stages, jobs=args.jobs, key=md_key, keep=False)
+    teacher = {(p, t): [md_done[md_name("teacher", p, t, r)] for r in reps] for p in PHASES for t in temps}
+    student = {(p, t): [md_done[md_name("student", p, t, r)] for r in reps] for p in PHASES for t in temps}
     rmse = st.run("force_rmse", lambda: force_rmse(
         model, {t: [work / "md" / f"teacher_{p}_{t:g}.extxyz" for p in PHASES] for t in temps},
-        settings))
+        settings), depends=["campaign"] + [md_name("teacher", p, t, 0) for p in PHASES for t in temps],
+        key=stage_key(settings, "rmse"), keep=False)
 
-    def analysis(who, p, t, md):
-        traj = work / "md" / f"{who}_{p}_{t:g}.extxyz"
-        if md.get("failed") or not traj.exists():
+    def analysis(who, p, t, mds):
+        trajs = [work / "md" / f"{md_name(who, p, t, r).replace('_md_', '_')}.extxyz" for r in reps]
+        ok = [(tr, md) for tr, md in zip(trajs, mds) if not md.get("failed") and tr.exists()]
+        if not ok:
             return None
         try:
-            r = analyze_run(traj, t, settings.blocks)
+            res = analyze_run([tr for tr, _ in ok], t, settings.blocks)
         except ValueError as exc:
             print(f"[analysis] {who} {p} {t:g} K: {exc}")
             return None
-        r["stable"] = bool(md.get("stable", True))
-        if not r["stable"]:
-            r["diffusive"] = False
-            r["note"] = "unstable (volume runaway); " + r["note"]
-        return r
+        res["runs_failed"] = len(mds) - len(ok)
+        res["stable"] = all(bool(md.get("stable", True)) for _, md in ok) and not res["runs_failed"]
+        if not res["stable"]:
+            res["diffusive"] = False
+            res["note"] = (f"{res['runs_failed']} of {len(mds)} runs failed; " if res["runs_failed"] else "") + (
+                "unstable (volume runaway); " if not all(md.get("stable", True) for _, md in ok) else "") + res["note"]
+        return res
 
     runs = {}
     for p in PHASES:
@@ -1105,7 +1331,8 @@ def main(argv=None) -> int:
                 runs[f"{who}/{p}/{t:g}"] = st.run(
                     f"analysis_{who}_{p}_{t:g}",
                     partial(analysis, who, p, t, done[(p, t)]),
-                    depends=[f"{who}_md_{p}_{t:g}"])
+                    depends=[md_name(who, p, t, r) for r in reps],
+                    key=stage_key(settings, "analysis"), keep=False)
     chgnet = None
     if args.chgnet:
         chg_traj = work / "md" / f"chgnet_cubic_{CHGNET_MD_T:g}.extxyz"
@@ -1158,10 +1385,7 @@ def main(argv=None) -> int:
                     by[(who, t)] = r
         phases[p] = phase_summary(temps, by)
         for who in ("teacher", "student"):
-            ok = [bool(by.get((who, t)) and by[(who, t)]["diffusive"]) for t in temps]
-            d = [by[(who, t)]["D_cm2_per_s"] if by.get((who, t)) else np.nan for t in temps]
-            e = [by[(who, t)]["D_err_cm2_per_s"] if by.get((who, t)) else np.nan for t in temps]
-            fits[f"{p}/{who}"] = arrhenius(temps, d, e, ok)
+            fits[f"{p}/{who}"] = phases[p]["fits"][who]
     # the classical pipeline's stages only (the CHGNet distillation and the weighting
     # comparison are extras, timed in their own markers)
     wall = sum(json.loads(m.read_text()).get("wall_s", 0.0) for m in (work / "done").glob("*.json")

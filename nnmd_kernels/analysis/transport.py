@@ -294,3 +294,77 @@ def block_diffusion(times_ps, unwrapped, n_blocks: int = 5, window=None, dim: in
     note = ("not diffusive: " + "; ".join(reasons)) if reasons else "diffusive"
     return BlockDiffusion(d, err, tuple(float(v) for v in values), (t0, t1), block_duration,
                           duration, dim, not reasons, note)
+
+
+def pooled_diffusion(runs, min_msd_a2: float = NOT_DIFFUSIVE_MSD_A2) -> BlockDiffusion:
+    """D of independent runs of one system at one temperature (different velocity seeds),
+    each already block-averaged with the same lag window (block_diffusion).
+
+    D is the mean of the runs' D (runs of equal length count equally; otherwise weighted by
+    duration). Its error is the larger of two estimates: the standard error of the runs'
+    D about that mean (the scatter that one long run's blocks can hide when the ions'
+    configuration persists longer than a block), and the runs' own block errors combined
+    (which is what is left when two or three runs agree by chance). Verdict as
+    block_diffusion's, with the 5 A^2 floor over one run's duration (the shortest).
+    """
+    runs = list(runs)
+    if not runs:
+        raise ValueError("pooled_diffusion needs at least one run")
+    if len(runs) == 1:
+        return runs[0]
+    windows = {tuple(round(v, 9) for v in r.window_ps) for r in runs}
+    if len(windows) > 1 or len({r.dim for r in runs}) > 1:
+        raise ValueError(f"runs fitted over different lag windows {sorted(windows)}: analyse "
+                         "them with the same --window and --blocks")
+    w = np.array([r.duration_ps for r in runs], dtype=float)
+    w = w / w.sum()
+    d_r = np.array([r.diffusion_a2_per_ps for r in runs])
+    e_r = np.array([r.error_a2_per_ps for r in runs])
+    d = float(w @ d_r)
+    n = len(runs)
+    between = float(np.sqrt((w * (d_r - d) ** 2).sum() * n / (n - 1) / n))
+    within = float(np.sqrt((w ** 2 * e_r ** 2).sum()))
+    err = max(between, within)
+    duration = min(r.duration_ps for r in runs)
+    dim = runs[0].dim
+    floor = min_msd_a2 / (2.0 * dim * duration) if duration > 0 else np.inf
+    reasons = []
+    if not d > 2.0 * err:
+        reasons.append(f"D = {d:.3g} +- {err:.3g} A^2/ps is not above 2 x its error")
+    if not d > floor:
+        reasons.append(f"D = {d:.3g} A^2/ps is below {floor:.3g} A^2/ps, a diffusive MSD "
+                       f"of {min_msd_a2:g} A^2 over a {duration:g} ps run")
+    note = ("not diffusive: " + "; ".join(reasons)) if reasons else "diffusive"
+    values = tuple(v for r in runs for v in r.block_values_a2_per_ps)
+    return PooledDiffusion(d, err, values, runs[0].window_ps, runs[0].block_duration_ps,
+                           float(sum(r.duration_ps for r in runs)), dim, not reasons, note,
+                           tuple(float(v) for v in d_r), tuple(float(v) for v in e_r),
+                           between, within)
+
+
+@dataclass(frozen=True)
+class PooledDiffusion(BlockDiffusion):
+    """BlockDiffusion of several independent runs (pooled_diffusion): duration_ps is their
+    total; run_values / run_errors are each run's D and block error (A^2/ps)."""
+
+    run_values_a2_per_ps: tuple[float, ...] = ()
+    run_errors_a2_per_ps: tuple[float, ...] = ()
+    between_error_a2_per_ps: float = float("nan")
+    within_error_a2_per_ps: float = float("nan")
+
+    def as_dict(self):
+        k = len(self.run_values_a2_per_ps)
+        out = super().as_dict()
+        out.update(
+            D_method=(f"{k} independent runs, each a block average ({len(self.block_values_a2_per_ps) // k} "
+                      f"blocks of {self.block_duration_ps:g} ps, lag window {self.window_ps[0]:g}-"
+                      f"{self.window_ps[1]:g} ps): D their mean; error the larger of the "
+                      "runs' scatter (standard error of the mean) and their block errors "
+                      "combined"),
+            n_runs=k,
+            D_runs_A2_per_ps=list(self.run_values_a2_per_ps),
+            D_runs_err_A2_per_ps=list(self.run_errors_a2_per_ps),
+            D_err_between_runs_A2_per_ps=self.between_error_a2_per_ps,
+            D_err_within_runs_A2_per_ps=self.within_error_a2_per_ps,
+        )
+        return out

@@ -17,7 +17,7 @@ from nnmd_kernels.analysis import (
     remove_drift,
     unwrap,
 )
-from nnmd_kernels.analysis.transport import block_diffusion
+from nnmd_kernels.analysis.transport import block_diffusion, pooled_diffusion
 
 
 def register(subparsers) -> None:
@@ -31,7 +31,11 @@ def register(subparsers) -> None:
             "The Nernst-Einstein conductivity needs explicit charges (--charge Li=1)."
         ),
     )
-    p.add_argument("traj", help="trajectory file (extxyz from `nnmd md`, or any ASE format)")
+    p.add_argument("traj", nargs="+",
+                   help="trajectory file (extxyz from `nnmd md`, or any ASE format); several "
+                        "files are independent runs of one cell at one temperature (other "
+                        "velocity seeds): D is their mean, its error the larger of their "
+                        "scatter and their block errors")
     p.add_argument("--species", required=True, help="mobile species, e.g. Li")
     p.add_argument("--temperature", type=float, required=True, help="temperature in K")
     p.add_argument("--charge", action="append", default=[], metavar="SPECIES=Q",
@@ -99,6 +103,11 @@ def analyze(frames, species, temperature, charges=None, window=None, interval_fs
             rdf_rmax=6.0, haven_ratio=None, n_blocks=5, conductivity=None):
     """Plain function behind the command: frames (list of ase.Atoms) -> results dict + curves.
 
+    frames may also be a list of runs (each a list of ase.Atoms): independent runs of one
+    cell at one temperature (other velocity seeds). Each is block-averaged over the first
+    one's lag window and D is pooled (pooled_diffusion: their mean, with the larger of the
+    runs' scatter and their block errors); the MSD curve is their mean.
+
     charges: {species: charge in e}. conductivity: compute the Nernst-Einstein
     conductivity (default: when charges or haven_ratio are given); it needs the charge of
     `species` (ValueError naming --charge otherwise: no charge is ever assumed). Every
@@ -109,8 +118,12 @@ def analyze(frames, species, temperature, charges=None, window=None, interval_fs
     charges = dict(charges or {})
     if conductivity is None:
         conductivity = bool(charges) or haven_ratio is not None
-    if len(frames) < 4:
-        raise ValueError(f"the trajectory has {len(frames)} frames; the MSD needs at least 4")
+    runs = [list(r) for r in frames] if frames and not hasattr(frames[0], "positions") else [frames]
+    for k, run in enumerate(runs):
+        if len(run) < 4:
+            which = f"trajectory {k + 1}" if len(runs) > 1 else "the trajectory"
+            raise ValueError(f"{which} has {len(run)} frames; the MSD needs at least 4")
+    frames = runs[0]
     symbols = np.array(frames[0].get_chemical_symbols())
     present = sorted(set(symbols))
     mobile = symbols == species
@@ -130,20 +143,36 @@ def analyze(frames, species, temperature, charges=None, window=None, interval_fs
     if temperature <= 0:
         raise ValueError(f"--temperature must be > 0 K, got {temperature}")
     haven = 1.0 if haven_ratio is None else float(haven_ratio)
-    times = _frame_times_ps(frames, interval_fs)
-    x = np.stack([f.positions for f in frames])  # (T, N, 3) A
-    cells = np.stack([f.cell.array for f in frames])  # (T, 3, 3) A
+    for k, run in enumerate(runs[1:], 1):
+        if list(run[0].get_chemical_symbols()) != list(symbols):
+            raise ValueError(f"trajectory {k + 1} has other atoms than the first (same system "
+                             "needed: independent runs of one cell at one temperature)")
     pbc = frames[0].pbc
-    x_un = remove_drift(unwrap(x, cells, pbc), frames[0].get_masses())
-    blocks = block_diffusion(times, x_un[:, mobile], n_blocks, window)
-    curve = msd(x_un[:, mobile])
+    masses = frames[0].get_masses()
+    per_run, window_used = [], window
+    for run in runs:
+        times = _frame_times_ps(run, interval_fs)
+        x_run = np.stack([f.positions for f in run])  # (T, N, 3) A
+        cells_run = np.stack([f.cell.array for f in run])  # (T, 3, 3) A
+        x_un_run = remove_drift(unwrap(x_run, cells_run, pbc), masses)
+        b = block_diffusion(times, x_un_run[:, mobile], n_blocks, window_used)
+        window_used = b.window_ps  # every run fitted over the first one's lag window
+        per_run.append((times, x_run, cells_run, x_un_run, b))
+    blocks = pooled_diffusion([r[4] for r in per_run])
+    n_t = min(len(r[0]) for r in per_run)
+    times = per_run[0][0] if len(per_run) == 1 else min((r[0] for r in per_run), key=len)
+    curve = np.mean([msd(r[3][:n_t, mobile]) for r in per_run], axis=0)
     whole = diffusion_coefficient(times, curve, blocks.window_ps)  # the plotted fit
+    x = np.concatenate([r[1] for r in per_run])
+    cells = np.concatenate([r[2] for r in per_run])
     volume = float(np.mean([abs(np.linalg.det(c)) for c in cells]))
     results = {
         "species": species,
         "n_ions": int(mobile.sum()),
-        "n_frames": len(frames),
+        "n_frames": int(sum(len(r) for r in runs)),
+        "n_runs": len(runs),
         "duration_ps": float(times[-1]),
+        "total_duration_ps": float(sum(r[0][-1] for r in per_run)),
         "temperature_K": temperature,
         "charge_e": charges.get(species),
         "charges_e": charges,
@@ -163,8 +192,8 @@ def analyze(frames, species, temperature, charges=None, window=None, interval_fs
         per_species = {}
         for sym, q in charges.items():
             sel = symbols == sym
-            b = blocks if sym == species else block_diffusion(times, x_un[:, sel], n_blocks,
-                                                              blocks.window_ps)
+            b = blocks if sym == species else pooled_diffusion(
+                [block_diffusion(r[0], r[3][:, sel], n_blocks, blocks.window_ps) for r in per_run])
             n = int(sel.sum())
             sig = nernst_einstein_conductivity(b.diffusion_cm2_per_s, n, volume, temperature,
                                                q, haven)
@@ -230,18 +259,21 @@ def run(args: argparse.Namespace) -> int:
     out = check_out(args.out, args.force, "--out", directory=True)
     for name in ("results.json", "msd.png", "rdf.png") if out.is_dir() else ():
         check_out(out / name, args.force, "--out")
-    path = Path(args.traj)
-    if not path.exists():
-        raise FileNotFoundError(f"trajectory {path} does not exist")
-    if path.is_dir():
-        raise ValueError(f"trajectory {path}: is a directory; give a trajectory file")
-    try:
-        frames = read(str(path), index=":")
-    except Exception as exc:  # ASE raises many kinds for a malformed file
-        why = " ".join(str(exc).split()) or type(exc).__name__
-        raise ValueError(f"trajectory {path}: cannot read it ({why}); give an extxyz file "
-                         "from nnmd md, or any trajectory ASE reads") from None
-    frames = frames[args.skip:]
+    runs = []
+    for name in args.traj:
+        path = Path(name)
+        if not path.exists():
+            raise FileNotFoundError(f"trajectory {path} does not exist")
+        if path.is_dir():
+            raise ValueError(f"trajectory {path}: is a directory; give a trajectory file")
+        try:
+            frames = read(str(path), index=":")
+        except Exception as exc:  # ASE raises many kinds for a malformed file
+            why = " ".join(str(exc).split()) or type(exc).__name__
+            raise ValueError(f"trajectory {path}: cannot read it ({why}); give an extxyz file "
+                             "from nnmd md, or any trajectory ASE reads") from None
+        runs.append(frames[args.skip:])
+    frames = runs if len(runs) > 1 else runs[0]
     conductivity = args.conductivity or bool(charges) or args.haven_ratio is not None
     results, curves = analyze(frames, args.species, args.temperature, charges, args.window,
                               args.frame_interval, args.rdf_rmax, args.haven_ratio,
@@ -251,6 +283,8 @@ def run(args: argparse.Namespace) -> int:
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     line = (f"{args.species}: D = {results['D_cm2_per_s']:.4g} +- "
             f"{results['D_err_cm2_per_s']:.2g} cm^2/s ({results['diffusive_note']})")
+    if len(runs) > 1:
+        line += f" from {len(runs)} runs"
     if results["sigma_S_per_cm"] is not None:
         line += (f", sigma = {results['sigma_S_per_cm']:.4g} +- "
                  f"{results['sigma_err_S_per_cm']:.2g} S/cm")

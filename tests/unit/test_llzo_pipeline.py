@@ -90,7 +90,7 @@ def test_result_has_exactly_the_issue_schema(llzo, tmp_path):
     assert json.loads(path.read_text()) == res
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary left
     table = llzo.markdown_table(res)
-    assert "| cubic | 700 |" in table and "| 700 | 80.0 |" in table
+    assert "| cubic | 700 |" in table and "700 K 80.0 meV/A" in table
     bad = json.loads(json.dumps(res))
     bad["phases"]["cubic"]["student_D"].pop()
     with pytest.raises(ValueError, match="student_D"):
@@ -262,14 +262,11 @@ def test_run_many_runs_independent_stages_in_workers_and_resumes(llzo, tmp_path)
     assert again["s3"] == "3" and st.timings["s0"] == 0.0
 
 
-def test_doc_tables_come_from_the_result_json(llzo):
-    """benchmarks/llzo_tables.py prints docs/llzo.md's tables from a result JSON: its
-    numbers are the JSON's (here the committed full run's)."""
-    spec = importlib.util.spec_from_file_location("llzo_tables", ROOT / "benchmarks" / "llzo_tables.py")
-    tables = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tables)
+def test_doc_tables_come_from_the_result_json(llzo, capsys):
+    """llzo.py --tables prints docs/llzo.md's tables from a result JSON: its numbers are the
+    JSON's (here the committed full run's)."""
     res = json.loads((ROOT / "benchmarks" / "results" / "llzo.json").read_text())
-    rows = tables.results_table(res)
+    rows = llzo.results_table(res)
     assert len(rows) == 2 + 2 * len(res["temperatures_K"])
     ph, k = res["phases"]["cubic"], 1
     cells = [c.strip() for c in rows[2 + k].split("|")[1:-1]]
@@ -278,7 +275,55 @@ def test_doc_tables_come_from_the_result_json(llzo):
     assert float(cells[4]) == pytest.approx(ph["student_D"][k] / ph["teacher_D"][k], abs=0.006)
     verdict = [r for r in res["extra"]["acceptance"]["D"] if r["phase"] == "cubic"][k]["verdict"]
     assert cells[5] == {True: "pass", False: "FAIL"}.get(verdict, cells[5])
-    fits = tables.fits_table(res)
-    assert float(fits[2].split("|")[2].split()[0]) == pytest.approx(ph["teacher_Ea_eV"], abs=6e-4)
-    assert any(line.startswith("labels ") for line in tables.summary_lines(res))
-    assert tables.chgnet_lines({"extra": {}}) == ["(no CHGNet stages in this JSON)"]
+    fits = llzo.fits_table(res)
+    assert float(fits[2].split("|")[3].split()[0]) == pytest.approx(ph["teacher_Ea_eV"], abs=6e-4)
+    assert any(line.startswith("labels ") for line in llzo.summary_lines(res))
+    assert llzo.chgnet_lines({"extra": {}}) == ["(no CHGNet stages in this JSON)"]
+    assert llzo.main(["--tables", str(ROOT / "benchmarks" / "results" / "llzo.json")]) == 0
+    assert capsys.readouterr().out.strip() == llzo.markdown_table(res)
+
+
+def test_arrhenius_fits_compare_the_same_temperatures(llzo):
+    """A point where only the student is diffusive (the teacher's run under the floor) is
+    left out of both fits, so that Ea compares like with like; each side's fit over all of
+    its own diffusive points is kept beside it."""
+    temps = [700.0, 850.0, 1000.0, 1100.0]
+    rows = {}
+    for who in ("teacher", "student"):
+        for t in temps:
+            d = 1e-3 * math.exp(-0.26 / (llzo.KB_EV * t))
+            if who == "student" and t == 700.0:
+                d *= 2.7  # the outlier
+            rows[(who, t)] = {"D_cm2_per_s": d, "D_err_cm2_per_s": 0.08 * d, "V_A3": 2300.0,
+                              "diffusive": not (who == "teacher" and t == 700.0)}
+    ph = llzo.phase_summary(temps, rows)
+    assert ph["teacher_Ea_eV"] == pytest.approx(0.26) and ph["student_Ea_eV"] == pytest.approx(0.26)
+    ex = ph["extra"]["student"]
+    assert ex["fit_temperatures_K"] == [850.0, 1000.0, 1100.0]
+    assert ex["own_points_temperatures_K"] == temps and ex["Ea_own_points_eV"] < 0.2
+    assert ph["extra"]["teacher"]["Ea_own_points_eV"] == pytest.approx(0.26)
+
+
+def test_stage_keys_redo_md_but_refuse_a_changed_campaign(llzo, tmp_path):
+    """Markers record the settings their stage depends on: new MD settings redo the MD
+    (and an old full-settings marker with the same MD settings is reused); a campaign
+    marker made with other campaign settings is refused."""
+    from dataclasses import asdict, replace
+
+    calls = []
+    old = llzo.Stages(tmp_path, json.loads(json.dumps(asdict(llzo.FULL))), log=lambda m: None)
+    old.run("md", lambda: calls.append("md") or 1)  # a marker with the whole settings, as before
+    st = llzo.Stages(tmp_path, llzo.stage_key(llzo.FULL, "campaign"), log=lambda m: None)
+    md_key = llzo.stage_key(llzo.FULL, "md")
+    assert st.run("md", lambda: calls.append("md") or 2, key=md_key, keep=False) == 1  # reused
+    assert st.run("an", lambda: 3, key=llzo.stage_key(llzo.FULL, "analysis"), keep=False) == 3
+    more = replace(llzo.FULL, replicas=5, prod_steps=10)
+    assert st.run("md", lambda: calls.append("md") or 4, key=llzo.stage_key(more, "md"), keep=False) == 4
+    assert calls == ["md", "md"]
+    st.run("campaign", lambda: 5)
+    other = llzo.Stages(tmp_path, llzo.stage_key(replace(llzo.FULL, campaign={"steps": 9}), "campaign"),
+                        log=lambda m: None)
+    with pytest.raises(SystemExit, match=r"other settings \(campaign\)"):
+        other.run("campaign", lambda: 6)
+    # replicas never touch the campaign's key
+    assert llzo.stage_key(more, "campaign") == llzo.stage_key(llzo.FULL, "campaign")

@@ -337,3 +337,74 @@ def test_real_md_crystal_and_liquid(tmp_path, temperature, diffusive):
         d, err = res["D_cm2_per_s"], res["D_err_cm2_per_s"]
         assert err > 0 and d > 3 * err
         assert 1e-5 < d < 1e-3  # liquid metals: ~1e-4 cm^2/s
+
+
+def test_pooled_runs_take_the_larger_of_scatter_and_block_errors():
+    """Independent runs: D is their mean; its error the runs' scatter when their D differ
+    more than their block errors say (a persistent configuration), else the block errors."""
+    from nnmd_kernels.analysis.transport import block_diffusion, pooled_diffusion
+
+    rng = np.random.default_rng(21)
+    dt_ps = 0.1
+    t = np.arange(400) * dt_ps
+    same = [block_diffusion(t, _random_walk(rng, 400, 40, 0.05, dt_ps), 5) for _ in range(4)]
+    p = pooled_diffusion(same)
+    assert p.diffusion_a2_per_ps == pytest.approx(np.mean([r.diffusion_a2_per_ps for r in same]))
+    assert p.error_a2_per_ps == pytest.approx(max(p.between_error_a2_per_ps,
+                                                  p.within_error_a2_per_ps))
+    assert p.within_error_a2_per_ps == pytest.approx(
+        np.sqrt(sum(r.error_a2_per_ps ** 2 for r in same)) / 4)
+    assert abs(p.diffusion_a2_per_ps - 0.05) < 3 * p.error_a2_per_ps
+    assert p.duration_ps == pytest.approx(4 * t[-1]) and p.diffusive
+    d = p.as_dict()
+    assert d["n_runs"] == 4 and len(d["D_runs_A2_per_ps"]) == 4 and len(d["D_blocks_A2_per_ps"]) == 20
+    # runs of a slow and a fast configuration: each run's blocks agree, the runs do not
+    split = [block_diffusion(t, _random_walk(rng, 400, 40, dd, dt_ps), 5, window=same[0].window_ps)
+             for dd in (0.02, 0.08, 0.02, 0.08)]
+    q = pooled_diffusion(split)
+    assert q.between_error_a2_per_ps > 3 * q.within_error_a2_per_ps
+    assert q.error_a2_per_ps == pytest.approx(np.std([r.diffusion_a2_per_ps for r in split], ddof=1) / 2)
+    # one run is itself; runs fitted over other windows are refused
+    assert pooled_diffusion(same[:1]) is same[0]
+    other = block_diffusion(t, _random_walk(rng, 400, 40, 0.05, dt_ps), 5, window=(0.5, 2.0))
+    with pytest.raises(ValueError, match="same --window"):
+        pooled_diffusion([same[0], other])
+    # the 5 A^2 floor is over one run, not the runs' total
+    slow = [block_diffusion(t, _random_walk(rng, 400, 40, 0.01, dt_ps), 5) for _ in range(4)]
+    assert not pooled_diffusion(slow).diffusive and "over a 39.9 ps run" in pooled_diffusion(slow).note
+
+
+def test_analyze_command_pools_independent_runs(tmp_path, capsys):
+    import json
+
+    from ase.io import write
+
+    rng = np.random.default_rng(8)
+    dt_ps, paths = 0.1, []
+    s_fixed = np.broadcast_to(rng.uniform(0, 9, size=(16, 3)), (300, 16, 3))
+    for k in range(3):
+        paths.append(tmp_path / f"run{k}.extxyz")
+        write(paths[-1], _li_s_frames(_random_walk(rng, 300, 48, 0.05, dt_ps), s_fixed, dt_ps))
+    out = tmp_path / "ana"
+    args = _parser().parse_args(["analyze", *map(str, paths), "--species", "Li", "--temperature",
+                                 "600", "--charge", "Li=1", "--out", str(out)])
+    assert args.func(args) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["n_runs"] == 3 and res["n_frames"] == 900
+    assert res["D_A2_per_ps"] == pytest.approx(np.mean(res["D_runs_A2_per_ps"]))
+    assert res["total_duration_ps"] == pytest.approx(3 * 29.9)
+    assert abs(res["D_A2_per_ps"] - 0.05) < 3 * res["D_err_A2_per_ps"]
+    # each run alone gives its own entry of D_runs
+    one = tmp_path / "one"
+    args = _parser().parse_args(["analyze", str(paths[1]), "--species", "Li", "--temperature",
+                                 "600", "--out", str(one)])
+    assert args.func(args) == 0
+    assert json.loads((one / "results.json").read_text())["D_A2_per_ps"] == pytest.approx(
+        res["D_runs_A2_per_ps"][1])
+    assert "from 3 runs" in capsys.readouterr().out
+    # a run of another cell is refused, naming it
+    write(tmp_path / "other.extxyz", _li_s_frames(_random_walk(rng, 300, 40, 0.05, dt_ps), s_fixed, dt_ps))
+    args = _parser().parse_args(["analyze", str(paths[0]), str(tmp_path / "other.extxyz"), "--species",
+                                 "Li", "--temperature", "600", "--out", str(tmp_path / "x")])
+    with pytest.raises(ValueError, match="trajectory 2 has other atoms"):
+        args.func(args)
