@@ -870,12 +870,26 @@ def acceptance(result: dict) -> dict:
         et_, es_ = ph["teacher_Ea_eV"], ph["student_Ea_eV"]
         out["Ea"][p] = {"teacher": et_, "student": es_,
                         "verdict": None if None in (et_, es_) else abs(es_ - et_) <= 0.05}
+        # beside the verdict (the issue's rule on the point estimates): how many combined
+        # standard errors the difference is, i.e. whether the runs could tell at all
+        ee = [(info.get(w) or {}).get("Ea_err_eV") for w in ("teacher", "student")]
+        if None not in (et_, es_) and None not in ee:
+            comb = float(np.hypot(*ee))
+            out["Ea"][p].update(combined_err=comb, z=abs(es_ - et_) / comb if comb > 0 else None)
     sig = {(p, w): (ex.get(p) or {}).get(w, {}).get("sigma_600K_S_per_cm")
            for p in ("cubic", "tetragonal") for w in ("teacher", "student")}
     if all(v for v in sig.values()):
         rt = sig[("cubic", "teacher")] / sig[("tetragonal", "teacher")]
         rs = sig[("cubic", "student")] / sig[("tetragonal", "student")]
         out["ratio"] = {"teacher": rt, "student": rs, "rel": rs / rt - 1.0, "verdict": abs(rs / rt - 1.0) <= 0.30}
+        # the ratios' own relative standard errors (from the extrapolated sigma errors)
+        rel = {}
+        for w in ("teacher", "student"):
+            errs = [(ex.get(p) or {}).get(w, {}).get("sigma_600K_err_S_per_cm") for p in ("cubic", "tetragonal")]
+            if None not in errs:
+                rel[w] = float(np.hypot(errs[0] / sig[("cubic", w)], errs[1] / sig[("tetragonal", w)]))
+        if len(rel) == 2:
+            out["ratio"].update(teacher_rel_err=rel["teacher"], student_rel_err=rel["student"])
     verdicts = ([r["verdict"] for r in out["D"] + out["V"]] + [v["verdict"] for v in out["Ea"].values()]
                 + [out["ratio"]["verdict"] if out["ratio"] else None])
     out["all_decided_pass"] = all(v for v in verdicts if v is not None)
@@ -1069,6 +1083,8 @@ def acceptance_table(result: dict) -> list[str]:
         for p, r in acc["Ea"].items():
             num = (f"{r['student']:.3f} vs {r['teacher']:.3f} eV" if None not in (r["student"], r["teacher"])
                    else "not fitted")
+            if r.get("z") is not None:
+                num += f" (difference {r['z']:.1f} x the combined standard error {r['combined_err']:.3f} eV)"
             lines.append(f"| Ea {p} | {num} | {mark(r['verdict'])} |")
         for r in acc["V"]:
             num = f"{100 * r['rel']:+.2f} %" if r["rel"] is not None else "no volume"
@@ -1076,6 +1092,8 @@ def acceptance_table(result: dict) -> list[str]:
         r = acc["ratio"]
         lines.append("| sigma_c / sigma_t at 600 K | "
                      + (f"{r['student']:.3g} vs {r['teacher']:.3g} ({100 * r['rel']:+.0f} %)" if r else "not fitted")
+                     + (f"; their standard errors {100 * r['student_rel_err']:.0f} % and "
+                        f"{100 * r['teacher_rel_err']:.0f} %" if r and "teacher_rel_err" in r else "")
                      + f" | {mark(r['verdict'] if r else None)} |")
         lines.append(f"\n{'every decided check passes' if acc['all_decided_pass'] else 'some checks FAIL'}; "
                      f"{acc['undecided']} undecided ('-': teacher error >= 15 %, a run not diffusive, "

@@ -218,6 +218,11 @@ def test_acceptance_checks_the_issue_criteria(llzo):
     assert [r["verdict"] for r in acc["V"]] == [True] * 6
     assert acc["ratio"]["verdict"] and acc["ratio"]["rel"] == pytest.approx(0.0, abs=1e-9)
     assert acc["all_decided_pass"] and acc["undecided"] == 0
+    # beside each verdict, whether the runs could tell: the Ea difference in combined errors,
+    # the ratios' own relative errors
+    ea = acc["Ea"]["cubic"]
+    assert ea["z"] == pytest.approx(0.0, abs=1e-6) and ea["combined_err"] > 0
+    assert 0 < acc["ratio"]["teacher_rel_err"] < 1 and 0 < acc["ratio"]["student_rel_err"] < 1
     bad = json.loads(json.dumps(res))
     bad["phases"]["cubic"]["student_D"][0] *= 1.5 / 1.1
     bad["phases"]["tetragonal"]["teacher_D_err"][1] = 0.2 * bad["phases"]["tetragonal"]["teacher_D"][1]
