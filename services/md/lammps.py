@@ -189,8 +189,7 @@ class LammpsNNP:
             "atom_style charge" if coul is not None else "atom_style atomic",
             "atom_modify map array",
             "boundary p p p",
-            f"region nnmd_box prism 0 {lower[0, 0]:.17g} 0 {lower[1, 1]:.17g} 0 {lower[2, 2]:.17g} "
-            f"{lower[1, 0]:.17g} {lower[2, 0]:.17g} {lower[2, 1]:.17g} units box",
+            box_region("nnmd_box", lower),
             f"create_box {len(present)} nnmd_box",
         ]
         self.lmp.commands_list(cmds)
@@ -248,7 +247,7 @@ class LammpsNNP:
             if coul is not None:  # the frames' energy and virial then come from LAMMPS' totals
                 cmds.append("compute nnmd_vir all pressure NULL virial")
         if coul is not None:
-            cmds += coulomb_kspace(coul, self.n_atoms)
+            cmds += coulomb_kspace(coul, self.n_atoms, lower)
         cmds += [
             f"timestep {float(spec.dt_fs * 1e-3):.17g}",
             # LAMMPS' own log prints the pressure in GPa (its compute thermo_press is in bar)
@@ -445,12 +444,36 @@ class LammpsNNP:
             self._model_tmp = None
 
 
-def coulomb_kspace(term, n_atoms: int) -> list[str]:
+def box_region(name: str, lower) -> str:
+    """The LAMMPS region command for a cell (lower-triangular, lammps_cell): an orthogonal
+    cell as an orthogonal box (block), a tilted one as a prism. LAMMPS' triclinic Ewald
+    (22Jul2025) can keep the k-vector (0,0,kmax) while it fills cos/sin(k z) only up to
+    kzmax, which its triclinic rounding makes kmax - 1 now and then under NPT: that term
+    then reads uninitialised memory (run-to-run noise of ~1e-6 eV, and now and then an
+    inf/NaN energy and virial: "Non-numeric pressure"). See coulomb_kspace for tilted cells."""
+    lower = np.asarray(lower, dtype=float)
+    if not (lower[1, 0] or lower[2, 0] or lower[2, 1]):
+        return f"region {name} block 0 {lower[0, 0]:.17g} 0 {lower[1, 1]:.17g} 0 {lower[2, 2]:.17g} units box"
+    return (f"region {name} prism 0 {lower[0, 0]:.17g} 0 {lower[1, 1]:.17g} 0 {lower[2, 2]:.17g} "
+            f"{lower[1, 0]:.17g} {lower[2, 0]:.17g} {lower[2, 1]:.17g} units box")
+
+
+def coulomb_kspace(term, n_atoms: int, lower=None) -> list[str]:
     """LAMMPS commands for the long-range part of a CoulombTerm (its coul/long pair part is set
     with the pair style): Ewald for small cells, PPPM from 2,000 atoms, both with the term's
-    splitting parameter, so that LAMMPS sums the same series as electrostatics.coulomb."""
+    splitting parameter, so that LAMMPS sums the same series as electrostatics.coulomb.
+
+    lower: the LAMMPS cell (lammps_cell); a tilted one gets Ewald's k range set explicitly,
+    the same in x, y and z (kmax/ewald K K K, K covering the term's k_cut with 10 % room for
+    the box to grow): LAMMPS' own choice for a triclinic box may use the k-vector (0,0,kmax)
+    with cos/sin(k z) filled only up to kzmax < kmax, i.e. uninitialised memory."""
     style = "ewald" if n_atoms < 2000 else "pppm"
-    return [f"kspace_style {style} {term.accuracy:.17g}", f"kspace_modify gewald {term.alpha:.17g}"]
+    cmds = [f"kspace_style {style} {term.accuracy:.17g}", f"kspace_modify gewald {term.alpha:.17g}"]
+    if style == "ewald" and lower is not None and (lower[1, 0] or lower[2, 0] or lower[2, 1]):
+        longest = float(np.max(np.linalg.norm(np.asarray(lower, float), axis=1)))
+        k = max(1, int(np.ceil(term.k_cut * 1.1 * longest / (2.0 * np.pi))))
+        cmds.append(f"kspace_modify kmax/ewald {k} {k} {k}")
+    return cmds
 
 
 def run_lammps(atoms, potential, spec: MDSpec, thermo=None, traj=None, comm=None,

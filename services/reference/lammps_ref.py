@@ -150,7 +150,7 @@ class LammpsBackend:
                       info={**info, "attempts": 1, "wall_s": time.monotonic() - t0})
 
     def _run(self, atoms: Atoms, symbols: list[str]):
-        from services.md.lammps import lammps_cell  # cell @ q = lower (lower-triangular)
+        from services.md.lammps import box_region, lammps_cell
 
         lmp = self._instance()
         lower, q = lammps_cell(atoms.cell.array)
@@ -164,9 +164,7 @@ class LammpsBackend:
         lmp.commands_list([
             "clear", "units metal", f"atom_style {style}", "atom_modify map array",
             "boundary p p p",
-            f"region nnmd_box prism 0 {lower[0, 0]:.17g} 0 {lower[1, 1]:.17g} 0 "
-            f"{lower[2, 2]:.17g} {lower[1, 0]:.17g} {lower[2, 0]:.17g} {lower[2, 1]:.17g} "
-            "units box",
+            box_region("nnmd_box", lower),  # orthogonal cells off LAMMPS' triclinic Ewald path
             f"create_box {ntypes} nnmd_box",
         ])
         lmp.create_atoms(n, list(range(1, n + 1)), types.tolist(), x.ravel().tolist())
