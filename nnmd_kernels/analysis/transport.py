@@ -284,16 +284,23 @@ def block_diffusion(times_ps, unwrapped, n_blocks: int = 5, window=None, dim: in
     stats = blocked_mean(values)
     d, err = float(stats.mean), float(stats.error)
     duration = float(t[-1] - t[0])
+    diffusive, note = _verdict(d, err, duration, dim, min_msd_a2, "the")
+    return BlockDiffusion(d, err, tuple(float(v) for v in values), (t0, t1), block_duration,
+                          duration, dim, diffusive, note)
+
+
+def _verdict(d: float, err: float, duration: float, dim: int, min_msd_a2: float,
+             article: str) -> tuple[bool, str]:
+    """Diffusive when D > 2 x its error and the diffusive MSD over `duration` (one run),
+    2 dim D duration, is above min_msd_a2; the note says which test failed."""
     floor = min_msd_a2 / (2.0 * dim * duration) if duration > 0 else np.inf
     reasons = []
     if not d > 2.0 * err:
         reasons.append(f"D = {d:.3g} +- {err:.3g} A^2/ps is not above 2 x its error")
     if not d > floor:
         reasons.append(f"D = {d:.3g} A^2/ps is below {floor:.3g} A^2/ps, a diffusive MSD "
-                       f"of {min_msd_a2:g} A^2 over the {duration:g} ps run")
-    note = ("not diffusive: " + "; ".join(reasons)) if reasons else "diffusive"
-    return BlockDiffusion(d, err, tuple(float(v) for v in values), (t0, t1), block_duration,
-                          duration, dim, not reasons, note)
+                       f"of {min_msd_a2:g} A^2 over {article} {duration:g} ps run")
+    return not reasons, ("not diffusive: " + "; ".join(reasons)) if reasons else "diffusive"
 
 
 def pooled_diffusion(runs, min_msd_a2: float = NOT_DIFFUSIVE_MSD_A2) -> BlockDiffusion:
@@ -327,17 +334,10 @@ def pooled_diffusion(runs, min_msd_a2: float = NOT_DIFFUSIVE_MSD_A2) -> BlockDif
     err = max(between, within)
     duration = min(r.duration_ps for r in runs)
     dim = runs[0].dim
-    floor = min_msd_a2 / (2.0 * dim * duration) if duration > 0 else np.inf
-    reasons = []
-    if not d > 2.0 * err:
-        reasons.append(f"D = {d:.3g} +- {err:.3g} A^2/ps is not above 2 x its error")
-    if not d > floor:
-        reasons.append(f"D = {d:.3g} A^2/ps is below {floor:.3g} A^2/ps, a diffusive MSD "
-                       f"of {min_msd_a2:g} A^2 over a {duration:g} ps run")
-    note = ("not diffusive: " + "; ".join(reasons)) if reasons else "diffusive"
+    diffusive, note = _verdict(d, err, duration, dim, min_msd_a2, "a")
     values = tuple(v for r in runs for v in r.block_values_a2_per_ps)
     return PooledDiffusion(d, err, values, runs[0].window_ps, runs[0].block_duration_ps,
-                           float(sum(r.duration_ps for r in runs)), dim, not reasons, note,
+                           float(sum(r.duration_ps for r in runs)), dim, diffusive, note,
                            tuple(float(v) for v in d_r), tuple(float(v) for v in e_r),
                            between, within)
 
