@@ -533,7 +533,15 @@ def run_lammps(atoms, potential, spec: MDSpec, thermo=None, traj=None, comm=None
             intervals.append(guard.distance_interval)
         while step < spec.steps:
             nxt = min([(step // n + 1) * n for n in intervals] + [spec.steps])
-            eng.run(nxt - step)
+            try:
+                eng.run(nxt - step)
+            except Exception as exc:  # LAMMPS raises a bare Exception with its ERROR line
+                why = _unstable(exc)
+                if guard is None or why is None:
+                    raise
+                # a blow-up LAMMPS itself detects (e.g. a non-finite pressure in the
+                # barostat, before fix halt is checked): a guard stop at the last good frame
+                watch.stop(int(eng.lmp.extract_global("ntimestep")), f"LAMMPS: {why}")
             reached = int(eng.lmp.extract_global("ntimestep"))
             halted = reached != nxt  # a guard's fix halt stopped LAMMPS early
             step = reached
@@ -550,6 +558,17 @@ def run_lammps(atoms, potential, spec: MDSpec, thermo=None, traj=None, comm=None
         return frame, info
     finally:
         eng.close()
+
+
+_UNSTABLE = ("simulation unstable", "Non-numeric", "Lost atoms", "Out of range atoms")
+
+
+def _unstable(exc: Exception) -> str | None:
+    """The ERROR line of a LAMMPS exception that says the simulation blew up, else None."""
+    text = " ".join(str(exc).split())
+    if not any(k in text for k in _UNSTABLE):
+        return None
+    return text.split(" For more information")[0].removeprefix("ERROR: ")
 
 
 class _LammpsWatch:

