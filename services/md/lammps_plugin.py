@@ -95,6 +95,11 @@ def input_snippet(plugin: str | Path, model_file: str, species, coulomb=None) ->
         f"pair_coeff * * nnmd {model_file} {' '.join(species)}\n"
         "pair_coeff * * coul/long\n"
         + "".join(c + "\n" for c in coulomb_kspace(coulomb, 0))
+        # LAMMPS' triclinic Ewald (22Jul2025) can read unfilled cos/sin tables (a rare inf
+        # energy under NPT; services.md.lammps.box_region): nnmd's own runs avoid it thus
+        + "# with kspace_style ewald: an orthogonal cell as `region ... block`, not a zero-tilt\n"
+        "# prism; a tilted cell needs `kspace_modify kmax/ewald K K K` with K = ceil(1.1 x "
+        f"{coulomb.k_cut:.4g} x the longest cell edge / 2 pi)\n"
     )
 
 
