@@ -158,9 +158,14 @@ def analyze(frames, species, temperature, charges=None, window=None, interval_fs
         b = block_diffusion(times, x_un_run[:, mobile], n_blocks, window_used)
         window_used = b.window_ps  # every run fitted over the first one's lag window
         per_run.append((times, x_run, cells_run, x_un_run, b))
+    steps = [float(r[0][1] - r[0][0]) for r in per_run]
+    if not np.allclose(steps, steps[0], rtol=1e-6):
+        raise ValueError("the trajectories have different frame intervals "
+                         f"({', '.join(f'{1000 * v:g}' for v in steps)} fs): independent runs "
+                         "must be written at the same interval")
     blocks = pooled_diffusion([r[4] for r in per_run])
     n_t = min(len(r[0]) for r in per_run)
-    times = per_run[0][0] if len(per_run) == 1 else min((r[0] for r in per_run), key=len)
+    times = min((r[0] for r in per_run), key=len)
     curve = np.mean([msd(r[3][:n_t, mobile]) for r in per_run], axis=0)
     whole = diffusion_coefficient(times, curve, blocks.window_ps)  # the plotted fit
     x = np.concatenate([r[1] for r in per_run])

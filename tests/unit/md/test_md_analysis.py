@@ -408,3 +408,9 @@ def test_analyze_command_pools_independent_runs(tmp_path, capsys):
                                  "Li", "--temperature", "600", "--out", str(tmp_path / "x")])
     with pytest.raises(ValueError, match="trajectory 2 has other atoms"):
         args.func(args)
+    # runs written at other intervals are refused, naming both
+    write(tmp_path / "slow.extxyz", _li_s_frames(_random_walk(rng, 300, 48, 0.05, 0.2), s_fixed, 0.2))
+    args = _parser().parse_args(["analyze", str(paths[0]), str(tmp_path / "slow.extxyz"), "--species",
+                                 "Li", "--temperature", "600", "--out", str(tmp_path / "y")])
+    with pytest.raises(ValueError, match=r"different frame intervals \(100, 200 fs\)"):
+        args.func(args)
