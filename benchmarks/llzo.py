@@ -203,29 +203,29 @@ class Stages:
         d = self.cached(name, depends, key, keep)
         if d is not None:
             return d["result"]
+        return self._timed(name, fn, outputs, key)
+
+    def _timed(self, name: str, fn, outputs, key: dict | None):
         t0 = time.perf_counter()
         result = fn()
         self._finish(name, result, time.perf_counter() - t0, outputs, key)
         return result
 
-    def run_many(self, stages, jobs: int = 1, depends=(), key: dict | None = None,
-                 keep: bool = True) -> dict:
+    def run_many(self, stages, jobs: int = 1, key: dict | None = None, keep: bool = True) -> dict:
         """Independent stages [(name, fn, outputs)] or [(name, fn, outputs, depends)], `jobs`
         at a time in worker processes (fn must pickle: a partial of a module function); each
         marker is written as its stage completes, so an interrupted batch loses only the
         stages still running. key, keep: as run(), for every stage. Returns {name: result}."""
         out, todo = {}, []
         for name, fn, outputs, *dep in stages:
-            d = self.cached(name, tuple(depends) + tuple(dep[0] if dep else ()), key, keep)
+            d = self.cached(name, dep[0] if dep else (), key, keep)
             if d is not None:
                 out[name] = d["result"]
             else:
                 todo.append((name, fn, outputs))
         if jobs <= 1 or len(todo) <= 1:
             for name, fn, outputs in todo:
-                t0 = time.perf_counter()
-                out[name] = fn()
-                self._finish(name, out[name], time.perf_counter() - t0, outputs, key)
+                out[name] = self._timed(name, fn, outputs, key)
             return out
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -698,15 +698,15 @@ def analyze_run(trajs, temperature: float, blocks: int) -> dict:
     with its error (runs' scatter and block errors), verdict, volume, NE sigma."""
     from ase.io import read
 
+    from nnmd_kernels.analysis import A2_PER_PS_TO_CM2_PER_S as TO_CM2
     from orchestrator.commands.analyze import analyze
 
     trajs = [trajs] if isinstance(trajs, (str, Path)) else list(trajs)
-    runs = [read(tr, index=":") for tr in trajs]
-    res, curves = analyze(runs if len(runs) > 1 else runs[0], "Li", temperature,
-                          charges={"Li": 1.0}, n_blocks=blocks)
+    runs = [read(tr, index=":") for tr in trajs]  # one run: pooled_diffusion gives it back
+    res, curves = analyze(runs, "Li", temperature, charges={"Li": 1.0}, n_blocks=blocks)
     return {"D_cm2_per_s": res["D_cm2_per_s"], "D_err_cm2_per_s": res["D_err_cm2_per_s"],
-            "D_runs_cm2_per_s": [v * 1e-4 for v in res.get("D_runs_A2_per_ps", [res["D_A2_per_ps"]])],
-            "D_err_between_runs_cm2_per_s": (res["D_err_between_runs_A2_per_ps"] * 1e-4
+            "D_runs_cm2_per_s": [v * TO_CM2 for v in res.get("D_runs_A2_per_ps", [res["D_A2_per_ps"]])],
+            "D_err_between_runs_cm2_per_s": (res["D_err_between_runs_A2_per_ps"] * TO_CM2
                                              if "D_err_between_runs_A2_per_ps" in res else None),
             "n_runs": len(runs),
             "diffusive": bool(res["diffusive"]), "note": res["diffusive_note"],
