@@ -444,6 +444,11 @@ class LammpsNNP:
             self._model_tmp = None
 
 
+def _tilted(lower) -> bool:
+    """Whether a lower-triangular LAMMPS cell has a tilt (xy, xz or yz)."""
+    return bool(lower[1, 0] or lower[2, 0] or lower[2, 1])
+
+
 def box_region(name: str, lower) -> str:
     """The LAMMPS region command for a cell (lower-triangular, lammps_cell): an orthogonal
     cell as an orthogonal box (block), a tilted one as a prism. LAMMPS' triclinic Ewald
@@ -452,7 +457,7 @@ def box_region(name: str, lower) -> str:
     then reads uninitialised memory (run-to-run noise of ~1e-6 eV, and now and then an
     inf/NaN energy and virial: "Non-numeric pressure"). See coulomb_kspace for tilted cells."""
     lower = np.asarray(lower, dtype=float)
-    if not (lower[1, 0] or lower[2, 0] or lower[2, 1]):
+    if not _tilted(lower):
         return f"region {name} block 0 {lower[0, 0]:.17g} 0 {lower[1, 1]:.17g} 0 {lower[2, 2]:.17g} units box"
     return (f"region {name} prism 0 {lower[0, 0]:.17g} 0 {lower[1, 1]:.17g} 0 {lower[2, 2]:.17g} "
             f"{lower[1, 0]:.17g} {lower[2, 0]:.17g} {lower[2, 1]:.17g} units box")
@@ -469,7 +474,7 @@ def coulomb_kspace(term, n_atoms: int, lower=None) -> list[str]:
     with cos/sin(k z) filled only up to kzmax < kmax, i.e. uninitialised memory."""
     style = "ewald" if n_atoms < 2000 else "pppm"
     cmds = [f"kspace_style {style} {term.accuracy:.17g}", f"kspace_modify gewald {term.alpha:.17g}"]
-    if style == "ewald" and lower is not None and (lower[1, 0] or lower[2, 0] or lower[2, 1]):
+    if style == "ewald" and lower is not None and _tilted(lower):
         longest = float(np.max(np.linalg.norm(np.asarray(lower, float), axis=1)))
         k = max(1, int(np.ceil(term.k_cut * 1.1 * longest / (2.0 * np.pi))))
         cmds.append(f"kspace_modify kmax/ewald {k} {k} {k}")
