@@ -508,3 +508,161 @@ def step(state: ChainState, config: SLHMCConfig, force_fn: ForceFn,
     e_ref = reference_energy(prop.positions, prop.cell) if needs_reference(prop) else None
     new, accepted = finish(state, prop, e_ref, config)
     return new, prop, e_ref, accepted
+
+
+# ------------------------------------------------------- many chains at once
+
+
+class _Trajectory:
+    """One chain's HMC trajectory inside a ProposalBatch (velocity Verlet, as `nve`)."""
+
+    __slots__ = ("key", "state", "config", "rng", "n", "done", "x", "v", "f", "e", "e0",
+                 "k0", "system")
+
+    def __init__(self, key, state: ChainState, config: SLHMCConfig, system) -> None:
+        self.key, self.state, self.config, self.system = key, state, config, system
+        # the same draws, in the same order, as _propose_hmc
+        self.rng = make_rng(state.rng_state)
+        n = state.n_md
+        if config.n_md_jitter > 0:
+            lo = max(1, math.ceil((1.0 - config.n_md_jitter) * n))
+            n = int(self.rng.integers(lo, n + 1))
+        self.n, self.done = n, 0
+        self.x = np.array(state.positions, dtype=float)
+        self.v = maxwell_boltzmann(state.masses, config.temperature, self.rng,
+                                   zero_momentum=False)
+        self.f = self.e = self.e0 = self.k0 = None
+
+    def proposal(self) -> Proposal:
+        cfg, masses = self.config, self.state.masses
+        k1 = kinetic_energy(self.v, masses)
+        ok = np.isfinite(self.x).all() and np.isfinite(k1) and np.isfinite(self.e)
+        return Proposal(kind="hmc", positions=self.x, cell=self.state.cell.copy(),
+                        log_q=-cfg.beta * (k1 - self.k0) if ok else -np.inf,
+                        e_nnp_old=float(self.e0), e_nnp_new=float(self.e), n_md=self.n,
+                        rng_state=self.rng.bit_generator.state, kinetic_old=self.k0,
+                        kinetic_new=k1, beta=cfg.beta)
+
+
+class ProposalBatch:
+    """Many chains' proposals with one potential, their HMC trajectories batched.
+
+    `add(key, state, config)` any time; each `advance()` moves every trajectory one
+    velocity-Verlet step with one evaluation of the potential for all of them
+    (nnmd_kernels.md.batch.batch_forces) and returns the (key, Proposal) pairs that
+    ended, or (key, exception) for a chain whose evaluation failed (overlapping atoms:
+    the ValueError that `propose` raises). Trajectories of different lengths leave as
+    they end and new ones join at the next step (continuous batching), so no chain
+    waits for a longer one. Each chain draws from its own random stream exactly as
+    `propose` does and keeps its own neighbour list (built at its start), so a
+    proposal is the one `propose(state, config, force_fn)` makes, whatever else shares
+    the batch, up to floating-point summation order (tests/unit/slhmc/test_proposal_batch.py).
+    Proposals are not screened: call `screen` on each, as after `propose`.
+    Volume moves need no trajectory; they are made in `add` (their delayed-acceptance
+    energies from one-system evaluations) and returned by the next `advance`.
+    """
+
+    def __init__(self, potential, *, skin: float = 1.0, backend: str = "auto") -> None:
+        self.potential, self.skin, self.backend = potential, skin, backend
+        self._running: list[_Trajectory] = []
+        self._ready: list[tuple] = []
+        self.evaluations = 0  # batched potential evaluations
+        self.system_evaluations = 0  # systems evaluated, summed over them
+
+    def __len__(self) -> int:
+        return len(self._running) + len(self._ready)
+
+    @property
+    def n_atoms(self) -> int:
+        return sum(t.state.n_atoms for t in self._running)
+
+    def system(self, state: ChainState):
+        """A BatchSystem (species, neighbour list) for a chain of this potential: pass it
+        to `add` again with the chain's next states to keep its neighbour list."""
+        from nnmd_kernels.md.batch import BatchSystem
+
+        return BatchSystem(self.potential, state.numbers, state.pbc, self.skin)
+
+    def add(self, key, state: ChainState, config: SLHMCConfig, system=None) -> None:
+        """A chain's next proposal joins the batch. system: the chain's BatchSystem from
+        earlier proposals with this potential (its Verlet list is reused; the proposal
+        then differs from a fresh one by summation order only), else a fresh one."""
+        try:
+            system = system if system is not None else self.system(state)
+            if move_kind(state, config) == "volume":
+                self._ready.append((key, _propose_volume(state, config,
+                                                         self._energy_fn(system))))
+            else:
+                self._running.append(_Trajectory(key, state, config, system))
+        except Exception as exc:  # noqa: BLE001 - handed back to the chain that asked
+            self._ready.append((key, exc))
+
+    def _energy_fn(self, system):
+        from nnmd_kernels.md.batch import batch_forces
+
+        def energy(x, h):
+            out = batch_forces(self.potential, [system], [x], [h], self.backend)[0]
+            if isinstance(out, Exception):
+                raise out
+            return out[0]
+
+        return energy
+
+    def advance(self) -> list[tuple]:
+        """One MD step of every trajectory; the (key, Proposal | exception) that ended."""
+        from nnmd_kernels.md.batch import batch_forces
+        from nnmd_kernels.md.integrators import _half_kick
+
+        ended, self._ready = self._ready, []
+        run = self._running
+        if not run:
+            return ended
+        for t in run:  # started ones: half kick and drift (fresh ones: forces at the start)
+            if t.f is not None:
+                t.v = _half_kick(t.v, t.f, t.state.masses, t.config.dt)
+                t.x = t.x + t.config.dt * t.v
+        res = batch_forces(self.potential, [t.system for t in run], [t.x for t in run],
+                           [t.state.cell for t in run], self.backend)
+        self.evaluations += 1
+        self.system_evaluations += len(run)
+        going = []
+        for t, r in zip(run, res):
+            if isinstance(r, Exception):
+                ended.append((t.key, r))
+                continue
+            e, f, _ = r
+            if t.f is None:
+                t.e0, t.k0 = float(e), kinetic_energy(t.v, t.state.masses)
+            else:
+                t.v = _half_kick(t.v, f, t.state.masses, t.config.dt)
+                t.done += 1
+            t.e, t.f = float(e), np.asarray(f)
+            if t.done >= t.n:
+                ended.append((t.key, t.proposal()))
+            else:
+                going.append(t)
+        self._running = going
+        return ended
+
+    def drain(self) -> list[tuple]:
+        """Every chain still in the batch as (key, None); the batch is left empty."""
+        out = [(t.key, None) for t in self._running] + [(k, None) for k, _ in self._ready]
+        self._running, self._ready = [], []
+        return out
+
+    def run(self) -> list[tuple]:
+        """advance() until every trajectory has ended; all (key, result) pairs."""
+        out = []
+        while len(self):
+            out.extend(self.advance())
+        return out
+
+
+def propose_many(states, configs, potential, *, backend: str = "auto") -> list:
+    """`propose` for many chains at once (one ProposalBatch): a Proposal or the
+    exception per chain, in order."""
+    batch = ProposalBatch(potential, backend=backend)
+    for k, (s, c) in enumerate(zip(states, configs)):
+        batch.add(k, s, c)
+    out = dict(batch.run())
+    return [out[k] for k in range(len(states))]

@@ -27,7 +27,6 @@ import asyncio
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from collections import Counter
@@ -42,7 +41,6 @@ from nnmd_kernels.md.units import GPA_TO_EV_PER_A3, pressure_gpa
 from services.runtime import faults
 
 CAMPAIGN_DOC = "campaign"  # checkpoint key holding the campaign's settings
-SMALL_CELL_ATOMS = 256  # below this, MD proposals run one numba thread each, side by side
 ON_FAILURE = ("stop", "reject")
 # the training's stress weight (per (eV/A^3)^2) when a campaign has NPT chains and its `train`
 # section does not set one: NPT chains, and the NPT MD a user runs next, move the cell, and a
@@ -301,17 +299,6 @@ def holdout_errors(potential, structures) -> dict:
     return {"n": len(structures), **error_table(predictions(potential, structures))}
 
 
-def md_threads(cpus: int | None = None) -> int:
-    """MD threads of a campaign's small-cell proposals: 4 a core, at most 32 (but never
-    fewer than a thread a core). A small cell's proposal is many short kernel calls that
-    release the GIL, with Python between them; with one thread a core, each thread waits
-    for the GIL after every kernel (the other threads hold it) and the proposals of many
-    chains queue (measured, docs/benchmarks.md "The coordinator under load": 1,000
-    chains, MD latency 1.1 s with 2 threads, 0.14-0.2 s with 8, on 2 cores)."""
-    cpus = max(1, int(cpus or os.cpu_count() or 1))
-    return max(cpus, min(4 * cpus, 32))
-
-
 def chain_name(c: int) -> str:
     return f"chain{c:03d}"
 
@@ -392,7 +379,8 @@ class Campaign:
             raise
         self._models: dict[int, object] = {}
         self._n_hmc: int | None = None
-        self._force_fns: dict[tuple[str, int], object] = {}
+        self._proposals = None  # the in-process ProposalEngine while chains run
+        self.in_process_proposals = 0  # proposals it made (0 with MD executors)
         self.stats = {"reference_calls": 0, "reference_failures": 0, "labels": 0,
                       "retrainings": 0, "replayed": 0, "md_steps": 0,
                       # wall seconds by phase (the campaign's own overhead is "store")
@@ -677,15 +665,6 @@ class Campaign:
                      f"{1e3 * f:.0f} meV/A, {now - t0:.0f} s")
         return progress
 
-    def _force_fn(self, chain: str, version: int, numbers, pbc):
-        from nnmd_kernels.md.forces import potential_force_fn
-
-        key = (chain, version)
-        if key not in self._force_fns:
-            self._force_fns = {k: v for k, v in self._force_fns.items() if k[0] != chain}
-            self._force_fns[key] = potential_force_fn(self.model(version), numbers, pbc)
-        return self._force_fns[key]
-
     # ------------------------------------------------------------ chains
     def init_chains(self) -> dict[str, dict]:
         """Each chain's checkpoint document; new chains start from bootstrap frames."""
@@ -766,17 +745,17 @@ class Campaign:
         # chains (not failed) at each step: the slowest chain's step without a scan of
         # every chain at every step
         self._at_step = Counter(s.step for s in states.values())
-        # MD: for big cells one thread (the numba kernels are parallel inside); for small
-        # ones several threads a core (md_threads), each running the (nogil) kernels on
-        # one thread, since a parallel region costs more than a few dozen atoms do.
-        # Store calls that block until durable (the explorers', the rare checkpoint of a
-        # chain outside its step) get threads of their own; a chain step's label and
-        # checkpoint go to the store writer's group commit without a thread
-        self._small = max(s.n_atoms for s in states.values()) < SMALL_CELL_ATOMS
-        # (with MD executors the chains' MD runs there; the pool is left to the explorers)
-        self._md_pool = ThreadPoolExecutor(
-            md_threads() if self._small and self.md_executor is None else 1,
-            thread_name_prefix="md")
+        # MD proposals: without MD executors, one engine thread batches every chain's
+        # trajectories into one potential evaluation per MD step (services.md.proposals);
+        # the explorers' MC runs in a thread of its own. Store calls that block until
+        # durable (the explorers', the rare checkpoint of a chain outside its step) get
+        # threads of their own; a chain step's label and checkpoint go to the store
+        # writer's group commit without a thread
+        if self.md_executor is None:
+            from services.md.proposals import ProposalEngine
+
+            self._proposals = ProposalEngine(self.model)
+        self._md_pool = ThreadPoolExecutor(1, thread_name_prefix="explorer")
         self._io_pool = ThreadPoolExecutor(min(64, len(states) + 2), thread_name_prefix="store")
         t_start, cpu_start = time.perf_counter(), time.thread_time()
         try:
@@ -794,6 +773,10 @@ class Campaign:
         finally:
             self.stats["seconds_loop_cpu"] += time.thread_time() - cpu_start
             self._md_pool.shutdown(wait=True)
+            if self._proposals is not None:
+                self._proposals.close()
+                self.in_process_proposals += self._proposals.proposals
+                self._proposals = None
             self._io_pool.shutdown(wait=True)
             if own_ref:
                 self._ref.close()
@@ -817,14 +800,6 @@ class Campaign:
                  for c in map(self.cfg.chain_conditions, range(self.cfg.chains))}
         return ", ".join(f"{e.upper()} {t:g} K" + (f" {p:g} GPa" if e == "npt" else "")
                          for e, t, p in sorted(conds))
-
-    def _propose(self, name: str, version: int, state, kcfg):
-        if self._small:
-            import numba
-
-            numba.set_num_threads(1)  # this MD thread only
-        ff = self._force_fn(name, version, state.numbers, state.pbc)
-        return slhmc.screen(slhmc.propose(state, kcfg, ff), kcfg)
 
     def _retrain_due(self) -> bool:
         """Due every `retrain_every` labels, while some chain is still learning (once all
@@ -902,7 +877,7 @@ class Campaign:
             if self.md_executor is not None:  # an MD executor: no numerics here
                 p = await self.md_executor.propose(v, s, kcfg)
             else:
-                p = await loop.run_in_executor(self._md_pool, self._propose, n, v, s, kcfg)
+                p = await asyncio.wrap_future(self._proposals.submit(n, v, s, kcfg))
             self.stats["seconds_md"] += time.perf_counter() - t0
             self.stats["md_steps"] += p.n_md
             e_ref, status, outcome, wall = None, "screened" if p.screened_out else "rejected", \

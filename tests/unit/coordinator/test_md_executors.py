@@ -146,7 +146,7 @@ def test_acceptance_spec_with_two_md_workers_runs_on_two_executors(ray_session, 
     # the bootstrap's 7 frames and the chains' 8 steps, all on the one reference worker
     assert [w["calls"] for w in st["reference_workers"]] == [7 + 8]
     assert summary["md_executors"][0]["calls"] == md[0]["calls"]
-    assert run.campaign._force_fns == {}  # no MD numerics in the coordinator
+    assert run.campaign.in_process_proposals == 0  # no MD numerics in the coordinator
     # the executors took the re-trained model too (read from the store by version): the
     # steps that began after the 4th label waited for v2 (wait_for_model)
     store = Store(doc["store"], read_only=True)

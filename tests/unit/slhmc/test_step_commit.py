@@ -5,7 +5,7 @@ written resumes by replaying those steps with the stored labels; the slowest cha
 
 import pytest
 
-from orchestrator.slhmc import Campaign, CampaignConfig, chain_name, md_threads
+from orchestrator.slhmc import Campaign, CampaignConfig, chain_name
 from services.store import Store
 from tests.unit.slhmc.conftest import TINY_TRAIN
 
@@ -83,8 +83,3 @@ def test_progress_follows_the_slowest_chain_step_by_step(cu, tmp_path):
     rounds = [int(m.split()[1].split("/")[0]) for m in lines if m.startswith("step ")]
     assert rounds == list(range(1, STEPS + 1))
     assert not camp._at_step or set(camp._at_step) == {STEPS}
-
-
-def test_md_threads():
-    assert md_threads(1) == 4 and md_threads(2) == 8 and md_threads(8) == 32
-    assert md_threads(16) == 32 and md_threads(64) == 64
