@@ -7,8 +7,9 @@
     .venv/bin/python benchmarks/coordinator_load.py --chains 200 --ray-workers 2   # real path
 
 The real coordinator code runs (orchestrator.slhmc.Campaign.run_async: chains as asyncio
-tasks, NNP MD proposals in the campaign's MD threads, or with --md-workers on MD executor
-actors (RayMDPool, a local Ray instance), the store writer's group commit of each step's
+tasks, NNP MD proposals batched on the campaign's proposal engine thread
+(services.md.proposals), or with --md-workers batched on MD executor actors (RayMDPool,
+a local Ray instance), the store writer's group commit of each step's
 label and checkpoint); only the reference is simulated. Cells are 4-atom fcc Cu and the
 NNP proposal is 2 MD steps of a tiny model, so the MD costs little and the coordinator's
 own costs show.
@@ -295,7 +296,7 @@ def main() -> None:
     ap.add_argument("--md-workers", type=int, default=0,
                     help="MD proposals on this many MD executor actors (RayMDPool, the "
                          "coordinator's real path; a local Ray instance) instead of the "
-                         "campaign's own MD threads")
+                         "campaign's own proposal engine thread")
     ap.add_argument("--bound", action="store_true",
                     help="instead of the campaign: the same chains and cluster with a coordinator "
                          "that costs nothing (chains that only call the simulated "
@@ -318,7 +319,7 @@ def main() -> None:
              f"{args.node_failures} node failures (detected after {args.detect_s:g} s, "
              f"down {args.down_s:g} s)" if args.nodes else ", unlimited reference slots")
           + (f", MD on {args.md_workers} MD executors" if args.md_workers
-             else ", MD in the coordinator's threads"))
+             else ", MD batched in the coordinator's proposal engine thread"))
     head = ("| chains | chain steps | wall s | chain steps/s | steady steps/s | process CPU "
             "ms/step | steady CPU ms/step | simulated reference CPU ms/call | loop CPU ms/step "
             "| store latency ms | MD latency ms | peak RSS MB |")

@@ -175,8 +175,9 @@ def test_executor_without_the_store_takes_the_object_store_copy(model_store, tmp
 
 @pytest.mark.timeout(300)
 def test_pool_spreads_follows_and_drops_executors(ray_session, model_store):
-    """RayMDPool on its own: calls spread over both executors, the same proposal whichever
-    answers; a memory:// store the executors cannot see (the object store's copy serves);
+    """RayMDPool on its own: calls spread over both executors, batched once both are busy
+    (the 4 requests go out as 1 + 1 + a batch of 2), the same proposal whichever answers
+    and whatever it is batched with; a memory:// store the executors cannot see (the object store's copy serves);
     an executor killed for good is dropped and the other takes the calls."""
     import asyncio
 
@@ -196,15 +197,19 @@ def test_pool_spreads_follows_and_drops_executors(ray_session, model_store):
 
         got = asyncio.run(batch())
         for g, w_ in zip(got, want):
-            assert np.array_equal(g.positions, w_.positions) and g.rng_state == w_.rng_state
-        assert [w_["calls"] for w_ in pool.workers()] == [2, 2]
+            np.testing.assert_allclose(g.positions, w_.positions, rtol=0, atol=1e-12)
+            assert g.rng_state == w_.rng_state
+        calls = [w_["calls"] for w_ in pool.workers()]
+        assert sum(calls) == 4 and min(calls) >= 1, calls
+        assert pool.batches == 3
         ray_session.kill(pool._actors[0], no_restart=True)
+        before = [w_["calls"] for w_ in pool.workers()]
         got = asyncio.run(batch())
         for g, w_ in zip(got, want):
-            assert np.array_equal(g.positions, w_.positions)
+            np.testing.assert_allclose(g.positions, w_.positions, rtol=0, atol=1e-12)
         workers = pool.workers()
         assert sum(w_["calls"] for w_ in workers) == 8
-        assert pool.retries >= 1 or workers[0]["calls"] == 2
+        assert pool.retries >= 1 or workers[0]["calls"] == before[0]
         ray_session.kill(pool._actors[1], no_restart=True)
         with pytest.raises(NoMDExecutors):
             asyncio.run(batch())
