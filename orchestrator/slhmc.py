@@ -609,7 +609,10 @@ class Campaign:
                  + (" (warm start)" if init is not None else "") + " ...")
         # train_fn: this process by default; on Ray a task with the trainer's resources
         if self.train_fn is None:
-            result = train(structures, tc, init=init, progress=self._training_progress(tc))
+            from services.runtime.threads import blas_one_thread
+
+            with blas_one_thread():  # the numba and BLAS pools apart (runtime/threads.py)
+                result = train(structures, tc, init=init, progress=self._training_progress(tc))
         else:
             result = self.train_fn(structures, tc, init=init)
         faults.point("training")

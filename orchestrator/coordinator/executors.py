@@ -248,8 +248,10 @@ def ray_trainer(resources: dict | None = None, max_retries: int = 3):
     @ray.remote
     def _train(structures, config, init):
         from nnmd_kernels.training import train
+        from services.runtime.threads import blas_one_thread
 
-        result = train(structures, config, init=init)
+        with blas_one_thread():
+            result = train(structures, config, init=init)
         faults.point("trainer_task")
         return result
 
@@ -373,13 +375,15 @@ class MDExecutor:
 
         from nnmd_kernels import slhmc
         from services.runtime import faults
+        from services.runtime.threads import blas_one_thread
 
         numba.set_num_threads(min(self._threads, numba.config.NUMBA_NUM_THREADS))
         pot = self._model(int(version), sha256, model_box)
         batch = slhmc.ProposalBatch(pot, backend="cuda" if self._engine == "cuda" else "numba")
         for k, (state, kcfg) in enumerate(zip(states, kcfgs)):
             batch.add(k, state, kcfg)  # a fresh neighbour list: a pure function of the call
-        done = dict(batch.run())
+        with blas_one_thread():
+            done = dict(batch.run())
         out = [done[k] if isinstance(done[k], BaseException) else slhmc.screen(done[k], kcfgs[k])
                for k in range(len(states))]
         faults.point("md_executor")

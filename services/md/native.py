@@ -6,6 +6,7 @@ from nnmd_kernels.md import npt_scr, nve, nvt_bussi, nvt_langevin, run, run_batc
 from nnmd_kernels.md.forces import potential_force_fn
 from services.md.observers import MDFrame, velocities_of
 from services.md.spec import MDSpec
+from services.runtime.threads import blas_one_thread
 
 
 def integrator(spec: MDSpec, force_fn):
@@ -51,10 +52,11 @@ def run_native(atoms, potential, spec: MDSpec, thermo=None, traj=None, force_fn=
     if force_fn is None:
         force_fn = potential_force_fn(potential, atoms.numbers, atoms.pbc, spec.skin_a, backend)
     init_fn, step_fn = integrator(spec, force_fn)
-    state = initial_state(atoms, spec, force_fn, init_fn)
-    if guard is None:
-        return run(step_fn, state, spec.steps, _frame_observers(spec, thermo, traj))
-    return GuardedRun(guard, spec, thermo, traj).run(step_fn, state)
+    with blas_one_thread():  # services.runtime.threads: numba and BLAS pools apart
+        state = initial_state(atoms, spec, force_fn, init_fn)
+        if guard is None:
+            return run(step_fn, state, spec.steps, _frame_observers(spec, thermo, traj))
+        return GuardedRun(guard, spec, thermo, traj).run(step_fn, state)
 
 
 class GuardedRun:
@@ -133,12 +135,13 @@ def run_native_batch(structures, potential, spec: MDSpec, seeds=None, backend="a
     if len(seeds) != len(structures):
         raise ValueError(f"got {len(seeds)} seeds for {len(structures)} structures")
     step_fns, states = [], []
-    for atoms, seed in zip(structures, seeds):
-        ff = potential_force_fn(potential, atoms.numbers, atoms.pbc, spec.skin_a, backend)
-        init_fn, step_fn = integrator(spec, ff)
-        step_fns.append(step_fn)
-        states.append(initial_state(atoms, spec, ff, init_fn, seed=seed))
-    return run_batch(step_fns, states, spec.steps)
+    with blas_one_thread():
+        for atoms, seed in zip(structures, seeds):
+            ff = potential_force_fn(potential, atoms.numbers, atoms.pbc, spec.skin_a, backend)
+            init_fn, step_fn = integrator(spec, ff)
+            step_fns.append(step_fn)
+            states.append(initial_state(atoms, spec, ff, init_fn, seed=seed))
+        return run_batch(step_fns, states, spec.steps)
 
 
 def total_energy(state) -> float:

@@ -97,6 +97,12 @@ class ProposalEngine:
             batch.add((fut, config), state, config, system=system)
 
     def _run(self) -> None:
+        from services.runtime.threads import blas_one_thread
+
+        with blas_one_thread():  # numba's threads and BLAS's apart (runtime/threads.py)
+            self._loop()
+
+    def _loop(self) -> None:
         from nnmd_kernels.slhmc import screen
 
         while True:

@@ -25,6 +25,7 @@ from nnmd_kernels.training import TrainConfig, train
 from services.proto.nnmd.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from services.runtime import registry
 from services.runtime.errors import FailedPrecondition, InvalidArgument, ServiceError
+from services.runtime.threads import blas_one_thread
 from services.store.store import check_store_url, safe_name
 from services.trainer.data import read_store
 
@@ -170,7 +171,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
                     if epoch % self.progress_every == 0:
                         loop.call_soon_threadsafe(queue.put_nowait, ("progress", member, row))
 
-                result = train(structures, cfg, init=init, progress=progress)
+                with blas_one_thread():
+                    result = train(structures, cfg, init=init, progress=progress)
                 text, _ = dumps(result.potential)
                 meta = {"campaign": request.campaign, "n_structures": len(structures),
                         "warm_start": int(request.warm_start.version) if init is not None else None,
