@@ -14,7 +14,9 @@ proposal, and their ratio. Cases:
 - si64: 64-atom diamond Si cells rattled 0.05 A, 10 MD steps, a model of the default
   size (2 x 40, 24 + 12 Chebyshev terms, 5 A / 4 A).
 
-Each proposal is checked against the one-at-a-time one (positions within 1e-9 A).
+Each proposal is checked against the one-at-a-time one (positions within 1e-9 A). Both
+run with BLAS on one thread, as the proposal engine and the MD executors run them
+(services.runtime.threads).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from ase.build import bulk
 from nnmd_kernels import slhmc
 from nnmd_kernels.md.forces import potential_force_fn
 from nnmd_kernels.potential import Potential
+from services.runtime.threads import blas_one_thread
 
 CASES = {
     "cu4": dict(species=("Cu",), model=dict(hidden=(4,), n_radial=4, n_angular=2,
@@ -65,6 +68,11 @@ def main() -> None:
                     help="time at most this many one-at-a-time proposals (the rest are "
                          "checked against a sample)")
     args = ap.parse_args()
+    with blas_one_thread():
+        _run(args)
+
+
+def _run(args) -> None:
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}, numpy {np.__version__}")
     print("| case | atoms | MD steps | chains | alone ms/proposal (CPU) | batched ms/proposal "

@@ -51,15 +51,17 @@ class BatchSystem:
         """(i, j, r_ij) within the cutoff at these positions; ValueError for bad geometry."""
         ref = self._ref
         x = positions
-        if ref is not None and x.shape == ref[0].shape and (cell is ref[1] or (
-                cell is not None and np.array_equal(cell, ref[1]))):
+        if ref is not None and x.shape == ref[0].shape and (
+                (cell is None and ref[1] is None)
+                or (cell is not None and ref[1] is not None and np.array_equal(cell, ref[1]))):
             d = x - ref[0]
             # NaN never passes this test, and goes to validate_geometry below
             if 4.0 * float(np.max(np.einsum("ij,ij->i", d, d), initial=0.0)) <= self.skin ** 2:
                 return self._within(x, ref)
         pos, h, pbc = validate_geometry(x, cell if self.pbc.any() else None, self.pbc)
         big = neighbor_pairs(pos, h, pbc, self.cutoff + self.skin)
-        ref = self._ref = (pos.copy(), cell, big.i, big.j, big.shifts @ h)
+        kept = None if cell is None else np.array(cell, dtype=np.float64)  # a copy
+        ref = self._ref = (pos.copy(), kept, big.i, big.j, big.shifts @ h)
         self.n_builds += 1
         return self._within(pos, ref)
 

@@ -39,7 +39,7 @@ class ProposalEngine:
         self._cv = threading.Condition()
         self._pending: deque = deque()
         self._batches: dict[int, object] = {}  # version -> ProposalBatch
-        self._systems: dict[tuple[str, int], object] = {}  # (chain, version) -> BatchSystem
+        self._systems: dict[str, tuple[int, object]] = {}  # chain -> (version, BatchSystem)
         self._closed = False
         self.proposals = 0
         self.evaluations = 0  # batched potential evaluations
@@ -86,11 +86,12 @@ class ProposalEngine:
                 if batch is None:
                     batch = self._batches[version] = ProposalBatch(self._model(version),
                                                                    backend=self.backend)
-                system = self._systems.get((chain, version))
-                if system is None:
-                    # a chain's list from an older version is of no use any more
-                    self._systems = {k: v for k, v in self._systems.items() if k[0] != chain}
-                    system = self._systems[(chain, version)] = batch.system(state)
+                have = self._systems.get(chain)
+                if have is not None and have[0] == version:
+                    system = have[1]
+                else:  # a chain's list from an older version is of no use any more
+                    system = batch.system(state)
+                    self._systems[chain] = (version, system)
             except BaseException as exc:  # noqa: BLE001 - the asking chain gets it
                 fut.set_exception(exc)
                 continue
@@ -113,7 +114,7 @@ class ProposalEngine:
             for version, batch in list(self._batches.items()):
                 try:
                     ended = batch.advance()
-                    self.evaluations = self.evaluations + 1
+                    self.evaluations += 1
                 except BaseException as exc:  # noqa: BLE001 - a bug: fail this batch's chains
                     ended = [(key, exc) for key, _ in batch.drain()]
                 for (fut, config), out in ended:

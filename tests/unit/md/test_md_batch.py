@@ -87,3 +87,21 @@ def test_one_bad_system_fails_alone(potential):
 def test_unknown_species_is_refused_by_name(potential):
     with pytest.raises(ValueError, match="element Cu"):
         BatchSystem(potential, [3, 29], True)
+
+
+def test_verlet_lists_follow_moving_atoms_and_changed_cells(potential):
+    systems = _systems(4)[:3]
+    batch = [BatchSystem(potential, z, pbc, skin=0.6) for _, z, _, pbc in systems]
+    rng = np.random.default_rng(7)
+    xs = [s[0].copy() for s in systems]
+    cells = [s[2] for s in systems]
+    for step in range(25):
+        if step == 12:  # a strained cell: the list must be rebuilt, not reused
+            cells[0] = cells[0] * 1.02
+        out = batch_forces(potential, batch, xs, cells)
+        for k, (x, z, _, pbc) in enumerate(systems):
+            ref = potential.compute(xs[k], z, cells[k], pbc)
+            assert abs(out[k][0] - ref.energy) <= 1e-10 * max(1.0, abs(ref.energy))
+            np.testing.assert_allclose(out[k][1], ref.forces, rtol=0, atol=1e-10)
+        xs = [x + rng.normal(0, 0.04, x.shape) for x in xs]
+    assert all(1 < b.n_builds < 25 for b in batch), [b.n_builds for b in batch]
