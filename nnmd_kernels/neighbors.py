@@ -22,6 +22,7 @@ import numpy as np
 
 MIN_DISTANCE = 0.1  # Angstrom: closer atoms are an input error, not physics
 _VESIN_IMPORT = threading.Lock()
+_VESIN = None  # the vesin module, once imported (_vesin)
 
 
 @dataclass(frozen=True)
@@ -101,11 +102,13 @@ def _vesin():
     a neighbour list about 190 MB of memory and 1-2 s (measured: 26 -> 220 MB RSS for
     `import vesin`). Packages already imported are left as they are.
     """
-    mod = sys.modules.get("vesin")
-    if mod is not None:
-        return mod
-    blocked = [name for name in ("torch", "cupy") if name not in sys.modules]
-    with _VESIN_IMPORT:
+    global _VESIN
+    if _VESIN is not None:  # set only once the import has finished
+        return _VESIN
+    with _VESIN_IMPORT:  # another thread may be half-way through the import
+        if _VESIN is not None:
+            return _VESIN
+        blocked = [name for name in ("torch", "cupy") if name not in sys.modules]
         for name in blocked:
             sys.modules[name] = None  # `import name` raises ImportError inside vesin
         try:
@@ -114,6 +117,7 @@ def _vesin():
             for name in blocked:
                 if sys.modules.get(name, 0) is None:
                     del sys.modules[name]
+        _VESIN = vesin
     return vesin
 
 
