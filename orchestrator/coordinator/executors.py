@@ -633,9 +633,11 @@ class RayMDPool:
         self._attempts = attempts
         self._models: dict[int, tuple[str, list]] = {}  # version -> (sha256, [ObjectRef])
         self._checks: set = set()  # tasks that follow a failed executor (restart or gone)
-        # Executor i's address is read again after a call when an executor failed since it
-        # was last read (_failures > _seen[i]): a node lost while i was idle restarts i
-        # too, and its next call just waits for the restart, failing nothing.
+        # Executor i's address is read again when an executor failed since it was last read
+        # (_failures > _seen[i]): a node lost while i was idle restarts i too, and its next
+        # call just waits for the restart, failing nothing. Read at once for every other
+        # executor when one fails (batches can leave an executor idle for long), and after
+        # i's next call.
         self._failures = 0
         self._seen = [0] * workers
         self._rereads: set = set()
@@ -809,6 +811,9 @@ class RayMDPool:
                 log.warning("MD executor %s failed %s (%s); sending it again",
                             self._addresses[i], what, type(exc).__name__)
                 last = i
+                for j in range(len(self._actors)):  # others on the lost node restart too
+                    if j != i and self._alive[j]:
+                        self._reread_later(j)
                 if not self._suspect[i]:
                     self._suspect[i] = True
                     task = asyncio.ensure_future(self._check(i))
@@ -819,19 +824,43 @@ class RayMDPool:
                 self._inflight[i] -= 1
             self._calls[i] += count
             self.calls += count
-            if self._seen[i] < self._failures:
-                self._seen[i] = self._failures
-                task = asyncio.ensure_future(self._reread(i))
-                self._rereads.add(task)
-                task.add_done_callback(self._rereads.discard)
+            self._reread_later(i)
             return out
         raise NoMDExecutors(f"no MD executor answered {what} after {self._attempts} tries")
 
-    async def _reread(self, i: int) -> None:
-        """Executor i's address (node/process) again, for workers()."""
-        with contextlib.suppress(Exception):
-            info = await asyncio.wait_for(self._actors[i].ready.remote(), 60.0)
-            self._addresses[i] = info["address"]
+    async def settle(self, timeout_s: float = 30.0) -> None:
+        """Wait (at most timeout_s) for the address reads still under way, so that
+        workers() names the processes that executors restarted after a failure run in."""
+        pending = set(self._rereads) | set(self._checks)
+        if pending:
+            await asyncio.wait(pending, timeout=timeout_s)
+
+    def _reread_later(self, i: int) -> None:
+        """Read executor i's address again if an executor failed since it was last read."""
+        if self._seen[i] < self._failures:
+            self._seen[i] = self._failures
+            task = asyncio.ensure_future(self._reread(i))
+            self._rereads.add(task)
+            task.add_done_callback(self._rereads.discard)
+
+    async def _reread(self, i: int, wait_s: float = 300.0) -> None:
+        """Executor i's address (node/process) again, for workers(): asked until it
+        answers (Ray restarting it) or wait_s has passed."""
+        import ray
+
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            try:
+                info = await asyncio.wait_for(self._actors[i].ready.remote(),
+                                              max(1.0, deadline - time.monotonic()))
+                self._addresses[i] = info["address"]
+                return
+            except ray.exceptions.RayActorError:  # dead or restarting: ask again
+                if not self._alive[i]:  # dropped: Ray will not restart it
+                    return
+                await asyncio.sleep(0.5)
+            except Exception:  # noqa: BLE001 - no answer in time: keep the last address
+                return
 
     def close(self) -> None:
         import ray

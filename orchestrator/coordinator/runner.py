@@ -153,6 +153,7 @@ class CampaignRun:
             if reference is not None:
                 self.summary["reference_workers"] = reference.addresses
             if self.md_pool is not None:
+                await self.md_pool.settle(30.0)  # addresses of executors still restarting
                 self.summary["md_executors"] = self.md_pool.workers()
             self._set_state("finished" if done else "stopped",
                             f"{'finished' if done else 'stopped'}: acceptance "
