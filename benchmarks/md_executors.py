@@ -1,10 +1,10 @@
-"""The coordinator's CPU per chain step: MD proposals in its own threads vs on MD executors.
+"""The coordinator's CPU per chain step: MD proposals in its own process vs on MD executors.
 
     .venv/bin/python benchmarks/md_executors.py --chains 4 --steps 12 --md-steps 20
 
 One EMT Cu campaign (re-training off; the bootstrap and the first model made once, then
 the store copied for each mode) runs with executor ray: the reference on one Ray
-reference worker, and the chains' HMC proposals either in the coordinator's MD threads
+reference worker, and the chains' HMC proposals either in the coordinator's own proposal engine
 (resources.md.workers 0) or on 2 MD executor actors (workers 2). Each mode first runs
 `--warmup` steps (numba compiles, the executors start and load the model), then the
 measured steps as a resume of the same campaign: coordinator CPU = time.process_time()
