@@ -99,7 +99,7 @@ def test_verlet_lists_follow_moving_atoms_and_changed_cells(potential):
         if step == 12:  # a strained cell: the list must be rebuilt, not reused
             cells[0] = cells[0] * 1.02
         out = batch_forces(potential, batch, xs, cells)
-        for k, (x, z, _, pbc) in enumerate(systems):
+        for k, (_x, z, _, pbc) in enumerate(systems):
             ref = potential.compute(xs[k], z, cells[k], pbc)
             assert abs(out[k][0] - ref.energy) <= 1e-10 * max(1.0, abs(ref.energy))
             np.testing.assert_allclose(out[k][1], ref.forces, rtol=0, atol=1e-10)
