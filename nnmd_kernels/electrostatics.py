@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import erfc
 
-from .neighbors import neighbor_pairs, validate_geometry
+from .neighbors import neighbor_pairs, pair_forces, validate_geometry
 
 COULOMB_EV_A = 14.399645  # e^2 / (4 pi eps0) in eV A; LAMMPS' qqr2e for units metal
 K_CHUNK = 512  # k-vectors per block of the reciprocal sum (memory N x K_CHUNK)
@@ -159,8 +159,7 @@ def _direct(pos, q, forces):
     e_atoms = 0.5 * (np.bincount(i, pe, n) + np.bincount(j, pe, n))
     if forces:
         g = (-pe / (d * d))[:, None] * r  # dE/dr_ij along r_ij = R_j - R_i
-        for k in range(3):
-            F[:, k] = np.bincount(i, g[:, k], n) - np.bincount(j, g[:, k], n)
+        F = pair_forces(i, j, g, n)
         vir = -(r.T @ g)
     return CoulombResult(float(e_atoms.sum()), e_atoms, F, vir)
 

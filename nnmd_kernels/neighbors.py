@@ -148,6 +148,16 @@ def neighbor_pairs(positions, cell, pbc, cutoff: float) -> Pairs:
     return Pairs(i, j, S, D)
 
 
+def pair_forces(i, j, grad, n: int) -> np.ndarray:
+    """Forces (n, 3) from pair gradients dE/dr_ij (P, 3), r_ij = R_j - R_i: atom i gets
+    +dE/dr_ij and atom j gets -dE/dr_ij of every pair (i, j)."""
+    forces = np.empty((n, 3))
+    for a in range(3):
+        forces[:, a] = np.bincount(i, weights=grad[:, a], minlength=n) \
+            - np.bincount(j, weights=grad[:, a], minlength=n)
+    return forces
+
+
 def check_min_distance(pairs: Pairs, min_distance: float = MIN_DISTANCE):
     if len(pairs):
         d = pairs.distances

@@ -35,7 +35,13 @@ from .baseline import PairBaseline, pair_terms
 from .descriptor import ChebyshevDescriptor
 from .electrostatics import CoulombTerm, coulomb
 from .elements import SYMBOLS, atomic_number
-from .neighbors import NeighborList, check_min_distance, neighbor_pairs, validate_geometry
+from .neighbors import (
+    NeighborList,
+    check_min_distance,
+    neighbor_pairs,
+    pair_forces,
+    validate_geometry,
+)
 from .network import ElementNetwork, forward, input_gradient
 
 _CPU_BACKENDS = ("auto", "numba", "numpy", "naive")
@@ -327,10 +333,7 @@ class Potential:
         F = vir = stress = None
         if forces:
             g = res.pair_grad
-            F = np.empty((n, 3))
-            for k in range(3):
-                F[:, k] = np.bincount(pairs.i, weights=g[:, k], minlength=n) - np.bincount(
-                    pairs.j, weights=g[:, k], minlength=n)
+            F = pair_forces(pairs.i, pairs.j, g, n)
             vir = -(pairs.vectors.T @ g)
             if pbc.all():
                 stress = -vir / abs(np.linalg.det(cell))

@@ -381,26 +381,39 @@ def propose(state: ChainState, config: SLHMCConfig, force_fn: ForceFn,
     return _propose_hmc(state, config, force_fn)
 
 
-def _propose_hmc(state, config, force_fn) -> Proposal:
+def _hmc_draws(state, config):
+    """(rng, trajectory length, momenta as velocities) of an HMC move, drawn from the
+    chain's stream in this order (propose and ProposalBatch both)."""
     rng = make_rng(state.rng_state)
     n = state.n_md
     if config.n_md_jitter > 0:
         lo = max(1, math.ceil((1.0 - config.n_md_jitter) * n))
         n = int(rng.integers(lo, n + 1))
     v = maxwell_boltzmann(state.masses, config.temperature, rng, zero_momentum=False)
+    return rng, n, v
+
+
+def _hmc_proposal(state, config, rng, n, positions, velocities, e0, k0, e1) -> Proposal:
+    """The HMC move's Proposal from its trajectory's end (positions, velocities, energy
+    e1) and start (energy e0, kinetic energy k0)."""
+    k1 = kinetic_energy(velocities, state.masses)
+    ok = np.isfinite(positions).all() and np.isfinite(k1) and np.isfinite(e1)
+    return Proposal(kind="hmc", positions=positions, cell=state.cell.copy(),
+                    log_q=-config.beta * (k1 - k0) if ok else -np.inf,
+                    e_nnp_old=float(e0), e_nnp_new=float(e1), n_md=n,
+                    rng_state=rng.bit_generator.state, kinetic_old=k0, kinetic_new=k1,
+                    beta=config.beta)
+
+
+def _propose_hmc(state, config, force_fn) -> Proposal:
+    rng, n, v = _hmc_draws(state, config)
     _, step_fn = nve(force_fn, config.dt)
     s = md_init(force_fn, state.positions, state.masses, state.numbers, state.cell, state.pbc,
                 velocities=v)
     e0, k0 = s.energy, kinetic_energy(s.velocities, s.masses)
     for _ in range(n):
         s = step_fn(s)
-    k1 = kinetic_energy(s.velocities, s.masses)
-    ok = np.isfinite(s.positions).all() and np.isfinite(k1) and np.isfinite(s.energy)
-    return Proposal(kind="hmc", positions=s.positions, cell=state.cell.copy(),
-                    log_q=-config.beta * (k1 - k0) if ok else -np.inf,
-                    e_nnp_old=float(e0), e_nnp_new=float(s.energy), n_md=n,
-                    rng_state=rng.bit_generator.state, kinetic_old=k0, kinetic_new=k1,
-                    beta=config.beta)
+    return _hmc_proposal(state, config, rng, n, s.positions, s.velocities, e0, k0, s.energy)
 
 
 def _propose_volume(state, config, energy_fn) -> Proposal:
@@ -521,27 +534,14 @@ class _Trajectory:
 
     def __init__(self, key, state: ChainState, config: SLHMCConfig, system) -> None:
         self.key, self.state, self.config, self.system = key, state, config, system
-        # the same draws, in the same order, as _propose_hmc
-        self.rng = make_rng(state.rng_state)
-        n = state.n_md
-        if config.n_md_jitter > 0:
-            lo = max(1, math.ceil((1.0 - config.n_md_jitter) * n))
-            n = int(self.rng.integers(lo, n + 1))
-        self.n, self.done = n, 0
+        self.rng, self.n, self.v = _hmc_draws(state, config)  # the draws of _propose_hmc
+        self.done = 0
         self.x = np.array(state.positions, dtype=float)
-        self.v = maxwell_boltzmann(state.masses, config.temperature, self.rng,
-                                   zero_momentum=False)
         self.f = self.e = self.e0 = self.k0 = None
 
     def proposal(self) -> Proposal:
-        cfg, masses = self.config, self.state.masses
-        k1 = kinetic_energy(self.v, masses)
-        ok = np.isfinite(self.x).all() and np.isfinite(k1) and np.isfinite(self.e)
-        return Proposal(kind="hmc", positions=self.x, cell=self.state.cell.copy(),
-                        log_q=-cfg.beta * (k1 - self.k0) if ok else -np.inf,
-                        e_nnp_old=float(self.e0), e_nnp_new=float(self.e), n_md=self.n,
-                        rng_state=self.rng.bit_generator.state, kinetic_old=self.k0,
-                        kinetic_new=k1, beta=cfg.beta)
+        return _hmc_proposal(self.state, self.config, self.rng, self.n, self.x, self.v,
+                             self.e0, self.k0, self.e)
 
 
 class ProposalBatch:
@@ -567,7 +567,6 @@ class ProposalBatch:
         self._running: list[_Trajectory] = []
         self._ready: list[tuple] = []
         self.evaluations = 0  # batched potential evaluations
-        self.system_evaluations = 0  # systems evaluated, summed over them
 
     def __len__(self) -> int:
         return len(self._running) + len(self._ready)
@@ -624,7 +623,6 @@ class ProposalBatch:
         res = batch_forces(self.potential, [t.system for t in run], [t.x for t in run],
                            [t.state.cell for t in run], self.backend)
         self.evaluations += 1
-        self.system_evaluations += len(run)
         going = []
         for t, r in zip(run, res):
             if isinstance(r, Exception):

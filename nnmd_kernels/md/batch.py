@@ -22,6 +22,7 @@ from nnmd_kernels.neighbors import (
     Pairs,
     check_min_distance,
     neighbor_pairs,
+    pair_forces,
     validate_geometry,
 )
 
@@ -119,10 +120,7 @@ def batch_forces(potential, systems, positions, cells, backend: str = "auto") ->
     types = np.concatenate([systems[k].types for k in ok])
     res = potential.compute_pairs(types, pi, pj, rij, n, forces=True, backend=backend)
     g = np.asarray(res.pair_grad)
-    forces = np.empty((n, 3))
-    for a in range(3):
-        forces[:, a] = np.bincount(pi, weights=g[:, a], minlength=n) \
-            - np.bincount(pj, weights=g[:, a], minlength=n)
+    forces = pair_forces(pi, pj, g, n)
     owner = np.repeat(np.arange(len(ok)), sizes)
     energies = np.bincount(owner, weights=np.asarray(res.energies), minlength=len(ok))
     pair_owner = np.repeat(np.arange(len(ok)), n_pairs)

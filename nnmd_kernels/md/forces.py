@@ -67,7 +67,7 @@ def member_forces(potential, positions, numbers, cell=None, pbc=True, *, pairs=N
     pairs: a neighbour list (nnmd_kernels.neighbors.Pairs) at these positions, else one is
     built. Runs on the CPU kernels (numba, else numpy) whatever `backend` the MD uses.
     """
-    from nnmd_kernels.neighbors import neighbor_pairs, validate_geometry
+    from nnmd_kernels.neighbors import neighbor_pairs, pair_forces, validate_geometry
     from nnmd_kernels.network import activation, forward
     from nnmd_kernels.potential import _kernels
 
@@ -97,9 +97,7 @@ def member_forces(potential, positions, numbers, cell=None, pbc=True, *, pairs=N
     forces = np.empty((m, n, 3))
     for k in range(m):
         g = kern.descriptors_vjp(desc, rij, pairs.i, tj, n, dG[k])
-        for a in range(3):
-            forces[k, :, a] = (np.bincount(pairs.i, weights=g[:, a], minlength=n)
-                               - np.bincount(pairs.j, weights=g[:, a], minlength=n))
+        forces[k] = pair_forces(pairs.i, pairs.j, g, n)
     return forces
 
 
