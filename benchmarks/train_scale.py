@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("NNMD_SCALE_CACHE", "/tmp/nnmd_train_scale"))
 ELEMENTS = ("Ni", "Cu", "Ag", "Au")
 LATTICE = {"Ni": 3.52, "Cu": 3.61, "Ag": 4.09, "Au": 4.08}
-DESCRIPTOR = {"n_radial": 50, "n_angular": 30}  # 80 features with the default weighting
+DESCRIPTOR = {"n_radial": 50, "n_angular": 30, "weighting": "z"}  # 80 features, as the source (the
+# multi-element default, "blocks", would give 4 x 50 + 10 x 30 = 500)
 
 
 def make_data(n: int, seed: int = 0):
@@ -116,16 +117,31 @@ def run_one(n: int, args) -> dict:
               "val_E_meV": 1e3 * h["val_energy_rmse"], "val_F_meV": 1e3 * h.get("val_force_rmse", np.nan)}
              for h in full]
     final_val = min(h["val_loss"] for h in full) if full and "val_loss" in full[0] else None
-    # time to come within 5% of the best validation loss reached
+    # the converged loss: the schedule's model trained on at the final (small) rate for
+    # --converge-minutes more, same data, same validation split (the same seed draws it),
+    # the standardisation, e0 and baseline kept; a fresh Adam state
+    tail = []
+    if args.converge_minutes and final_val is not None:
+        cfg2 = TrainConfig(**{**cfg.__dict__, "adam_lr": args.lr_final, "adam_lr_final": None, "warmup_epochs": 0,
+                              "max_epochs": 10_000, "max_minutes": args.converge_minutes,
+                              "patience": 10_000, "refit_on_warm_start": False})
+        res2 = train(tr, cfg2, init=res.potential, progress=progress)
+        t_end = t_train[-1] - res2.potential.metadata.get("setup_seconds", 0.0)  # its own setup not counted
+        tail = [{"epoch": epochs + h["epoch"], "time_s": round(t_end + h["time"], 1), "val_loss": h["val_loss"],
+                 "val_E_meV": 1e3 * h["val_energy_rmse"], "val_F_meV": 1e3 * h.get("val_force_rmse", np.nan)}
+                for h in res2.history[0] if h.get("phase") == "full" and "val_energy_rmse" in h]
+    converged = min([final_val] + [h["val_loss"] for h in tail]) if final_val is not None else None
+    # time (from the start of training) to come within 5% of the converged validation loss
     t5 = None
-    if final_val is not None:
-        t5 = next(h["time"] for h in full if h["val_loss"] <= 1.05 * final_val)
+    if converged is not None:
+        t5 = next((h["time_s"] for h in curve + tail if h["val_loss"] <= 1.05 * converged), None)
     return {"n_structures": n, "n_atoms_train": int(sum(len(s.numbers) for s in tr)),
             "features": res.potential.descriptor.n_features, "batch_structures": res.metrics["batch_structures"],
             "jacobian_cached": res.metrics.get("batches_cached"), "epochs": epochs,
             "s_per_epoch": per_epoch, "train_wall_s": wall, "train_cpu_s": cpu, "label_s": t_data,
             "setup_s": res.potential.metadata.get("setup_seconds"), "peak_rss_gb": rss_gb,
-            "test": err, "time_to_5pct_s": t5, "best_val_loss": final_val, "curve": curve}
+            "test": err, "time_to_5pct_s": t5, "best_val_loss": final_val, "converged_val_loss": converged,
+            "converge_minutes": args.converge_minutes, "curve": curve, "converge_curve": tail}
 
 
 def main():
@@ -143,6 +159,10 @@ def main():
     ap.add_argument("--patience", type=int, default=10, help="early-stopping patience, epochs (default: 10)")
     ap.add_argument("--cache-gb", type=float, default=2.0,
                     help="memory for cached batch Jacobians, GB (default: 2)")
+    ap.add_argument("--converge-minutes", type=float, default=None,
+                    help="after the schedule, train on at the final rate this long to find the converged "
+                         "validation loss that 'within 5%%' is measured against (default: no; the best loss "
+                         "of the schedule)")
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: run one size, print JSON
@@ -154,7 +174,7 @@ def main():
     for n in args.sizes:
         argv = [sys.executable, __file__, "--one", str(n), "--hidden", *map(str, args.hidden)]
         for flag in ("epochs", "minutes", "batch", "warmup", "lr", "lr_final", "force_weight", "patience",
-                     "cache_gb", "data_seed"):
+                     "cache_gb", "data_seed", "converge_minutes"):
             if getattr(args, flag) is not None:
                 argv += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
         t0 = time.perf_counter()
