@@ -297,11 +297,10 @@ class Batch:
         self.type_j = self.types[self.pair_j]
         # descriptors=False: pairs only (the baseline's second pass over mini-batches)
         self.G = self.kern.descriptors(desc, self.rij, self.pair_i, self.type_j, self.N) if descriptors else None
-        need = len(self.pair_i) * desc.n_features * 3 * 8 / 1e9
+        self.jacobian_gb = len(self.pair_i) * desc.n_features * 3 * 8 / 1e9
         self.J = None
-        if need <= budget_gb and descriptors:
-            self.J = self.kern.pair_jacobian(desc, self.rij, self.pair_i, self.type_j, self.N)
-        self.jacobian_gb = need
+        if descriptors:
+            self.add_jacobian(budget_gb)
         self.by_element = [np.flatnonzero(self.types == e) for e in range(desc.n_species)]
         # x: the arrays the Objective reads, where its arithmetic runs (self on the CPU)
         self.device = resolve_device(device)
@@ -315,6 +314,13 @@ class Batch:
 
             self._device = DeviceBatch(self)
             self.xp = self._device.xp
+
+    def add_jacobian(self, budget_gb: float) -> bool:
+        """Compute and keep the pair Jacobian if it fits budget_gb (else the VJP/JVP kernels
+        recompute it on each use); whether it is kept."""
+        if self.J is None and self.G is not None and self.jacobian_gb <= budget_gb:
+            self.J = self.kern.pair_jacobian(self.desc, self.rij, self.pair_i, self.type_j, self.N)
+        return self.J is not None
 
     @property
     def x(self):
@@ -854,7 +860,13 @@ class MiniBatches:
         self.size = size
         self.cache: dict = {}
         self.cached_bytes = 0
+        self.lite_bytes = 0  # the largest batch seen without its Jacobian (pairs, descriptors)
         self.reference = None  # (e0, baseline) once fitted: targets need them
+
+    @property
+    def n_jacobians(self) -> int:
+        """Cached batches that hold their Jacobian (the rest of the cache: pairs and descriptors)."""
+        return sum(ent[0].J is not None for ent in self.cache.values())
 
     def _labels(self, k):
         return _labels([self.structures[i] for i in self.blocks[k]])
@@ -864,12 +876,21 @@ class MiniBatches:
         if k in self.cache:
             ent = self.cache[k]
         else:
-            room = max(self.cfg.cache_gb * 1e9 - self.cached_bytes, 0.0) / 1e9
-            budget = min(room / 1.2, self.cfg.jacobian_budget_gb)  # J and, beside it, G and pairs
-            b = Batch([self.structures[i] for i in self.blocks[k]], self.desc, self.cutoff, budget,
+            # Two tiers in one budget (cache_gb). Without its Jacobian a batch keeps its pairs
+            # and descriptors (~1/30 of the Jacobian's bytes at 80 features), which saves the
+            # neighbour list, the descriptors and the targets of every step (a quarter of an
+            # uncached step on 96-atom cells, benchmarks/train_scale.py); per byte that pays
+            # ~10x more than a Jacobian. So room is kept for every block's pairs and
+            # descriptors first, and Jacobians take what is left.
+            cap = self.cfg.cache_gb * 1e9
+            b = Batch([self.structures[i] for i in self.blocks[k]], self.desc, self.cutoff, 0.0,
                       self.cfg.backend, "cpu")
             ent = [b, None]
-            if b.J is not None and self.cached_bytes + b.nbytes <= self.cfg.cache_gb * 1e9:
+            self.lite_bytes = max(self.lite_bytes, b.nbytes)
+            reserve = self.lite_bytes * (len(self.blocks) - len(self.cache) - 1)  # the other blocks'
+            room = cap - self.cached_bytes - b.nbytes - reserve
+            b.add_jacobian(min(room / 1e9, self.cfg.jacobian_budget_gb) if room > 0 else -1.0)
+            if self.cached_bytes + b.nbytes <= cap:
                 self.cache[k] = ent
                 self.cached_bytes += b.nbytes
         if ent[1] is None and self.reference is not None:
@@ -1293,8 +1314,9 @@ def _train_minibatch(structures, cfg, init, progress, desc, cutoff, species, siz
     final = Potential(desc, nets, mean, std, e0, baseline, metadata=meta)
     metrics = _evaluate_blocks(mb, range(len(mb.blocks)), final, members, cfg, np.ones(S, bool), "all")
     metrics.pop("all_loss", None)
-    metrics.update({"n_dropped_outliers": len(dropped), "jacobian_cached": len(mb.cache) == len(mb.blocks),
-                    "batches_cached": f"{len(mb.cache)}/{len(mb.blocks)}", "cache_gb": mb.cached_bytes / 1e9,
+    metrics.update({"n_dropped_outliers": len(dropped), "jacobian_cached": mb.n_jacobians == len(mb.blocks),
+                    "batches_cached": f"{mb.n_jacobians}/{len(mb.blocks)}",
+                    "descriptors_cached": f"{len(mb.cache)}/{len(mb.blocks)}", "cache_gb": mb.cached_bytes / 1e9,
                     "jacobian_gb": estimate_jacobian_gb(structures, desc, cutoff), "device": "cpu",
                     "batch_structures": size, "optimizer": "adam"})
     return TrainResult(final, history, metrics, dropped)

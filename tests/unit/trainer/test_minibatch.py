@@ -137,10 +137,21 @@ def test_minibatch_training_learns_like_full_batch_adam():
     a = train(tr, TrainConfig(batch_structures=4, cache_gb=2.0, **short))
     b = train(tr, TrainConfig(batch_structures=4, cache_gb=0.0, **short))
     assert a.metrics["batches_cached"] == "6/6" and b.metrics["batches_cached"] == "0/6"
+    assert b.metrics["descriptors_cached"] == "0/6" and b.metrics["cache_gb"] == 0
     assert b.metrics["all_force_rmse"] == pytest.approx(a.metrics["all_force_rmse"], rel=1e-6)
+    # a budget that holds every block's pairs and descriptors but few Jacobians: the
+    # descriptors are kept first (they pay more per byte), and the training is the same
+    desc = ChebyshevDescriptor(("Cu", "Ag"), **common["descriptor"])
+    one = [Batch([s], desc, desc.cutoff, 10.0) for s in tr]  # the blocks' arrays are these, joined
+    lite = sum(x.nbytes - x.J.nbytes for x in one)
+    cap = (1.02 * lite + 0.3 * min(x.J.nbytes for x in one)) / 1e9
+    c = train(tr, TrainConfig(batch_structures=4, cache_gb=cap, **short))
+    assert c.metrics["descriptors_cached"] == "6/6" and c.metrics["batches_cached"] == "0/6"
+    assert 0 < c.metrics["cache_gb"] <= cap
+    assert c.metrics["all_force_rmse"] == pytest.approx(a.metrics["all_force_rmse"], rel=1e-6)
     # a fixed budget of steps (campaign re-training over new labels + a replay sample)
-    c = train(tr, TrainConfig(batch_structures=4, max_steps=4, **dict(common, max_epochs=10)))
-    assert [h["step"] for h in c.history[0] if h["phase"] == "full"] == [4]
+    d = train(tr, TrainConfig(batch_structures=4, max_steps=4, **dict(common, max_epochs=10)))
+    assert [h["step"] for h in d.history[0] if h["phase"] == "full"] == [4]
 
 
 def test_auto_batches_and_device_check(structs, monkeypatch):
