@@ -128,7 +128,7 @@ def test_presets_config_and_flags_precedence(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({"hidden": [7], "max_epochs": 50}))
     c = load_config(str(tmp_path / "c.json"), {"max_epochs": 3}, preset="accurate")
     assert c.hidden == (7,) and c.max_epochs == 3 and c.descriptor == {
-        "n_radial": 16, "n_angular": 8, "r_radial": 7.0, "r_angular": 5.0}
+        "n_radial": 16, "n_angular": 8, "r_radial": 7.0, "r_angular": 6.0}
     assert c.validation_fraction == 0.0
     assert load_config(None, None, preset="default") == TrainConfig()
     with pytest.raises(ValueError, match="unknown"):
