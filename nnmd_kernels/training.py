@@ -846,9 +846,9 @@ class FeatureStatistics:
 
 class MiniBatches:
     """The structures in fixed blocks of `size` (a seeded shuffle), each block's Batch built
-    when needed: descriptors, and the pair Jacobian while the blocks kept so far fit
-    cache_gb (then kept); beyond it, built without the Jacobian (the VJP/JVP kernels
-    recompute it) and dropped after use. Peak memory: the cache, one batch and the labels.
+    when needed and kept within cache_gb: pairs and descriptors of every block first, the
+    pair Jacobian where room is left (without it the VJP/JVP kernels recompute it); blocks
+    beyond the budget are dropped after use. Peak memory: the cache, one batch and the labels.
 
     A campaign can train on any list of structures (new labels + a replay sample of old
     ones) for a fixed number of steps (TrainConfig.max_steps)."""
