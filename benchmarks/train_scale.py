@@ -113,9 +113,12 @@ def run_one(n: int, args) -> dict:
     per_epoch = (t_train[-1] - t_train[0]) / max(epochs - 1, 1) if epochs > 1 else wall
     err = error_table(predictions(res.potential, test))
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
-    curve = [{"epoch": h["epoch"], "time_s": round(h["time"], 1), "val_loss": h.get("val_loss"),
-              "val_E_meV": 1e3 * h["val_energy_rmse"], "val_F_meV": 1e3 * h.get("val_force_rmse", np.nan)}
-             for h in full]
+
+    def point(h, epoch0=0, t0=0.0):  # one validation row of the curve
+        return {"epoch": epoch0 + h["epoch"], "time_s": round(t0 + h["time"], 1), "val_loss": h.get("val_loss"),
+                "val_E_meV": 1e3 * h["val_energy_rmse"], "val_F_meV": 1e3 * h.get("val_force_rmse", np.nan)}
+
+    curve = [point(h) for h in full]
     final_val = min(h["val_loss"] for h in full) if full and "val_loss" in full[0] else None
     # the converged loss: the schedule's model trained on at the final (small) rate for
     # --converge-minutes more, same data, same validation split (the same seed draws it),
@@ -127,9 +130,8 @@ def run_one(n: int, args) -> dict:
                               "patience": 10_000, "refit_on_warm_start": False})
         res2 = train(tr, cfg2, init=res.potential, progress=progress)
         t_end = t_train[-1] - res2.potential.metadata.get("setup_seconds", 0.0)  # its own setup not counted
-        tail = [{"epoch": epochs + h["epoch"], "time_s": round(t_end + h["time"], 1), "val_loss": h["val_loss"],
-                 "val_E_meV": 1e3 * h["val_energy_rmse"], "val_F_meV": 1e3 * h.get("val_force_rmse", np.nan)}
-                for h in res2.history[0] if h.get("phase") == "full" and "val_energy_rmse" in h]
+        tail = [point(h, epochs, t_end) for h in res2.history[0]
+                if h.get("phase") == "full" and "val_energy_rmse" in h]
     converged = min([final_val] + [h["val_loss"] for h in tail]) if final_val is not None else None
     # time (from the start of training) to come within 5% of the converged validation loss
     t5 = None

@@ -889,7 +889,7 @@ class MiniBatches:
             self.lite_bytes = max(self.lite_bytes, b.nbytes)
             reserve = self.lite_bytes * (len(self.blocks) - len(self.cache) - 1)  # the other blocks'
             room = cap - self.cached_bytes - b.nbytes - reserve
-            b.add_jacobian(min(room / 1e9, self.cfg.jacobian_budget_gb) if room > 0 else -1.0)
+            b.add_jacobian(min(room / 1e9, self.cfg.jacobian_budget_gb))
             if self.cached_bytes + b.nbytes <= cap:
                 self.cache[k] = ent
                 self.cached_bytes += b.nbytes
