@@ -83,16 +83,16 @@ def patch_kernels(inner_options: dict) -> None:
 
 
 def rmse_by_group(pot, structures) -> dict:
-    from services.trainer import evaluate as ev
+    """Energy (meV/atom) and force (meV/A) RMSE, overall and per mlearn group (`nnmd test`'s numbers)."""
+    from services.trainer.evaluate import evaluate
 
-    rows = ev.predict(pot, structures)
-    de = np.array([(r["e_pred"] - r["e_ref"]) * 1e3 for r in rows])
-    df = np.concatenate([(np.asarray(r["f_pred"]) - s.forces).ravel() for r, s in zip(rows, structures)]) * 1e3
-    groups: dict = {}
-    for s, d in zip(structures, de):
-        groups.setdefault(s.name.split()[-1], []).append(d)
-    return {"E": round(float(np.sqrt(np.mean(de ** 2))), 2), "F": round(float(np.sqrt(np.mean(df ** 2))), 1),
-            **{g: round(float(np.sqrt(np.mean(np.square(v)))), 2) for g, v in groups.items()}}
+    groups = [s.name.split()[-1] for s in structures]  # read_mlearn_json names end in the group
+    res = evaluate(pot, structures, groups)
+
+    def rmse(e: dict) -> dict:
+        return {"E": round(e["energy_rmse_mev_per_atom"], 2), "F": round(e["force_rmse_mev_per_angstrom"], 1)}
+
+    return {**rmse(res["overall"]), **{g: rmse(e) for g, e in res["groups"].items()}}
 
 
 def main() -> None:
