@@ -47,6 +47,24 @@ def test_fast_matches_reference(weighting, cutoff_fn, angle):
     assert rel(fast.descriptors_jvp(*args, v), ref.descriptors_jvp(*args, v)) < 1e-10
 
 
+@pytest.mark.parametrize("n_radial,n_angular", [(1, 2), (3, 5), (6, 6), (10, 11), (30, 33)])
+@pytest.mark.parametrize("weighting", ["z", "blocks"])
+def test_fast_matches_reference_for_every_order_count(n_radial, n_angular, weighting):
+    """The fast Chebyshev recurrences advance four orders per pass and finish the rest one
+    at a time: order counts below, at and past each multiple of four agree with the reference."""
+    desc = ChebyshevDescriptor(SPECIES4, n_radial=n_radial, n_angular=n_angular, r_radial=4.0, r_angular=3.5,
+                               weighting=weighting)
+    pos, cell, types, pairs = _setup(seed=n_radial + n_angular)
+    args = (desc, pairs.vectors, pairs.i, types[pairs.j], len(pos))
+    G_ref = ref.descriptors(*args)
+    assert rel(fast.descriptors(*args), G_ref) < 1e-10
+    rng = np.random.default_rng(n_radial)
+    dG = rng.normal(size=G_ref.shape)
+    v = rng.normal(size=pairs.vectors.shape)
+    assert rel(fast.descriptors_vjp(*args, dG), ref.descriptors_vjp(*args, dG)) < 1e-10
+    assert rel(fast.descriptors_jvp(*args, v), ref.descriptors_jvp(*args, v)) < 1e-10
+
+
 @pytest.mark.parametrize("weighting,cutoff_fn,angle", MODES[::3])
 def test_jvp_vjp_against_finite_differences(weighting, cutoff_fn, angle):
     desc = ChebyshevDescriptor(SPECIES4, n_radial=6, n_angular=5, r_radial=3.8, r_angular=3.8,
