@@ -59,6 +59,7 @@ def main() -> None:
     from dataclasses import asdict
 
     from nnmd_kernels.training import TrainConfig, train
+    from services.runtime.threads import blas_one_thread
     from services.trainer.evaluate import errors, predict
     from services.trainer.run import load_config
 
@@ -74,7 +75,8 @@ def main() -> None:
     for draw in args.draws:
         tr, te = cells(60, draw), cells(20, 100 + draw)
         t0 = time.perf_counter()
-        res = train(tr, cfg)
+        with blas_one_thread():  # as `nnmd train` (services/runtime/threads.py)
+            res = train(tr, cfg)
         secs = time.perf_counter() - t0
         e_tr = errors(predict(res.potential, tr))
         e_te = errors(predict(res.potential, te))

@@ -53,6 +53,7 @@ def main():
 
     sys.path.insert(0, str(ROOT))
     from nnmd_kernels.training import TrainConfig, train
+    from services.runtime.threads import blas_one_thread
     from services.trainer.data import read_mlearn_json
     from services.trainer.run import error_table, load_config, predictions
 
@@ -69,7 +70,8 @@ def main():
     for delta, seed in plan:
         cfg = TrainConfig.from_dict({**base, "delta": delta, "seed": seed})
         t0 = time.perf_counter()
-        res = train(train_set, cfg)
+        with blas_one_thread():  # as `nnmd train` (services/runtime/threads.py)
+            res = train(train_set, cfg)
         dt = time.perf_counter() - t0
         row = {"delta": delta, "seed": seed, "seconds": dt,
                "test": error_table(predictions(res.potential, test_set)),

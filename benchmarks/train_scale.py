@@ -170,7 +170,14 @@ def main():
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: run one size, print JSON
     args = ap.parse_args()
     if args.one:
-        print("RESULT " + json.dumps(run_one(args.one, args)))
+        sys.path.insert(0, str(ROOT))
+        from services.runtime.threads import blas_one_thread
+
+        # BLAS on one thread, as `nnmd train` and every campaign train (services/runtime/
+        # threads.py): without it OpenBLAS's spinning threads and numba's share the 2 cores
+        # and the descriptor kernels of a step took twice as long (38 against 16-18 ms)
+        with blas_one_thread():
+            print("RESULT " + json.dumps(run_one(args.one, args)))
         return
     rows = []
     for n in args.sizes:
