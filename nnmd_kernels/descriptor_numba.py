@@ -578,7 +578,6 @@ def _jvp(rij, offsets, type_j, n_centers, nr, na, rr, ra, ckind, akind,
         for a in range(m):
             while a >= st[ta + 1]:
                 ta += 1
-            pa = pidx[a]
             for tb in range(ta, ne):
                 b0 = max(a + 1, st[tb])
                 b1 = st[tb + 1]
@@ -588,7 +587,6 @@ def _jvp(rij, offsets, type_j, n_centers, nr, na, rr, ra, ckind, akind,
                 _angles(u, a, b0, b1, akind, fc[a], fc, xs, dxs, cs, ws)
                 for q in range(nb):
                     b = b0 + q
-                    pb = pidx[b]
                     cos = cs[q]
                     # d cos = (u_b - cos u_a).v_a/|r_a| + (u_a - cos u_b).v_b/|r_b|
                     dcos = ((u[0, b] * dv[0, a] + u[1, b] * dv[1, a] + u[2, b] * dv[2, a])
@@ -771,11 +769,9 @@ def _jvp_sep(rij, offsets, type_j, n_centers, nr, na, rr, ra, ckind, akind, w_ra
         for a in range(m - 1):
             b0 = a + 1
             nb = m - b0
-            pa = pidx[a]
             _angles(u, a, b0, m, akind, fc[a], fc, xs, dxs, cs, ws)
             for q in range(nb):
                 b = b0 + q
-                pb = pidx[b]
                 cos = cs[q]
                 dcos = ((u[0, b] * dv[0, a] + u[1, b] * dv[1, a] + u[2, b] * dv[2, a])
                         - cos * vr[a]) * idd[a]
