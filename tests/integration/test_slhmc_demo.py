@@ -3,6 +3,7 @@ then `nnmd report` as CSV and HTML from its store, and a bad flag named in the e
 
 import csv
 import io
+import re
 import subprocess
 import sys
 
@@ -56,7 +57,12 @@ def test_full_demo(tmp_path):
     r = subprocess.run(NNMD + ["demo", "--out", str(out)], capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "step 24/24" in r.stdout and "model v4" in r.stdout  # 3 re-trainings
+    assert "step 24/24" in r.stdout
+    # at least one re-training while chains burn in, and the final one on every label: how
+    # many fall in the burn-in depends on how fast the chains step while a training runs
+    # (chains reach production sooner with faster kernels), so the count is not fixed
+    versions = [int(v) for v in re.findall(r"model v(\d+):", r.stdout)]
+    assert versions and max(versions) >= 3, r.stdout[-2000:]
     rows = list(csv.DictReader((out / "report.csv").open()))
     assert len(rows) == 4 * 24
     acc = sum(row["accepted"] == "True" for row in rows) / len(rows)
