@@ -1208,6 +1208,7 @@ def compare_weighting(store: str, campaign: str, test_trajs, weightings=("z", "t
 
     from nnmd_kernels.training import TrainConfig
     from nnmd_kernels.training import train as fit
+    from services.runtime.threads import blas_one_thread
     from services.trainer.data import atoms_to_structure, read_store
     from services.trainer.evaluate import evaluate
 
@@ -1227,7 +1228,8 @@ def compare_weighting(store: str, campaign: str, test_trajs, weightings=("z", "t
     for w in weightings:
         cfg = TrainConfig.from_dict({**train, "descriptor": {**descriptor, "weighting": w}})
         t0 = time.perf_counter()
-        res = fit(labels, cfg)
+        with blas_one_thread():  # as `nnmd train` does: BLAS threads spin against the kernels'
+            res = fit(labels, cfg)
         wall = time.perf_counter() - t0
         ev = evaluate(res.potential, test)["overall"]
         row = {"features": res.potential.descriptor.n_features, "train_s": wall,

@@ -105,6 +105,7 @@ def main() -> None:
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     import nnmd_kernels.training as T
+    from services.runtime.threads import blas_one_thread
     from services.trainer.data import read_mlearn_json
     from services.trainer.run import load_config
 
@@ -113,7 +114,8 @@ def main() -> None:
     cfg = load_config(None, {"seed": args.seed, **over}, preset="accurate")
     train, test = read_mlearn_json(DATA / "training.json"), read_mlearn_json(DATA / "test.json")
     t0 = time.perf_counter()
-    pot = T.train(train, cfg).potential
+    with blas_one_thread():  # as `nnmd train` does
+        pot = T.train(train, cfg).potential
     print(json.dumps({"inner": inner, "config": over, "seed": args.seed, "features": pot.descriptor.n_features,
                       "train_s": round(time.perf_counter() - t0, 1), "test": rmse_by_group(pot, test),
                       "training": rmse_by_group(pot, train)}), flush=True)
