@@ -273,7 +273,12 @@ def _read_store(path: str) -> list[Atoms]:
 def _read_mlearn(path: Path) -> list[Atoms]:
     """mlearn's format: energies and forces. Its ``virial_stress`` is not read: its component
     order, unit and sign convention are not documented with the data, and a wrongly-signed
-    stress would silently harm training."""
+    stress would silently harm training. Measured on mlearn-Si (against a model trained on
+    its energies and forces, 2026-12-03): kBar, compression positive (VASP's sign), but the
+    off-diagonal order differs between groups of the same file: the Elastic cells' sheared
+    components are (xy, yz, zx) in columns 3-5, while in Vacancy and AIMD-NVT columns 4 and
+    5 correlate with the predicted xz and yz (0.98 and 0.97-0.98; against yz and xz 0.12-0.28
+    and 0.22-0.33). No single reading is right for every entry."""
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
