@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -105,8 +107,14 @@ def main():
            "us/atom-step/core (CPU time)")
     print("| " + " | ".join(hdr) + " |")
     print("|" + "---|" * len(hdr))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from services.runtime.threads import blas_one_thread
+
     for n in args.sizes:
-        b, npairs = bench_one(pot, n, args.repeat)
+        # BLAS on one thread, as `nnmd md` runs the engine (services/md/native.py): OpenBLAS's
+        # idle threads spin after each network GEMM and add ~6 us of CPU per atom-step
+        with blas_one_thread():
+            b, npairs = bench_one(pot, n, args.repeat)
         us = 1e6 / n
         row = [f"{n}", f"{npairs:.1f}"] + [f"{b[k] * us:.2f}" for k in ("neighbours", "descriptors", "network", "forces")]
         row += [f"{b['total'] * us:.2f}", f"{b['cpu'] * us:.1f}"]

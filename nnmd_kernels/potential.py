@@ -272,11 +272,17 @@ class Potential:
         energies = e_models.mean(axis=0)
         grad = kern.descriptors_vjp(desc, rij, pair_i, tj, n_centers, dG) if forces else None
         if self.baseline is not None and len(pair_i):
-            d = np.linalg.norm(rij, axis=1)
-            phi, dphi = pair_terms(self.baseline, d, types[pair_i], tj)
-            energies = energies + 0.5 * np.bincount(pair_i, weights=phi, minlength=n_centers)
-            if forces:
-                grad += (0.5 * dphi / d)[:, None] * rij
+            if kern is not descriptor_ref:  # the compiled pass (baseline_numba); same sums
+                from .baseline_numba import baseline_pairs
+
+                energies = energies + baseline_pairs(self.baseline, rij, pair_i, types[pair_i], tj, n_centers,
+                                                     grad if forces else None)
+            else:
+                d = np.linalg.norm(rij, axis=1)
+                phi, dphi = pair_terms(self.baseline, d, types[pair_i], tj)
+                energies = energies + 0.5 * np.bincount(pair_i, weights=phi, minlength=n_centers)
+                if forces:
+                    grad += (0.5 * dphi / d)[:, None] * rij
         return PairResult(energies, e_models, grad, G)
 
     def compute(self, positions, numbers, cell=None, pbc=False, *, neighbors: NeighborList | None = None,

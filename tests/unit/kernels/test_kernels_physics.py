@@ -159,3 +159,31 @@ def test_delta_baseline_shifted_force_at_cutoff():
     p1, _ = pair_terms(b, d[3:] + h, np.zeros(1, int), np.zeros(1, int))
     p0, _ = pair_terms(b, d[3:] - h, np.zeros(1, int), np.zeros(1, int))
     assert np.isclose((p1 - p0)[0] / (2 * h), dphi[3], rtol=1e-7)
+
+
+def test_compiled_baseline_pass_matches_pair_terms():
+    """baseline_numba.baseline_pairs (the numba backend's Delta term) against the reference
+    pair_terms + bincount, on random pairs of 3 species inside and beyond the cutoff."""
+    from nnmd_kernels.baseline import PairBaseline, pair_terms
+    from nnmd_kernels.baseline_numba import baseline_pairs
+
+    rng = np.random.default_rng(11)
+    c = rng.normal(size=(3, 3, 4)) * np.array([2e3, 5e2, 50.0, 5.0])
+    b = PairBaseline(c + np.swapaxes(c, 0, 1), 5.0)
+    P, n = 500, 40
+    pair_i = np.sort(rng.integers(0, n, P))
+    rij = rng.normal(size=(P, 3))
+    rij *= (rng.uniform(1.2, 6.0, P) / np.linalg.norm(rij, axis=1))[:, None]  # some beyond 5 A
+    types = rng.integers(0, 3, n + 10)
+    pair_j = rng.integers(0, n + 10, P)
+    ti, tj = types[pair_i], types[pair_j]
+    d = np.linalg.norm(rij, axis=1)
+    phi, dphi = pair_terms(b, d, ti, tj)
+    e_ref = 0.5 * np.bincount(pair_i, weights=phi, minlength=n)
+    g0 = rng.normal(size=(P, 3))
+    g_ref = g0 + (0.5 * dphi / d)[:, None] * rij
+    g = g0.copy()
+    e = baseline_pairs(b, rij, pair_i, ti, tj, n, g)
+    assert np.abs(e - e_ref).max() <= 1e-12 * np.abs(e_ref).max()
+    assert np.abs(g - g_ref).max() <= 1e-12 * np.abs(g_ref).max()
+    assert np.array_equal(baseline_pairs(b, rij, pair_i, ti, tj, n), e)  # energies alone: same
