@@ -58,6 +58,17 @@ def pair_terms(baseline: PairBaseline, d: np.ndarray, type_i: np.ndarray, type_j
     return np.where(inside, phi, 0.0), np.where(inside, dphi, 0.0)
 
 
+def baseline_pairs(baseline: PairBaseline, rij, pair_i, ti, tj, n_centers: int, grad=None) -> np.ndarray:
+    """Per-centre energies (n_centers,) = 1/2 sum over the centre's pairs of phi(r); with `grad`
+    (P, 3), adds 1/2 phi'(r) r_hat of each pair to it in place. The numpy reference of
+    baseline_numba.baseline_pairs (same signature; Potential.compute_pairs picks one)."""
+    d = np.linalg.norm(rij, axis=1)
+    phi, dphi = pair_terms(baseline, d, ti, tj)
+    if grad is not None:
+        grad += (0.5 * dphi / d)[:, None] * rij
+    return 0.5 * np.bincount(pair_i, weights=phi, minlength=n_centers)
+
+
 def _inverse_powers(r: np.ndarray) -> np.ndarray:
     """[r^-12, r^-10, r^-8, r^-6] as (P, 4)."""
     i2 = 1.0 / (r * r)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from . import descriptor_ref
-from .baseline import PairBaseline, pair_terms
+from .baseline import PairBaseline, baseline_pairs
 from .descriptor import ChebyshevDescriptor
 from .electrostatics import CoulombTerm, coulomb
 from .elements import SYMBOLS, atomic_number
@@ -272,17 +272,12 @@ class Potential:
         energies = e_models.mean(axis=0)
         grad = kern.descriptors_vjp(desc, rij, pair_i, tj, n_centers, dG) if forces else None
         if self.baseline is not None and len(pair_i):
-            if kern is not descriptor_ref:  # the compiled pass (baseline_numba); same sums
-                from .baseline_numba import baseline_pairs
-
-                energies = energies + baseline_pairs(self.baseline, rij, pair_i, types[pair_i], tj, n_centers,
-                                                     grad if forces else None)
-            else:
-                d = np.linalg.norm(rij, axis=1)
-                phi, dphi = pair_terms(self.baseline, d, types[pair_i], tj)
-                energies = energies + 0.5 * np.bincount(pair_i, weights=phi, minlength=n_centers)
-                if forces:
-                    grad += (0.5 * dphi / d)[:, None] * rij
+            if kern is descriptor_ref:
+                pair_sum = baseline_pairs
+            else:  # the compiled pass, same sums
+                from .baseline_numba import baseline_pairs as pair_sum
+            energies = energies + pair_sum(self.baseline, rij, pair_i, types[pair_i], tj, n_centers,
+                                           grad if forces else None)
         return PairResult(energies, e_models, grad, G)
 
     def compute(self, positions, numbers, cell=None, pbc=False, *, neighbors: NeighborList | None = None,
